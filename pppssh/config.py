@@ -1,0 +1,496 @@
+"""Site configuration: parse and validate one INI file into a frozen SiteConfig."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SCHEMA",
+    "ConfigError",
+    "Key",
+    "Proxyarp",
+    "SiteConfig",
+    "load",
+    "parse",
+]
+
+
+class ConfigError(Exception):
+    """A problem in a site file, reported as `file:line: key: what is wrong`."""
+
+    def __init__(self, path: str, line: int, key: str, message: str) -> None:
+        """Remember where the problem is and what it is."""
+        self.path = path
+        self.line = line
+        self.key = key
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        """Render the one-line form users see."""
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class Proxyarp(Enum):
+    """Which gateway's pppd gets the `proxyarp` option."""
+
+    NO = "no"
+    LOCAL = "local"
+    REMOTE = "remote"
+    BOTH = "both"
+
+    @property
+    def local(self) -> bool:
+        """True when the local pppd publishes its peer on the local LAN."""
+        return self in (Proxyarp.LOCAL, Proxyarp.BOTH)
+
+    @property
+    def remote(self) -> bool:
+        """True when the remote pppd publishes its peer on the remote LAN."""
+        return self in (Proxyarp.REMOTE, Proxyarp.BOTH)
+
+
+Network = ipaddress.IPv4Network
+Address = ipaddress.IPv4Address
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """One site: where the remote gateway is, how to reach it, what the link carries."""
+
+    path: Path
+    name: str
+    host: str
+    port: int
+    user: str
+    identity: Path
+    known_hosts: Path
+    sudo: tuple[str, ...]
+    remote_pppd: str
+    remote_ip: str
+    connect_timeout: float
+    keepalive_interval: int
+    keepalive_count_max: int
+    local_address: Address
+    remote_address: Address
+    mtu: int
+    mru: int
+    proxyarp: Proxyarp
+    local_pppd: str
+    local_options: tuple[str, ...]
+    remote_options: tuple[str, ...]
+    lcp_echo_interval: int
+    lcp_echo_failure: int
+    up_timeout: float
+    local_networks: tuple[Network, ...]
+    remote_networks: tuple[Network, ...]
+    local_lan_gateway: Address | None = None
+    remote_lan_gateway: Address | None = None
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def linkname(self) -> str:
+        """The pppd linkname used on both gateways (pidfile /run/ppp-<linkname>.pid)."""
+        return f"pppssh-{self.name}"
+
+    @property
+    def destination(self) -> str:
+        """user@host:port, for messages."""
+        return f"{self.user}@{self.host}:{self.port}"
+
+    def remote_pppd_command(self) -> tuple[str, ...]:
+        """The argv prefix that starts pppd on the remote gateway (through sudo by default)."""
+        return (*self.sudo, self.remote_pppd)
+
+    def remote_ip_command(self) -> tuple[str, ...]:
+        """The argv prefix that changes routes on the remote gateway."""
+        return (*self.sudo, self.remote_ip)
+
+
+# --------------------------------------------------------------------------- value parsers
+
+_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+_ABS_PROGRAM = re.compile(r"^/[A-Za-z0-9_./+-]+$")
+_PPPD_WORD = re.compile(r"^[A-Za-z0-9_.:,/=+@-]+$")
+
+# pppd options that run programs, read other option files, or that pppssh itself manages.
+_FORBIDDEN_PPPD = {
+    "connect", "disconnect", "init", "welcome", "pty", "socket", "plugin", "file", "call",
+    "ip-up-script", "ip-down-script", "ipv6-up-script", "ipv6-down-script", "auth-up-script",
+    "auth-down-script", "notty", "record", "logfile", "logfd", "linkname", "ipparam",
+    "nodetach", "detach", "updetach", "persist", "demand", "proxyarp", "noproxyarp", "mtu",
+    "mru", "ifname", "unit", "pidfile",
+}  # fmt: skip
+
+
+def _as_int(lo: int, hi: int) -> Callable[[str], int]:
+    """Parser for an integer within [lo, hi]."""
+
+    def parse_int(value: str) -> int:
+        try:
+            number = int(value, 10)
+        except ValueError:
+            raise ValueError(f"'{value}' is not a whole number") from None
+        if not lo <= number <= hi:
+            raise ValueError(f"{number} is out of range {lo}..{hi}")
+        return number
+
+    return parse_int
+
+
+def _as_seconds(lo: float, hi: float) -> Callable[[str], float]:
+    """Parser for a number of seconds within [lo, hi]."""
+
+    def parse_seconds(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"'{value}' is not a number of seconds") from None
+        if not lo <= number <= hi:
+            raise ValueError(f"{value} is out of range {lo:g}..{hi:g} seconds")
+        return number
+
+    return parse_seconds
+
+
+def _site_name(value: str) -> str:
+    """A site name: used in file names, the pppd linkname and unit instance names."""
+    if not _SITE_NAME.match(value):
+        raise ValueError(
+            f"'{value}' is not a valid site name (letters, digits, '_', '.', '-'; at most 32)"
+        )
+    return value
+
+
+def _host(value: str) -> str:
+    """A DNS name or an IP address."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(value) or value.replace(".", "").isdigit():
+        raise ValueError(f"'{value}' is not a host name or IP address")
+    return value
+
+
+def _user(value: str) -> str:
+    """A non-root POSIX account name."""
+    if not _USER.match(value):
+        raise ValueError(f"'{value}' is not a valid account name")
+    if value == "root":
+        raise ValueError("must be a restricted non-root account (sudo runs pppd)")
+    return value
+
+
+def _program(value: str) -> str:
+    """An absolute program path without shell characters."""
+    if not _ABS_PROGRAM.match(value):
+        raise ValueError(f"'{value}' must be an absolute path to a program")
+    return value
+
+
+def _sudo(value: str) -> tuple[str, ...]:
+    """The privilege wrapper on the remote gateway, e.g. 'sudo -n'."""
+    words = _words(value)
+    if not words:
+        raise ValueError("must not be empty: the remote account is not root")
+    for word in words:
+        if not _PPPD_WORD.match(word):
+            raise ValueError(f"'{word}' contains characters not allowed here")
+    return words
+
+
+def _words(value: str) -> tuple[str, ...]:
+    """Split a value like a shell would, without running one."""
+    try:
+        return tuple(shlex.split(value, comments=False))
+    except ValueError as exc:
+        raise ValueError(f"cannot split '{value}': {exc}") from None
+
+
+def _pppd_options(value: str) -> tuple[str, ...]:
+    """Extra pppd options: plain words only, none that run programs or that pppssh manages."""
+    words = _words(value)
+    for word in words:
+        if not _PPPD_WORD.match(word):
+            raise ValueError(f"'{word}' contains characters not allowed in a pppd option")
+        if word in _FORBIDDEN_PPPD:
+            raise ValueError(f"pppd option '{word}' is not allowed here (pppssh manages it)")
+    return words
+
+
+def _address(value: str) -> Address:
+    """An IPv4 address."""
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"'{value}' is not an IP address") from None
+    if not isinstance(addr, Address):
+        raise ValueError(f"'{value}' is IPv6; the PPP link carries IPv4 (IPCP)")
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback:
+        raise ValueError(f"'{value}' cannot be a PPP address")
+    return addr
+
+
+def _optional_address(value: str) -> Address | None:
+    """An IPv4 address, or nothing."""
+    return _address(value) if value else None
+
+
+def _networks(value: str) -> tuple[Network, ...]:
+    """A comma- or space-separated list of IPv4 networks, most specific first."""
+    nets: list[Network] = []
+    for word in re.split(r"[,\s]+", value.strip()):
+        if not word:
+            continue
+        try:
+            net = ipaddress.ip_network(word, strict=False)
+        except ValueError:
+            raise ValueError(f"'{word}' is not a network like 10.1.0.0/24") from None
+        if not isinstance(net, Network):
+            raise ValueError(f"'{word}' is IPv6; the PPP link carries IPv4 (IPCP)")
+        if str(net) != word and "/" in word:
+            raise ValueError(f"'{word}' has host bits set; did you mean {net}?")
+        if "/" not in word:
+            raise ValueError(f"'{word}' needs a prefix length, e.g. {word}/32")
+        if net.prefixlen == 0:
+            raise ValueError("0.0.0.0/0 would send everything through the link; not supported")
+        if net in nets:
+            raise ValueError(f"'{word}' is listed twice")
+        nets.append(net)
+    nets.sort(key=lambda n: (-n.prefixlen, n))
+    return tuple(nets)
+
+
+def _proxyarp(value: str) -> Proxyarp:
+    """One of no, local, remote, both."""
+    try:
+        return Proxyarp(value.lower())
+    except ValueError:
+        raise ValueError(f"'{value}' is not one of: no, local, remote, both") from None
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class Key:
+    """One documented key: its section, name, default, parser and description."""
+
+    section: str
+    name: str
+    attr: str
+    default: str | None  # None: required
+    parse: Callable[[str], Any]
+    doc: str
+
+
+SCHEMA: tuple[Key, ...] = (
+    Key("site", "name", "name", "", _site_name,
+        "Site name, used by `pppssh stop NAME`, the state file and the pppd linkname. "
+        "Default: the file name without `.conf`."),
+    Key("remote", "host", "host", None, _host, "The remote gateway's SSH address (name or IP)."),
+    Key("remote", "port", "port", "22", _as_int(1, 65535), "Its SSH port."),
+    Key("remote", "user", "user", None, _user,
+        "The restricted, non-root account on the remote gateway."),
+    Key("remote", "identity", "identity", None, str,
+        "Private key file for that account (relative paths are relative to the site file)."),
+    Key("remote", "known_hosts", "known_hosts", None, str,
+        "known_hosts file holding the remote gateway's host key; there is no way to skip "
+        "the check."),
+    Key("remote", "sudo", "sudo", "sudo -n", _sudo,
+        "How the remote account gains root for pppd and routes (`-n`: fail, never prompt)."),
+    Key("remote", "pppd", "remote_pppd", "/usr/sbin/pppd", _program,
+        "pppd on the remote gateway; the command run is `<sudo> <pppd> <options>`."),
+    Key("remote", "ip", "remote_ip", "/usr/sbin/ip", _program,
+        "iproute2's ip on the remote gateway (routes are changed as `<sudo> <ip> route ...`)."),
+    Key("remote", "connect_timeout", "connect_timeout", "20", _as_seconds(1, 600),
+        "Seconds allowed for the TCP connect and SSH handshake."),
+    Key("remote", "keepalive_interval", "keepalive_interval", "15", _as_int(0, 3600),
+        "Seconds between SSH keepalives (0: off)."),
+    Key("remote", "keepalive_count_max", "keepalive_count_max", "4", _as_int(1, 100),
+        "Unanswered SSH keepalives before the connection is declared dead."),
+    Key("ppp", "local_address", "local_address", None, _address,
+        "This gateway's address on the PPP link."),
+    Key("ppp", "remote_address", "remote_address", None, _address,
+        "The remote gateway's address on the PPP link."),
+    Key("ppp", "mtu", "mtu", "1400", _as_int(128, 16384), "MTU asked of both pppds."),
+    Key("ppp", "mru", "mru", "1400", _as_int(128, 16384), "MRU asked of both pppds."),
+    Key("ppp", "proxyarp", "proxyarp", "no", _proxyarp,
+        "Which pppd answers ARP for its peer on its LAN: no, local, remote or both."),
+    Key("ppp", "local_pppd", "local_pppd", "/usr/sbin/pppd", _program, "pppd on this gateway."),
+    Key("ppp", "local_options", "local_options", "", _pppd_options,
+        "Extra options for the local pppd (plain words; options that run programs are refused)."),
+    Key("ppp", "remote_options", "remote_options", "", _pppd_options,
+        "Extra options for the remote pppd (same rules)."),
+    Key("ppp", "lcp_echo_interval", "lcp_echo_interval", "10", _as_int(0, 3600),
+        "Seconds between LCP echo requests on both ends (0: off)."),
+    Key("ppp", "lcp_echo_failure", "lcp_echo_failure", "4", _as_int(1, 100),
+        "Unanswered LCP echoes before a pppd declares its peer dead."),
+    Key("ppp", "up_timeout", "up_timeout", "60", _as_seconds(1, 3600),
+        "Seconds allowed from the SSH login until IPCP is up."),
+    Key("networks", "local", "local_networks", "", _networks,
+        "Networks behind this gateway (comma-separated); the remote gateway routes them "
+        "through the link."),
+    Key("networks", "remote", "remote_networks", "", _networks,
+        "Networks behind the remote gateway; this gateway routes them through the link."),
+    Key("networks", "local_lan_gateway", "local_lan_gateway", "", _optional_address,
+        "This gateway's address on its LAN, for `pppssh routes --print` (default: the first "
+        "host of the first local network)."),
+    Key("networks", "remote_lan_gateway", "remote_lan_gateway", "", _optional_address,
+        "The remote gateway's LAN address, for `pppssh routes --print` (default: the first "
+        "host of the first remote network)."),
+)  # fmt: skip
+
+SECTIONS = tuple(dict.fromkeys(k.section for k in SCHEMA))
+
+
+# --------------------------------------------------------------------------- INI reader
+
+_SECTION_RE = re.compile(r"^\[\s*([^\]\s]+)\s*\]$")
+_KEY_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
+
+
+def _strip_comment(line: str) -> str:
+    """Drop a trailing `# ...` or `; ...` comment that follows whitespace."""
+    match = re.search(r"(^|\s)[#;]", line)
+    return line[: match.start()].rstrip() if match else line.rstrip()
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    """A ` (did you mean 'x'?)` hint, or nothing."""
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def parse(text: str, path: Path) -> SiteConfig:
+    """Parse the text of a site file; raise ConfigError on the first problem."""
+    shown = path.name
+    values: dict[tuple[str, str], tuple[str, int]] = {}
+    section_lines: dict[str, int] = {}
+    section: str | None = None
+    known = {(k.section, k.name) for k in SCHEMA}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = _strip_comment(raw.strip())
+        if not line:
+            continue
+        if m := _SECTION_RE.match(line):
+            section = m.group(1).lower()
+            if section not in SECTIONS:
+                raise ConfigError(
+                    shown, number, f"[{section}]",
+                    "unknown section" + _suggest(section, list(SECTIONS)),
+                )  # fmt: skip
+            if section in section_lines:
+                raise ConfigError(
+                    shown, number, f"[{section}]",
+                    f"section repeated (first at line {section_lines[section]})",
+                )  # fmt: skip
+            section_lines[section] = number
+            continue
+        m = _KEY_RE.match(line)
+        if not m:
+            raise ConfigError(shown, number, "", f"cannot read line: {raw.strip()!r}")
+        if section is None:
+            raise ConfigError(shown, number, m.group(1), "key outside any [section]")
+        key = m.group(1).lower()
+        if (section, key) not in known:
+            names = [k.name for k in SCHEMA if k.section == section]
+            raise ConfigError(shown, number, key, "unknown key" + _suggest(key, names))
+        if (section, key) in values:
+            raise ConfigError(
+                shown, number, key, f"set twice (first at line {values[section, key][1]})"
+            )
+        values[section, key] = (m.group(2).strip(), number)
+
+    parsed: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    for key in SCHEMA:
+        raw_value, number = values.get((key.section, key.name), (None, 0))
+        if raw_value is None:
+            if key.default is None:
+                raise ConfigError(
+                    shown, section_lines.get(key.section, 0), key.name,
+                    f"required key missing from [{key.section}]",
+                )  # fmt: skip
+            raw_value = key.default
+        elif raw_value == "" and key.default is None:
+            raise ConfigError(shown, number, key.name, "must not be empty")
+        try:
+            parsed[key.attr] = key.parse(raw_value)
+        except ValueError as exc:
+            raise ConfigError(shown, number, key.name, str(exc)) from None
+        lines[key.attr] = number
+
+    def err(attr: str, message: str) -> ConfigError:
+        """An error pointing at the line that set attr."""
+        key = next(k for k in SCHEMA if k.attr == attr)
+        return ConfigError(shown, lines.get(attr, 0), key.name, message)
+
+    if not parsed["name"]:
+        stem = path.name.removesuffix(".conf")
+        try:
+            parsed["name"] = _site_name(stem)
+        except ValueError as exc:
+            raise ConfigError(shown, 0, "name", f"file name gives no site name: {exc}") from None
+    base = path.parent
+    for attr in ("identity", "known_hosts"):
+        if not parsed[attr]:
+            raise err(attr, "must not be empty")
+        parsed[attr] = (base / Path(parsed[attr]).expanduser()).absolute()
+    if parsed["local_address"] == parsed["remote_address"]:
+        raise err("remote_address", "must differ from local_address")
+    _check_networks(parsed, err)
+    return SiteConfig(path=path, lines=lines, **parsed)
+
+
+def _check_networks(parsed: dict[str, Any], err: Callable[[str, str], ConfigError]) -> None:
+    """Cross-checks: sides must not overlap, addresses must fit proxyarp."""
+    local: tuple[Network, ...] = parsed["local_networks"]
+    remote: tuple[Network, ...] = parsed["remote_networks"]
+    for lnet in local:
+        for rnet in remote:
+            if lnet.overlaps(rnet):
+                raise err("remote_networks", f"{rnet} overlaps local network {lnet}")
+    proxy: Proxyarp = parsed["proxyarp"]
+    if proxy.remote and not any(parsed["local_address"] in n for n in remote):
+        raise err(
+            "proxyarp",
+            f"proxyarp on the remote gateway needs local_address {parsed['local_address']} "
+            f"inside a remote network ({', '.join(map(str, remote)) or 'none set'})",
+        )
+    if proxy.local and not any(parsed["remote_address"] in n for n in local):
+        raise err(
+            "proxyarp",
+            f"proxyarp on the local gateway needs remote_address {parsed['remote_address']} "
+            f"inside a local network ({', '.join(map(str, local)) or 'none set'})",
+        )
+    for attr, nets in (("local_lan_gateway", local), ("remote_lan_gateway", remote)):
+        gw = parsed[attr]
+        if gw is not None and not any(gw in n for n in nets):
+            raise err(attr, f"{gw} is not inside any of {', '.join(map(str, nets)) or 'none'}")
+
+
+def load(path: str | Path) -> SiteConfig:
+    """Read and parse a site file; unreadable files are ConfigErrors too."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(p), 0, "", "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(p), 0, "", f"cannot read: {exc}") from None
+    return parse(text, p)

@@ -1,0 +1,117 @@
+"""The plan: every command pppssh runs, built from a SiteConfig, with its undo (pure)."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import Network, SiteConfig
+
+__all__ = [
+    "Command",
+    "RouteChange",
+    "local_pppd_argv",
+    "local_routes",
+    "remote_pppd_argv",
+    "remote_routes",
+    "shell_join",
+]
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    """Quote argv for the remote login shell: every word goes through shlex.quote."""
+    return " ".join(shlex.quote(word) for word in argv)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One program invocation; `shown` is what gets echoed (`[#] ip route add ...`)."""
+
+    argv: tuple[str, ...]
+
+    @property
+    def shown(self) -> str:
+        """The command as a user would type it."""
+        return shell_join(self.argv)
+
+
+@dataclass(frozen=True)
+class RouteChange:
+    """A route to add on one side, and the command that removes it again."""
+
+    network: Network
+    add: Command
+    delete: Command
+
+
+def _common_pppd_options(cfg: SiteConfig, ours: str, peer: str, proxyarp: bool) -> list[str]:
+    """Options both pppds get; the device is the pty on stdin."""
+    options = [
+        "nodetach",
+        "noauth",
+        "local",  # a pty has no modem control lines
+        "nocrtscts",
+        "linkname", cfg.linkname,
+        "ipparam", cfg.linkname,
+        f"{ours}:{peer}",
+        "mtu", str(cfg.mtu),
+        "mru", str(cfg.mru),
+        "nodefaultroute",
+        "noccp",  # compressing inside an SSH channel is wasted work
+    ]  # fmt: skip
+    if cfg.lcp_echo_interval:
+        options += [
+            "lcp-echo-interval", str(cfg.lcp_echo_interval),
+            "lcp-echo-failure", str(cfg.lcp_echo_failure),
+        ]  # fmt: skip
+    else:
+        options += ["lcp-echo-interval", "0"]
+    options.append("proxyarp" if proxyarp else "noproxyarp")
+    return options
+
+
+def local_pppd_argv(cfg: SiteConfig, logfd: int) -> list[str]:
+    """argv of the local pppd: it runs on our pty and logs to logfd."""
+    return [
+        cfg.local_pppd,
+        *_common_pppd_options(
+            cfg, str(cfg.local_address), str(cfg.remote_address), cfg.proxyarp.local
+        ),
+        "logfd", str(logfd),
+        *cfg.local_options,
+    ]  # fmt: skip
+
+
+def remote_pppd_argv(cfg: SiteConfig) -> list[str]:
+    """argv of the remote pppd, started through sudo on the raw remote pty."""
+    return [
+        *cfg.remote_pppd_command(),
+        *_common_pppd_options(
+            cfg, str(cfg.remote_address), str(cfg.local_address), cfg.proxyarp.remote
+        ),
+        *cfg.remote_options,
+    ]
+
+
+def _route(prefix: Sequence[str], network: Network, via: str, dev: str) -> RouteChange:
+    """`ip route add NET via PEER dev IF` and its matching delete."""
+    tail = (str(network), "via", via, "dev", dev)
+    return RouteChange(
+        network=network,
+        add=Command((*prefix, "route", "add", *tail)),
+        delete=Command((*prefix, "route", "del", *tail)),
+    )
+
+
+def local_routes(cfg: SiteConfig, ifname: str, ip: str = "ip") -> list[RouteChange]:
+    """Routes on this gateway: every remote network via the remote PPP address."""
+    return [_route((ip,), net, str(cfg.remote_address), ifname) for net in cfg.remote_networks]
+
+
+def remote_routes(cfg: SiteConfig, ifname: str) -> list[RouteChange]:
+    """Routes on the remote gateway: every local network via our PPP address."""
+    return [
+        _route(cfg.remote_ip_command(), net, str(cfg.local_address), ifname)
+        for net in cfg.local_networks
+    ]
