@@ -1,0 +1,5 @@
+"""python -m pppssh."""
+
+from .cli import _entry
+
+_entry()

@@ -1,0 +1,226 @@
+"""pty-redir in Python: pump bytes between the local pty master and the SSH channel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+
+import asyncssh
+
+__all__ = ["RAW_PTY_MODES", "Bridge"]
+
+# A cooked remote pty echoes the first LCP frames back (pppd: "Serial line is looped back")
+# and turns 0x03 into SIGINT; ask sshd for a raw one.
+RAW_PTY_MODES: dict[int, int] = {
+    asyncssh.PTY_ECHO: 0,
+    asyncssh.PTY_ECHOE: 0,
+    asyncssh.PTY_ECHOK: 0,
+    asyncssh.PTY_ECHONL: 0,
+    asyncssh.PTY_ICANON: 0,
+    asyncssh.PTY_ISIG: 0,
+    asyncssh.PTY_IEXTEN: 0,
+    asyncssh.PTY_OPOST: 0,
+    asyncssh.PTY_ONLCR: 0,
+    asyncssh.PTY_ICRNL: 0,
+    asyncssh.PTY_INLCR: 0,
+    asyncssh.PTY_IGNCR: 0,
+    asyncssh.PTY_ISTRIP: 0,
+    asyncssh.PTY_IXON: 0,
+    asyncssh.PTY_IXOFF: 0,
+    asyncssh.PTY_CS8: 1,
+    asyncssh.PTY_PARENB: 0,
+}
+
+PPP_FLAG = 0x7E  # every HDLC-like PPP frame starts and ends with it
+READ_CHUNK = 65536  # one read from the pty master
+MERGE_LIMIT = 256 * 1024  # bytes merged into one channel write
+PREAMBLE_LIMIT = 4096  # text kept from before the first frame (sudo/pppd errors)
+
+
+class Bridge(asyncssh.SSHClientSession[bytes]):
+    """The SSH side of the pump: one session carrying the remote pppd's pty.
+
+    Bytes from the channel go to the pty master; bytes read from the master go to the
+    channel, many reads merged into one write. Each side pauses the other when its
+    buffer fills: channel send window full -> stop reading the master; master full ->
+    pause reading the channel (which closes the SSH window on the remote sender).
+    """
+
+    def __init__(self) -> None:
+        """Start detached: bytes received before a pty is attached are held."""
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.master: int | None = None
+        self._loop = asyncio.get_event_loop()
+        self._outbuf = bytearray()  # channel -> pty, not yet written
+        self._reading_master = False
+        self._channel_blocked = False
+        self.preamble = bytearray()  # what the remote printed before its first PPP frame
+        self.first_frame = asyncio.Event()
+        self.closed: asyncio.Future[int | None] = self._loop.create_future()
+        self.master_closed: asyncio.Future[None] = self._loop.create_future()
+        self.exit_status: int | None = None
+        self.exit_signal: str | None = None
+        self.bytes_from_remote = 0
+        self.bytes_to_remote = 0
+        self.close_reason: Exception | None = None
+
+    # ------------------------------------------------------------------ SSH side
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        """Keep the channel."""
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        """Remote pty output: PPP frames (or, before them, error text)."""
+        self.bytes_from_remote += len(data)
+        if not self.first_frame.is_set():
+            at = data.find(PPP_FLAG)
+            head = data if at < 0 else data[:at]
+            room = PREAMBLE_LIMIT - len(self.preamble)
+            if room > 0:
+                self.preamble += head[:room]
+            if at >= 0:
+                self.first_frame.set()
+        if self.master is None and len(self._outbuf) > 1 << 20:
+            return  # nobody is listening yet; pppd retransmits what matters
+        self._outbuf += data
+        self._flush_to_master()
+
+    def exit_status_received(self, status: int) -> None:
+        """Remember how the remote command ended."""
+        self.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        """Remember the signal that ended the remote command."""
+        self.exit_signal = signal
+
+    def pause_writing(self) -> None:
+        """The SSH send window is full: stop reading the pty master."""
+        self._set_master_reader(False)
+
+    def resume_writing(self) -> None:
+        """Window open again: read the pty master."""
+        self._set_master_reader(True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The channel is gone (remote exit, our close, or a dead connection)."""
+        self.close_reason = exc
+        self._set_master_reader(False)
+        if self.master is not None:
+            self._loop.remove_writer(self.master)
+        if not self.closed.done():
+            self.closed.set_result(self.exit_status)
+
+    # ------------------------------------------------------------------ pty side
+
+    def attach(self, master: int) -> None:
+        """Start pumping with the local pty master (non-blocking)."""
+        os.set_blocking(master, False)
+        self.master = master
+        if self.chan is None or self.closed.done():
+            return
+        self._flush_to_master()
+        self._set_master_reader(True)
+
+    def detach(self) -> None:
+        """Stop touching the pty master (before it is closed)."""
+        self._set_master_reader(False)
+        if self.master is not None:
+            self._loop.remove_writer(self.master)
+        self.master = None
+
+    def _set_master_reader(self, on: bool) -> None:
+        """Watch, or stop watching, the master for readable data."""
+        if self.master is None or on == self._reading_master:
+            return
+        if on and self.closed.done():
+            return
+        if on:
+            self._loop.add_reader(self.master, self._read_master)
+        else:
+            self._loop.remove_reader(self.master)
+        self._reading_master = on
+
+    def _read_master(self) -> None:
+        """Read the master until it is empty, send it all as one channel write."""
+        assert self.master is not None and self.chan is not None
+        chunks: list[bytes] = []
+        size = 0
+        while size < MERGE_LIMIT:
+            try:
+                chunk = os.read(self.master, READ_CHUNK)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # the slave side closed: local pppd is gone
+                    self._master_gone()
+                    break
+                raise
+            if not chunk:
+                self._master_gone()
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if chunks:
+            data = b"".join(chunks)
+            self.bytes_to_remote += len(data)
+            self.chan.write(data)
+
+    def _master_gone(self) -> None:
+        """The local pppd closed its tty."""
+        self._set_master_reader(False)
+        if not self.master_closed.done():
+            self.master_closed.set_result(None)
+
+    def _flush_to_master(self) -> None:
+        """Write what the channel gave us; if the master is full, pause the channel."""
+        if self.master is None:
+            return
+        while self._outbuf:
+            try:
+                n = os.write(self.master, self._outbuf)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    self._outbuf.clear()
+                    self._master_gone()
+                    return
+                raise
+            del self._outbuf[:n]
+        blocked = bool(self._outbuf)
+        if blocked != self._channel_blocked and self.chan is not None:
+            self._channel_blocked = blocked
+            if blocked:
+                self.chan.pause_reading()
+                self._loop.add_writer(self.master, self._flush_to_master)
+            else:
+                self._loop.remove_writer(self.master)
+                self.chan.resume_reading()
+
+    # ------------------------------------------------------------------ reporting
+
+    def preamble_text(self) -> str:
+        """What the remote printed before PPP started, as one readable line."""
+        text = bytes(self.preamble).decode("utf-8", errors="replace")
+        lines = [" ".join(line.split()) for line in text.replace("\r", "\n").split("\n")]
+        return " | ".join(line for line in lines if line)
+
+    def close(self) -> None:
+        """Close the channel: sshd hangs up the remote pty, so pppd gets SIGHUP."""
+        self.detach()
+        if self.chan is not None:
+            with contextlib.suppress(Exception):
+                self.chan.close()
+
+    def describe_end(self) -> str:
+        """How the remote command ended, for error messages."""
+        if self.exit_signal:
+            return f"killed by SIG{self.exit_signal}"
+        if self.exit_status is not None:
+            return f"exit status {self.exit_status}"
+        if self.close_reason is not None:
+            return f"connection lost: {self.close_reason}"
+        return "channel closed"

@@ -1,0 +1,298 @@
+"""Command line: pppssh start | stop | status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, SiteConfig, load
+from .system import (
+    SiteLock,
+    State,
+    pid_alive,
+    read_state,
+    read_states,
+    redirect_output,
+    remove_state,
+    run_dir,
+    sd_notify,
+    write_state,
+)
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2  # bad config or arguments (RestartPreventExitStatus=2 in the unit)
+EXIT_NOT_RUNNING = 3  # LSB status: not running
+
+
+class Fail(Exception):
+    """A one-line error with an exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        """Message and exit status."""
+        super().__init__(message)
+        self.status = status
+
+
+def _load(path: str) -> SiteConfig:
+    """Load a site file; config errors exit with status 2."""
+    try:
+        return load(path)
+    except ConfigError as exc:
+        raise Fail(str(exc), EXIT_USAGE) from None
+
+
+def _need_root(what: str) -> None:
+    """Local pppd and route changes need root."""
+    if os.geteuid() != 0:
+        raise Fail(f"{what} needs root (it runs pppd and changes routes)")
+
+
+# ---------------------------------------------------------------------------- start
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """Start a site: in the background (returns once up) or in the foreground."""
+    cfg = _load(args.config)
+    _need_root("start")
+    if args.foreground:
+        return _run_foreground(cfg, args.ready_fd)
+    if SiteLock(cfg.name).held_elsewhere():
+        raise Fail(_already_running(cfg.name))
+    return _start_background(cfg)
+
+
+def _already_running(site: str) -> str:
+    """The refusal for a second start."""
+    state = read_state(site)
+    pid = f" (pid {state.pid})" if state else ""
+    return f"site '{site}' is already running{pid}; stop it first: pppssh stop {site}"
+
+
+def _start_background(cfg: SiteConfig) -> int:
+    """Run the daemon detached; relay its progress until it says READY or exits."""
+    r, w = os.pipe()
+    argv = [
+        sys.executable, "-m", "pppssh", "start", "--foreground",
+        "--ready-fd", str(w), str(cfg.path.absolute()),
+    ]  # fmt: skip
+    with open(os.devnull, "rb") as devnull:
+        child = subprocess.Popen(
+            argv, stdin=devnull, pass_fds=(w,), start_new_session=True, close_fds=True
+        )
+    os.close(w)
+    with os.fdopen(r, "rb") as ready:
+        said = ready.read()
+    if b"READY" in said:
+        return 0
+    return child.wait()
+
+
+def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:
+    """Hold the tunnel in this process until SIGTERM/SIGINT or until it fails."""
+    from .tunnel import TunnelError, run_tunnel
+
+    lock = SiteLock(cfg.name)
+    if not lock.acquire():
+        raise Fail(_already_running(cfg.name))
+    log = run_dir() / f"{cfg.name}.log"
+    state = State(site=cfg.name, config=str(cfg.path.absolute()), pid=os.getpid(), log=str(log))
+    write_state(state)
+
+    def ready(tunnel: object) -> None:
+        """Routes are in place: tell systemd, or the waiting `pppssh start`."""
+        link = f"{state.interface} {state.local_address} -> {state.remote_address}"
+        print(f"pppssh: {cfg.name} is up: {link} (pid {os.getpid()}); "
+              f"stop it with: pppssh stop {cfg.name}", flush=True)  # fmt: skip
+        sd_notify("READY=1", f"STATUS=up: {link}")
+        if ready_fd is not None:
+            redirect_output(log)
+            os.write(ready_fd, b"READY\n")
+            os.close(ready_fd)
+
+    async def main() -> int:
+        """Run the tunnel; signals cancel it, which unwinds the undo stack."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        stopping = False
+
+        def on_signal(signame: str) -> None:
+            """First SIGTERM/SIGINT/SIGHUP stops the site; later ones are ignored."""
+            nonlocal stopping
+            if not stopping:
+                stopping = True
+                print(f"received {signame}", flush=True)
+                sd_notify("STOPPING=1")
+                task.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+        try:
+            await run_tunnel(cfg, state, ready)
+        except asyncio.CancelledError:
+            if not stopping:
+                raise
+            print(f"pppssh: {cfg.name} stopped", flush=True)
+            return 0
+        except TunnelError as exc:
+            print(f"pppssh: {cfg.name}: {exc}", file=sys.stderr, flush=True)
+            return 1
+        return 0
+
+    try:
+        return asyncio.run(main())
+    finally:
+        remove_state(cfg.name)
+        lock.release()
+
+
+# ---------------------------------------------------------------------------- stop
+
+
+def _site_name(arg: str) -> str:
+    """A site given by name or by its config file."""
+    if arg.endswith(".conf") or os.sep in arg or Path(arg).is_file():
+        return _load(arg).name
+    return arg
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop one site, the only running one, or all of them; wait for the teardown."""
+    if args.sites:
+        names = [_site_name(a) for a in args.sites]
+    else:
+        running = [s.site for s in read_states()]
+        if not running:
+            print("pppssh: no site is running")
+            return 0
+        if len(running) > 1 and not args.all:
+            raise Fail(
+                f"several sites are running ({', '.join(running)}): name one, or use --all",
+                EXIT_USAGE,
+            )
+        names = running
+    status = 0
+    for name in names:
+        status = max(status, _stop_one(name, args.timeout))
+    return status
+
+
+def _stop_one(site: str, timeout: float) -> int:
+    """SIGTERM one daemon and wait until it has undone everything and exited."""
+    state = read_state(site)
+    if state is None or not pid_alive(state.pid):
+        if state is not None:
+            remove_state(site)
+            print(f"pppssh: site '{site}' was not running (removed its stale state file)")
+        else:
+            print(f"pppssh: site '{site}' is not running")
+        return 0
+    _need_root("stop")
+    log = Path(state.log) if state.log else None
+    offset = log.stat().st_size if log and log.exists() else 0
+    os.kill(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(state.pid):
+        offset = _relay(log, offset)
+        if time.monotonic() > deadline:
+            raise Fail(f"site '{site}' (pid {state.pid}) did not stop within {timeout:g}s")
+        time.sleep(0.05)
+    _relay(log, offset)
+    if read_state(site) is not None:
+        remove_state(site)
+        raise Fail(f"site '{site}' (pid {state.pid}) exited without finishing its teardown")
+    return 0
+
+
+def _relay(log: Path | None, offset: int) -> int:
+    """Print what the daemon logged since offset (its teardown steps)."""
+    if log is None:
+        return offset
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return offset
+    end = data.rfind(b"\n") + 1
+    if end:
+        sys.stdout.write(data[:end].decode(errors="replace"))
+        sys.stdout.flush()
+    return offset + end
+
+
+# ---------------------------------------------------------------------------- status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show running sites."""
+    from .status import status_main
+
+    names = [_site_name(a) for a in args.sites]
+    return status_main(names, as_json=args.json)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every verb."""
+    parser = argparse.ArgumentParser(
+        prog="pppssh", description="PPP over SSH: join two sites through the SSH door."
+    )
+    parser.add_argument("--version", action="version", version=f"pppssh {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    start = verbs.add_parser("start", help="bring a site's link up")
+    start.add_argument("config", help="site file, e.g. /etc/pppssh/site-b.conf")
+    start.add_argument(
+        "--foreground", action="store_true", help="stay attached (for systemd Type=notify)"
+    )
+    start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    start.set_defaults(func=cmd_start)
+
+    stop = verbs.add_parser("stop", help="take a site's link down and wait until it is gone")
+    stop.add_argument("sites", nargs="*", metavar="SITE", help="site name or site file")
+    stop.add_argument("--all", action="store_true", help="stop every running site")
+    stop.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (60)")
+    stop.set_defaults(func=cmd_stop)
+
+    status = verbs.add_parser("status", help="show running sites")
+    status.add_argument("sites", nargs="*", metavar="SITE", help="site name or site file")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run a verb, turn failures into one-line errors."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except Fail as exc:
+        print(f"pppssh: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"pppssh: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
+        return 1
+    return status
+
+
+def _entry() -> None:
+    """For `python -m pppssh`."""
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""`pppssh status`: what each running site is doing, from its state file and the kernel."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from .system import State, interface_counters, pid_alive, read_state, read_states
+
+__all__ = ["render_table", "site_status", "status_main"]
+
+EXIT_NOT_RUNNING = 3
+
+
+def _duration(seconds: float) -> str:
+    """1d02h03m, 2h03m04s, 3m04s or 5s."""
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d{h:02d}h{m:02d}m"
+    if h:
+        return f"{h}h{m:02d}m{s:02d}s"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def site_status(state: State, now: float | None = None) -> dict[str, Any]:
+    """One site's status as plain data (the --json form)."""
+    now = time.time() if now is None else now
+    alive = pid_alive(state.pid)
+    counters = interface_counters(state.interface) if state.interface and alive else None
+    return {
+        "site": state.site,
+        "config": state.config,
+        "state": state.state if alive else "dead",
+        "pid": state.pid,
+        "interface": state.interface,
+        "remote_interface": state.remote_interface,
+        "local_address": state.local_address,
+        "remote_address": state.remote_address,
+        "uptime": round(now - state.up_since, 1) if state.up_since and alive else None,
+        "bytes_in": counters[0] if counters else None,
+        "bytes_out": counters[1] if counters else None,
+        "local_routes": list(state.local_routes),
+        "remote_routes": list(state.remote_routes),
+        "reconnects": state.reconnects,
+        "last_error": state.last_error,
+        "log": state.log,
+    }
+
+
+def _human_bytes(n: int | None) -> str:
+    """1.2 MiB style."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """A readable block per site, aligned like `wg show`."""
+    blocks = []
+    for row in rows:
+        link = "-"
+        if row["interface"]:
+            link = f"{row['interface']} {row['local_address']} -> {row['remote_address']}"
+            if row["remote_interface"]:
+                link += f" (remote {row['remote_interface']})"
+        lines = [
+            f"site: {row['site']}",
+            f"  state: {row['state']}",
+            f"  pid: {row['pid']}",
+            f"  link: {link}",
+            f"  uptime: {_duration(row['uptime']) if row['uptime'] is not None else '-'}",
+            f"  transfer: {_human_bytes(row['bytes_in'])} received, "
+            f"{_human_bytes(row['bytes_out'])} sent",
+            f"  reconnects: {row['reconnects']}",
+            f"  last error: {row['last_error'] or '-'}",
+        ]
+        for side in ("local", "remote"):
+            routes = row[f"{side}_routes"]
+            lines.append(f"  {side} routes: {len(routes) or 'none'}")
+            lines += [f"    {r}" for r in routes]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def status_main(names: list[str], as_json: bool) -> int:
+    """Print status for the named sites (or all); 0 if all are up, 3 if one is not running."""
+    rows: list[dict[str, Any]] = []
+    missing: list[str] = []
+    if names:
+        for name in names:
+            state = read_state(name)
+            if state is None:
+                missing.append(name)
+            else:
+                rows.append(site_status(state))
+    else:
+        rows = [site_status(s) for s in read_states()]
+    if as_json:
+        out: dict[str, Any] = {"sites": rows}
+        if missing:
+            out["not_running"] = missing
+        print(json.dumps(out, indent=2))
+    else:
+        if rows:
+            print(render_table(rows))
+        for name in missing:
+            print(f"site: {name}\n  state: not running")
+        if not rows and not missing:
+            print("no site is running")
+    if missing or not rows or any(r["state"] != "up" for r in rows):
+        return EXIT_NOT_RUNNING
+    return 0

@@ -1,0 +1,239 @@
+"""The system edge: running local programs, the run directory, state files, sd_notify."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import sh
+
+from .plan import Command
+
+__all__ = [
+    "CommandFailed",
+    "SiteLock",
+    "State",
+    "echo",
+    "interface_counters",
+    "pid_alive",
+    "read_state",
+    "read_states",
+    "redirect_output",
+    "remove_state",
+    "run_dir",
+    "run_local",
+    "sd_notify",
+    "write_state",
+]
+
+
+class CommandFailed(Exception):
+    """A program exited non-zero; the message carries its stderr."""
+
+    def __init__(self, shown: str, status: int | None, stderr: str) -> None:
+        """Remember what ran and how it failed."""
+        self.shown = shown
+        self.status = status
+        self.stderr = stderr.strip()
+        detail = self.stderr.splitlines()[-1] if self.stderr else f"exit status {status}"
+        super().__init__(f"`{shown}` failed: {detail}")
+
+
+def echo(prefix: str, text: str, out: TextIO | None = None) -> None:
+    """Print one progress line and flush it (the daemon's stdout may be a pipe)."""
+    stream = out or sys.stdout
+    print(f"{prefix} {text}" if prefix else text, file=stream, flush=True)
+
+
+def run_local(command: Command) -> str:
+    """Echo `[#] cmd`, run it, return stdout; raise CommandFailed with its stderr."""
+    echo("[#]", command.shown)
+    try:
+        result = sh.Command(command.argv[0])(*command.argv[1:], _env=_plain_env())
+    except sh.ErrorReturnCode as exc:
+        raise CommandFailed(
+            command.shown, exc.exit_code, exc.stderr.decode(errors="replace")
+        ) from None
+    except sh.CommandNotFound:
+        raise CommandFailed(command.shown, None, f"{command.argv[0]}: not found") from None
+    return str(result)
+
+
+def _plain_env() -> dict[str, str]:
+    """A predictable environment for helper programs."""
+    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+
+
+def run_dir() -> Path:
+    """Where state files live: $PPPSSH_RUN_DIR or /run/pppssh."""
+    return Path(os.environ.get("PPPSSH_RUN_DIR", "/run/pppssh"))
+
+
+@dataclass
+class State:
+    """What a running site has changed, as recorded in /run/pppssh/<site>.json."""
+
+    site: str
+    config: str
+    pid: int
+    state: str = "starting"
+    started: float = field(default_factory=time.time)
+    up_since: float | None = None
+    interface: str | None = None
+    remote_interface: str | None = None
+    local_address: str | None = None
+    remote_address: str | None = None
+    local_routes: list[str] = field(default_factory=list)
+    remote_routes: list[str] = field(default_factory=list)
+    local_pppd_pid: int | None = None
+    reconnects: int = 0
+    last_error: str | None = None
+    log: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> State:
+        """Build from a decoded state file, ignoring keys this version does not know."""
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def state_path(site: str) -> Path:
+    """The state file of a site."""
+    return run_dir() / f"{site}.json"
+
+
+def write_state(state: State) -> None:
+    """Write the state file atomically (readers never see half a file)."""
+    path = state_path(state.site)
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def remove_state(site: str) -> None:
+    """Delete the state file of a site, if any."""
+    with contextlib.suppress(FileNotFoundError):
+        state_path(site).unlink()
+
+
+def read_state(site: str) -> State | None:
+    """The recorded state of one site, or None."""
+    try:
+        return State.from_json(json.loads(state_path(site).read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError):
+        return None
+
+
+def read_states() -> list[State]:
+    """All recorded sites, sorted by name."""
+    states = []
+    with contextlib.suppress(FileNotFoundError):
+        for path in sorted(run_dir().glob("*.json")):
+            state = read_state(path.stem)
+            if state is not None:
+                states.append(state)
+    return states
+
+
+def pid_alive(pid: int) -> bool:
+    """True while a process with this pid exists (zombies count as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class SiteLock:
+    """An exclusive flock on /run/pppssh/<site>.lock, held while the site runs."""
+
+    def __init__(self, site: str) -> None:
+        """Prepare the lock for one site."""
+        self.path = run_dir() / f"{site}.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False when another process holds it."""
+        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        self.fd = fd
+        return True
+
+    def held_elsewhere(self) -> bool:
+        """True when some process holds the lock now."""
+        if not self.path.exists():
+            return False
+        if self.acquire():
+            self.release(unlink=False)
+            return False
+        return True
+
+    def release(self, unlink: bool = True) -> None:
+        """Drop the lock (and its file)."""
+        if self.fd is not None:
+            if unlink:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+            os.close(self.fd)
+            self.fd = None
+
+
+def interface_counters(ifname: str) -> tuple[int, int] | None:
+    """(rx_bytes, tx_bytes) of an interface from sysfs, or None if it is gone."""
+    base = Path("/sys/class/net") / ifname / "statistics"
+    try:
+        return int((base / "rx_bytes").read_text()), int((base / "tx_bytes").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def sd_notify(*lines: str) -> bool:
+    """Send lines like READY=1 to systemd when run as a Type=notify service."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.sendto("\n".join(lines).encode(), address)
+        except OSError:
+            return False
+    return True
+
+
+def redirect_output(path: Path) -> None:
+    """Point fds 1 and 2 at a log file (the daemon, once `start` has returned)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)

@@ -1,0 +1,279 @@
+"""The tunnel lifecycle: bring the link up step by step, each step pushing its own undo."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any, TypeVar
+
+import asyncssh
+
+from .bridge import RAW_PTY_MODES, Bridge
+from .config import SiteConfig
+from .localppp import LinkInfo, LocalPppd, describe_exit
+from .plan import Command, RouteChange, local_routes, remote_pppd_argv, remote_routes, shell_join
+from .ssh import (
+    MAX_PKTSIZE,
+    WINDOW,
+    RemoteFailed,
+    TunnelError,
+    close_connection,
+    connect,
+    find_ppp_interface,
+    run_remote,
+)
+from .system import CommandFailed, State, echo, run_local, write_state
+
+__all__ = ["Tunnel", "TunnelError"]
+
+T = TypeVar("T")
+
+
+class Tunnel:
+    """One site's link: SSH connection, remote pppd, local pppd, pump, routes, undo stack."""
+
+    def __init__(self, cfg: SiteConfig, state: State) -> None:
+        """Prepare; nothing is touched until run()."""
+        self.cfg = cfg
+        self.state = state
+        self.remote_prefix = f"[{cfg.user}@{cfg.host}]"
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.client: Any = None
+        self.bridge: Bridge | None = None
+        self.local: LocalPppd | None = None
+        self.link: LinkInfo | None = None
+        self.remote_interface: str | None = None
+        self._deadline = 0.0
+
+    # ------------------------------------------------------------------ helpers
+
+    def _save(self, **changes: Any) -> None:
+        """Update and write the state file."""
+        for key, value in changes.items():
+            setattr(self.state, key, value)
+        write_state(self.state)
+
+    def _failures(self) -> list[asyncio.Future[Any]]:
+        """Futures that complete when some part of the link has died."""
+        futures: list[asyncio.Future[Any]] = []
+        if self.client is not None:
+            futures.append(self.client.lost)
+        if self.bridge is not None:
+            futures += [self.bridge.closed, self.bridge.master_closed]
+        if self.local is not None:
+            futures.append(self.local.exited)
+        return futures
+
+    def _why_down(self) -> str:
+        """Explain which part died and how."""
+        if self.local is not None and self.local.exited.done():
+            lines = self.local.last_lines()
+            status = describe_exit(self.local.exited.result())
+            return f"local pppd exited, {status}" + (f": {lines}" if lines else "")
+        if self.bridge is not None and self.bridge.closed.done():
+            text = self.bridge.preamble_text()
+            status = self.bridge.describe_end()
+            if self.bridge.exit_status is not None:
+                status = "remote pppd ended, " + describe_exit(self.bridge.exit_status)
+            else:
+                status = f"remote pppd ended ({status})"
+            return status + (f": {text}" if text else "")
+        if self.client is not None and self.client.lost.done():
+            exc = self.client.lost.result()
+            return f"SSH connection lost: {exc}" if exc else "SSH connection closed"
+        if self.bridge is not None and self.bridge.master_closed.done():
+            return "local pppd closed its terminal"
+        return "link lost"
+
+    async def _until(self, what: str, awaitable: Awaitable[T]) -> T:
+        """Wait for one step, failing fast if any part dies or the up_timeout passes."""
+        task: asyncio.Future[T] = asyncio.ensure_future(awaitable)
+        remaining = max(0.0, self._deadline - time.monotonic())
+        try:
+            await asyncio.wait(
+                [task, *self._failures()], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if task.done() and not task.cancelled():
+            return task.result()
+        if any(f.done() for f in self._failures()):
+            raise TunnelError(f"{what} failed: {self._why_down()}")
+        raise TunnelError(f"{what}: no result within up_timeout={self.cfg.up_timeout:g}s")
+
+    # ------------------------------------------------------------------ bring-up
+
+    async def up(self, stack: AsyncExitStack) -> None:
+        """Connect, start both pppds, pump, wait for IPCP, add routes; push every undo."""
+        cfg = self.cfg
+        self._deadline = time.monotonic() + cfg.up_timeout
+        echo("", f"connecting to {cfg.destination} (host key checked against {cfg.known_hosts})")
+        self.conn, self.client = await connect(cfg)
+        stack.push_async_callback(self._close_connection)
+        echo("", f"connected; server {self.conn.get_extra_info('server_version')}")
+
+        command = shell_join(remote_pppd_argv(cfg))
+        echo(self.remote_prefix, command)
+        _chan, session = await self.conn.create_session(
+            Bridge, command,
+            term_type="dumb", term_modes=RAW_PTY_MODES, encoding=None,
+            window=WINDOW, max_pktsize=MAX_PKTSIZE,
+        )  # fmt: skip
+        assert isinstance(session, Bridge)
+        self.bridge = session
+        stack.push_async_callback(self._close_channel)
+        await self._until("starting the remote pppd", self.bridge.first_frame.wait())
+        echo("", "remote pppd started (first PPP frame received)")
+
+        self.local = LocalPppd(cfg)
+        argv = self.local.start()
+        stack.push_async_callback(self._stop_local)
+        echo("[#]", shell_join(argv))
+        self._save(local_pppd_pid=self.local.pid)
+        await self._until("starting the local pppd", self.local.connected.wait())
+        self.bridge.attach(self.local.master)
+
+        self.link = await self._until("PPP negotiation", asyncio.shield(self.local.ipcp_up))
+        link = self.link
+        if (link.local, link.remote) != (str(cfg.local_address), str(cfg.remote_address)):
+            raise TunnelError(
+                f"IPCP agreed on {link.local} -> {link.remote}, not the configured "
+                f"{cfg.local_address} -> {cfg.remote_address}"
+            )
+        self._save(interface=link.interface, local_address=link.local, remote_address=link.remote)
+        self.remote_interface = await self._until("finding the remote interface", self._remote_if())
+        echo(
+            "", f"link up: {link.interface} {link.local} -> {link.remote} "
+            f"(remote {self.remote_interface})"
+        )  # fmt: skip
+        self._save(remote_interface=self.remote_interface)
+
+        for route in local_routes(cfg, link.interface):
+            await self._add_local(stack, route)
+        for route in remote_routes(cfg, self.remote_interface):
+            await self._add_remote(stack, route)
+        self._save(state="up", up_since=time.time(), last_error=None)
+
+    async def _remote_if(self) -> str:
+        """Ask the remote gateway which interface carries our link (no privilege needed)."""
+        assert self.conn is not None
+        command = Command((self.cfg.remote_ip, "-o", "-4", "addr", "show"))
+        delay = 0.1
+        while True:
+            out = await run_remote(self.conn, command)
+            name = find_ppp_interface(
+                out, str(self.cfg.remote_address), str(self.cfg.local_address)
+            )
+            if name:
+                return name
+            await asyncio.sleep(delay)  # remote IPCP finishes a moment after ours
+            delay = min(delay * 2, 1.0)
+
+    async def _add_local(self, stack: AsyncExitStack, route: RouteChange) -> None:
+        """Add one local route and push its removal."""
+        try:
+            await asyncio.to_thread(run_local, route.add)
+        except CommandFailed as exc:
+            raise TunnelError(str(exc)) from None
+        stack.push_async_callback(self._del_local, route)
+        self._save(local_routes=[*self.state.local_routes, route.add.shown])
+
+    async def _add_remote(self, stack: AsyncExitStack, route: RouteChange) -> None:
+        """Add one remote route over the same SSH connection and push its removal."""
+        assert self.conn is not None
+        echo(self.remote_prefix, route.add.shown)
+        await run_remote(self.conn, route.add)
+        stack.push_async_callback(self._del_remote, route)
+        self._save(remote_routes=[*self.state.remote_routes, route.add.shown])
+
+    # ------------------------------------------------------------------ undo
+
+    async def _del_remote(self, route: RouteChange) -> None:
+        """Remove one remote route (already gone if the remote link died)."""
+        self._save(remote_routes=[r for r in self.state.remote_routes if r != route.add.shown])
+        if self.conn is None or (self.client is not None and self.client.lost.done()):
+            echo("", f"remote route {route.network} not removed: connection gone "
+                     "(it went with the remote link)")  # fmt: skip
+            return
+        echo(self.remote_prefix, route.delete.shown)
+        try:
+            await run_remote(self.conn, route.delete, timeout=15)
+        except RemoteFailed as exc:
+            echo("", f"note: {exc}")
+
+    async def _del_local(self, route: RouteChange) -> None:
+        """Remove one local route (already gone if the interface went away)."""
+        self._save(local_routes=[r for r in self.state.local_routes if r != route.add.shown])
+        try:
+            await asyncio.to_thread(run_local, route.delete)
+        except CommandFailed as exc:
+            echo("", f"note: {exc}")
+
+    async def _stop_local(self) -> None:
+        """SIGTERM the local pppd: it sends LCP Terminate through the still-running pump."""
+        assert self.local is not None
+        if not self.local.exited.done():
+            echo("[#]", f"kill -TERM {self.local.pid}  # local pppd")
+        status = await self.local.stop()
+        if self.bridge is not None:
+            self.bridge.detach()
+        echo("", f"local pppd stopped ({describe_exit(status)})")
+        self._save(local_pppd_pid=None, interface=None)
+
+    async def _close_channel(self) -> None:
+        """Let the remote pppd finish after LCP Terminate, else hang up its pty (SIGHUP)."""
+        assert self.bridge is not None
+        if not self.bridge.closed.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.bridge.closed), 5)
+        if not self.bridge.closed.done():
+            echo("", "closing the channel (remote pppd gets SIGHUP)")
+            self.bridge.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.bridge.closed), 10)
+        echo("", f"remote pppd ended ({self.bridge.describe_end()})")
+        self._save(remote_interface=None)
+
+    async def _close_connection(self) -> None:
+        """Close the SSH connection."""
+        if self.conn is not None:
+            await close_connection(self.conn)
+            echo("", f"disconnected from {self.cfg.destination}")
+
+    # ------------------------------------------------------------------ running
+
+    async def watch(self) -> str:
+        """Wait until some part of the link dies; return why."""
+        await asyncio.wait(self._failures(), return_when=asyncio.FIRST_COMPLETED)
+        return self._why_down()
+
+
+async def run_tunnel(cfg: SiteConfig, state: State, ready: Callable[[Tunnel], None]) -> None:
+    """Bring the link up, call ready(), hold it until cancelled or lost, undo everything."""
+    tunnel = Tunnel(cfg, state)
+    async with AsyncExitStack() as stack:
+        try:
+            await tunnel.up(stack)
+        except TunnelError:
+            tunnel._save(state="stopping")
+            echo("", "start failed; undoing what was done")
+            raise
+        except asyncio.CancelledError:
+            tunnel._save(state="stopping")
+            echo("", "interrupted during start; undoing what was done")
+            raise
+        ready(tunnel)
+        try:
+            reason = await tunnel.watch()
+        except asyncio.CancelledError:
+            tunnel._save(state="stopping")
+            echo("", "stopping")
+            raise
+        tunnel._save(state="stopping", last_error=reason)
+        raise TunnelError(f"link down: {reason}")
