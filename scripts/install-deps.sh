@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what pppssh, its lab and its tests need on a fresh Debian 12 machine (run as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(user-mode-linux kmod ppp openssh-server openssh-client sudo iproute2 iputils-ping
+          procps util-linux)
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "installing: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	# Keep services from starting on the host: the lab starts its own sshd inside UML.
+	printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d.pppssh
+	chmod +x /usr/sbin/policy-rc.d.pppssh
+	[ -e /usr/sbin/policy-rc.d ] || ln -s policy-rc.d.pppssh /usr/sbin/policy-rc.d
+	apt-get install -y -qq "${missing[@]}" >/dev/null
+	[ "$(readlink /usr/sbin/policy-rc.d 2>/dev/null)" = policy-rc.d.pppssh ] && rm -f /usr/sbin/policy-rc.d
+	rm -f /usr/sbin/policy-rc.d.pppssh
+fi
+python3 -m pip install -q --disable-pip-version-check -e ".[test]"
