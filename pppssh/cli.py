@@ -107,19 +107,49 @@ def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:
     state = State(site=cfg.name, config=str(cfg.path.absolute()), pid=os.getpid(), log=str(log))
     write_state(state)
 
+    announced = False
+
     def ready(tunnel: object) -> None:
-        """Routes are in place: tell systemd, or the waiting `pppssh start`."""
+        """Routes are in place: tell systemd, or the waiting `pppssh start` (once)."""
+        nonlocal announced
         link = f"{state.interface} {state.local_address} -> {state.remote_address}"
+        sd_notify("READY=1", f"STATUS=up: {link}")
+        if announced:
+            print(f"pppssh: {cfg.name} is up again: {link}", flush=True)
+            return
+        announced = True
         print(f"pppssh: {cfg.name} is up: {link} (pid {os.getpid()}); "
               f"stop it with: pppssh stop {cfg.name}", flush=True)  # fmt: skip
-        sd_notify("READY=1", f"STATUS=up: {link}")
         if ready_fd is not None:
             redirect_output(log)
             os.write(ready_fd, b"READY\n")
             os.close(ready_fd)
 
+    async def hold() -> None:
+        """Run the tunnel; after a link that was up is lost, reconnect with backoff."""
+        delay = cfg.reconnect_delay
+        while True:
+            try:
+                await run_tunnel(cfg, state, ready)
+            except TunnelError as exc:
+                if not announced or not cfg.reconnect:
+                    raise
+                if state.up_since is not None:  # this attempt had come up: start over
+                    delay = cfg.reconnect_delay
+                state.reconnects += 1
+                state.state = "reconnecting"
+                state.last_error = str(exc)
+                state.up_since = None
+                write_state(state)
+                print(f"pppssh: {cfg.name}: {exc}; reconnecting in {delay:g}s", flush=True)
+                sd_notify(f"STATUS=reconnecting: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, cfg.reconnect_delay_max)
+            else:
+                return
+
     async def main() -> int:
-        """Run the tunnel; signals cancel it, which unwinds the undo stack."""
+        """Hold the site; signals cancel it, which unwinds the undo stack."""
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
@@ -137,7 +167,7 @@ def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, on_signal, sig.name)
         try:
-            await run_tunnel(cfg, state, ready)
+            await hold()
         except asyncio.CancelledError:
             if not stopping:
                 raise

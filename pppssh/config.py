@@ -69,6 +69,9 @@ class SiteConfig:
 
     path: Path
     name: str
+    reconnect: bool
+    reconnect_delay: float
+    reconnect_delay_max: float
     host: str
     port: int
     user: str
@@ -275,6 +278,16 @@ def _networks(value: str) -> tuple[Network, ...]:
     return tuple(nets)
 
 
+def _yes_no(value: str) -> bool:
+    """yes/no (also true/false, on/off, 1/0)."""
+    word = value.lower()
+    if word in ("yes", "true", "on", "1"):
+        return True
+    if word in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"'{value}' is not yes or no")
+
+
 def _proxyarp(value: str) -> Proxyarp:
     """One of no, local, remote, both."""
     try:
@@ -302,6 +315,12 @@ SCHEMA: tuple[Key, ...] = (
     Key("site", "name", "name", "", _site_name,
         "Site name, used by `pppssh stop NAME`, the state file and the pppd linkname. "
         "Default: the file name without `.conf`."),
+    Key("site", "reconnect", "reconnect", "yes", _yes_no,
+        "After a link that was up is lost, bring it up again (yes) or exit (no)."),
+    Key("site", "reconnect_delay", "reconnect_delay", "5", _as_seconds(0.1, 3600),
+        "Seconds before the first reconnect attempt; doubled after each failure."),
+    Key("site", "reconnect_delay_max", "reconnect_delay_max", "60", _as_seconds(0.1, 86400),
+        "Upper bound of the delay between reconnect attempts."),
     Key("remote", "host", "host", None, _host, "The remote gateway's SSH address (name or IP)."),
     Key("remote", "port", "port", "22", _as_int(1, 65535), "Its SSH port."),
     Key("remote", "user", "user", None, _user,
@@ -378,7 +397,7 @@ def _suggest(word: str, choices: list[str]) -> str:
 
 def parse(text: str, path: Path) -> SiteConfig:
     """Parse the text of a site file; raise ConfigError on the first problem."""
-    shown = path.name
+    shown = str(path)
     values: dict[tuple[str, str], tuple[str, int]] = {}
     section_lines: dict[str, int] = {}
     section: str | None = None

@@ -48,8 +48,18 @@ def describe_exit(status: int | None) -> str:
     if status is None:
         return "unknown exit status"
     if status < 0:
-        return f"killed by signal {-status}"
+        return f"killed by {_signame(-status)}"
+    if 128 < status <= 128 + 64:  # a shell reporting a signal death
+        return f"exit status {status} (killed by {_signame(status - 128)})"
     return f"exit status {status} ({EXIT_CODES.get(status, 'unknown')})"
+
+
+def _signame(number: int) -> str:
+    """SIGKILL for 9."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 _IFACE = re.compile(r"Using interface (\S+)")

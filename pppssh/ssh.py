@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 
 import asyncssh
@@ -142,7 +143,7 @@ async def connect(cfg: SiteConfig) -> tuple[asyncssh.SSHClientConnection, Connec
             f"cannot connect to {cfg.host}:{cfg.port}: timed out after {cfg.connect_timeout:g}s"
         ) from None
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
         raise TunnelError(f"cannot connect to {cfg.host}:{cfg.port}: {reason}") from None
     except asyncssh.Error as exc:
         raise TunnelError(f"SSH to {cfg.destination} failed: {exc.reason}") from None

@@ -158,7 +158,7 @@ class Tunnel:
             await self._add_local(stack, route)
         for route in remote_routes(cfg, self.remote_interface):
             await self._add_remote(stack, route)
-        self._save(state="up", up_since=time.time(), last_error=None)
+        self._save(state="up", up_since=time.time())
 
     async def _remote_if(self) -> str:
         """Ask the remote gateway which interface carries our link (no privilege needed)."""
@@ -237,7 +237,10 @@ class Tunnel:
             self.bridge.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.bridge.closed), 10)
-        echo("", f"remote pppd ended ({self.bridge.describe_end()})")
+        end = self.bridge.describe_end()
+        if self.bridge.exit_status is not None:
+            end = describe_exit(self.bridge.exit_status)
+        echo("", f"remote pppd ended ({end})")
         self._save(remote_interface=None)
 
     async def _close_connection(self) -> None:
@@ -262,7 +265,8 @@ async def run_tunnel(cfg: SiteConfig, state: State, ready: Callable[[Tunnel], No
             await tunnel.up(stack)
         except TunnelError:
             tunnel._save(state="stopping")
-            echo("", "start failed; undoing what was done")
+            if tunnel.conn is not None:
+                echo("", "start failed; undoing what was done")
             raise
         except asyncio.CancelledError:
             tunnel._save(state="stopping")
