@@ -271,6 +271,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return status_main(names, as_json=args.json)
 
 
+# ---------------------------------------------------------------------------- routes
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    """Print workstation routes (or the gateways' own) from the site file alone."""
+    from .workstations import gateway_commands, render, render_json
+
+    if not args.print:
+        raise Fail("routes: nothing to do; use --print", EXIT_USAGE)
+    cfg = _load(args.config)
+    if args.gateways:
+        state = read_state(cfg.name)
+        running = state is not None and pid_alive(state.pid) and state.state == "up"
+        local_if = state.interface if running and state else None
+        remote_if = state.remote_interface if running and state else None
+        sys.stdout.write(gateway_commands(cfg, local_if, remote_if))
+    elif args.json:
+        sys.stdout.write(render_json(cfg))
+    else:
+        sys.stdout.write(render(cfg, args.format))
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -301,6 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("sites", nargs="*", metavar="SITE", help="site name or site file")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+
+    routes = verbs.add_parser("routes", help="print the routes workstations on each LAN need")
+    routes.add_argument("config", help="site file")
+    routes.add_argument("--print", action="store_true", help="print them (works offline)")
+    routes.add_argument(
+        "--format", choices=("ip", "route", "windows", "bsd"), default="ip",
+        help="ip (iproute2, default), route (net-tools), windows, bsd (macOS/BSD)",
+    )  # fmt: skip
+    routes.add_argument("--json", action="store_true", help="machine-readable output")
+    routes.add_argument(
+        "--gateways", action="store_true", help="print the gateway-side commands `start` runs"
+    )
+    routes.set_defaults(func=cmd_routes)
     return parser
 
 

@@ -96,8 +96,8 @@ class SiteConfig:
     up_timeout: float
     local_networks: tuple[Network, ...]
     remote_networks: tuple[Network, ...]
-    local_lan_gateway: Address | None = None
-    remote_lan_gateway: Address | None = None
+    local_lan_gateways: tuple[Address, ...] = ()
+    remote_lan_gateways: tuple[Address, ...] = ()
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -171,7 +171,7 @@ def _as_seconds(lo: float, hi: float) -> Callable[[str], float]:
 
 def _site_name(value: str) -> str:
     """A site name: used in file names, the pppd linkname and unit instance names."""
-    if not _SITE_NAME.match(value):
+    if value and not _SITE_NAME.match(value):
         raise ValueError(
             f"'{value}' is not a valid site name (letters, digits, '_', '.', '-'; at most 32)"
         )
@@ -248,9 +248,16 @@ def _address(value: str) -> Address:
     return addr
 
 
-def _optional_address(value: str) -> Address | None:
-    """An IPv4 address, or nothing."""
-    return _address(value) if value else None
+def _addresses(value: str) -> tuple[Address, ...]:
+    """A comma- or space-separated list of IPv4 addresses (maybe empty)."""
+    found: list[Address] = []
+    for word in re.split(r"[,\s]+", value.strip()):
+        if word:
+            addr = _address(word)
+            if addr in found:
+                raise ValueError(f"'{word}' is listed twice")
+            found.append(addr)
+    return tuple(found)
 
 
 def _networks(value: str) -> tuple[Network, ...]:
@@ -366,12 +373,11 @@ SCHEMA: tuple[Key, ...] = (
         "through the link."),
     Key("networks", "remote", "remote_networks", "", _networks,
         "Networks behind the remote gateway; this gateway routes them through the link."),
-    Key("networks", "local_lan_gateway", "local_lan_gateway", "", _optional_address,
-        "This gateway's address on its LAN, for `pppssh routes --print` (default: the first "
-        "host of the first local network)."),
-    Key("networks", "remote_lan_gateway", "remote_lan_gateway", "", _optional_address,
-        "The remote gateway's LAN address, for `pppssh routes --print` (default: the first "
-        "host of the first remote network)."),
+    Key("networks", "local_lan_gateways", "local_lan_gateways", "", _addresses,
+        "This gateway's address on each local LAN, for `pppssh routes --print` (one per "
+        "network at most; a network without one gets its first host)."),
+    Key("networks", "remote_lan_gateways", "remote_lan_gateways", "", _addresses,
+        "The remote gateway's address on each remote LAN (same rules)."),
 )  # fmt: skip
 
 SECTIONS = tuple(dict.fromkeys(k.section for k in SCHEMA))
@@ -497,10 +503,17 @@ def _check_networks(parsed: dict[str, Any], err: Callable[[str, str], ConfigErro
             f"proxyarp on the local gateway needs remote_address {parsed['remote_address']} "
             f"inside a local network ({', '.join(map(str, local)) or 'none set'})",
         )
-    for attr, nets in (("local_lan_gateway", local), ("remote_lan_gateway", remote)):
-        gw = parsed[attr]
-        if gw is not None and not any(gw in n for n in nets):
-            raise err(attr, f"{gw} is not inside any of {', '.join(map(str, nets)) or 'none'}")
+    for attr, nets in (("local_lan_gateways", local), ("remote_lan_gateways", remote)):
+        seen: dict[Network, Address] = {}
+        for gw in parsed[attr]:
+            net = next((n for n in nets if gw in n), None)
+            if net is None:
+                raise err(attr, f"{gw} is not inside any of {', '.join(map(str, nets)) or 'none'}")
+            if net in seen:
+                raise err(attr, f"{gw} and {seen[net]} are both in {net}: one gateway per LAN")
+            if gw in (net.network_address, net.broadcast_address):
+                raise err(attr, f"{gw} is not a host address of {net}")
+            seen[net] = gw
 
 
 def load(path: str | Path) -> SiteConfig:
