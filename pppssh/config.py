@@ -526,3 +526,17 @@ def load(path: str | Path) -> SiteConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(p), 0, "", f"cannot read: {exc}") from None
     return parse(text, p)
+
+
+def schema_markdown() -> str:
+    """Every key with its default, as the Markdown tables README.md carries."""
+    out: list[str] = []
+    for section in SECTIONS:
+        out += ["", f"**[{section}]**", "", "| key | default | meaning |", "|---|---|---|"]
+        for key in (k for k in SCHEMA if k.section == section):
+            if key.default is None:
+                default = "(required)"
+            else:
+                default = f"`{key.default}`" if key.default else "(empty)"
+            out.append(f"| `{key.name}` | {default} | {key.doc} |")
+    return "\n".join(out[1:]) + "\n"
