@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shlex
 
 import asyncssh
 
@@ -29,7 +30,9 @@ class RemoteFailed(TunnelError):
         """Remember what ran remotely and how it failed."""
         self.shown = shown
         self.status = status
-        self.stderr = " | ".join(line.strip() for line in stderr.strip().splitlines() if line)
+        self.stderr = " | ".join(
+            line.strip() for line in stderr.strip().splitlines() if line.strip()
+        )
         detail = self.stderr or f"exit status {status}"
         super().__init__(f"remote `{shown}` failed: {detail}")
 
@@ -70,7 +73,7 @@ async def _host_key_refusal(cfg: SiteConfig, exc: Exception) -> TunnelError:
         known = bool(trusted[0])
     except (OSError, ValueError, asyncssh.Error):
         known = False
-    kh = cfg.known_hosts
+    kh = shlex.quote(str(cfg.known_hosts))
     if known:
         return TunnelError(
             f"HOST KEY CHANGED: {cfg.host}:{cfg.port} now presents {key.get_algorithm()} "
@@ -131,6 +134,8 @@ async def connect(cfg: SiteConfig) -> tuple[asyncssh.SSHClientConnection, Connec
             keepalive_interval=cfg.keepalive_interval,
             keepalive_count_max=cfg.keepalive_count_max,
         )
+    except UnicodeDecodeError as exc:
+        raise TunnelError(f"cannot read {cfg.known_hosts}: {exc}") from None
     except asyncssh.HostKeyNotVerifiable as exc:
         raise await _host_key_refusal(cfg, exc) from None
     except asyncssh.PermissionDenied:
@@ -155,7 +160,9 @@ async def run_remote(
 ) -> str:
     """Run one command on the remote gateway (no pty); return stdout or raise RemoteFailed."""
     try:
-        result = await asyncio.wait_for(conn.run(command.shown, check=False), timeout)
+        result = await asyncio.wait_for(
+            conn.run(command.shown, check=False, errors="replace"), timeout
+        )
     except TimeoutError:
         raise RemoteFailed(command.shown, None, f"no answer within {timeout:g}s") from None
     except (OSError, asyncssh.Error) as exc:

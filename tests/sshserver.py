@@ -1,0 +1,219 @@
+"""A real in-process SSH server on 127.0.0.1, port 0, that records what its clients do.
+
+Modelled on ronf/asyncssh tests/server.py: keys generated per test and written to a folder,
+`asyncssh.listen` with a process_factory. The server never allocates a real pty (asyncssh
+does not), and its line editor is off so bytes pass unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import asyncssh
+
+from pppssh.config import SiteConfig, parse
+
+USER = "pppssh"
+
+Handler = Callable[[asyncssh.SSHServerProcess[bytes]], Awaitable[None]]
+
+
+@dataclass
+class SessionRecord:
+    """What one client session asked for."""
+
+    command: str | None
+    term_type: str | None
+    term_modes: dict[int, int]
+    username: str | None
+
+
+@dataclass
+class Recorder:
+    """Everything the server saw, in order."""
+
+    connections: int = 0
+    auth_begun: list[str] = field(default_factory=list)
+    keys_offered: list[tuple[str, str, bool]] = field(default_factory=list)  # user, fp, ok
+    auth_completed: list[str] = field(default_factory=list)
+    sessions: list[SessionRecord] = field(default_factory=list)
+
+
+class _RecordingServer(asyncssh.SSHServer):
+    """Accepts exactly one account with exactly one public key; records every step."""
+
+    def __init__(self, rec: Recorder, user: str, authorized: asyncssh.SSHKey) -> None:
+        """Remember where to record and whom to let in."""
+        self.rec = rec
+        self.user = user
+        self.authorized = authorized
+        self.conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Count TCP connections that got as far as the SSH layer."""
+        self.conn = conn
+        self.rec.connections += 1
+
+    def begin_auth(self, username: str) -> bool:
+        """Authentication is always required."""
+        self.rec.auth_begun.append(username)
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        """Only public keys."""
+        return True
+
+    def password_auth_supported(self) -> bool:
+        """Never passwords."""
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        """Never keyboard-interactive."""
+        return False
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """The configured user with the authorized key, nothing else."""
+        ok = username == self.user and key.public_data == self.authorized.public_data
+        self.rec.keys_offered.append((username, key.get_fingerprint("sha256"), ok))
+        return ok
+
+    def auth_completed(self) -> None:
+        """Record who logged in."""
+        assert self.conn is not None
+        self.rec.auth_completed.append(self.conn.get_extra_info("username"))
+
+
+class SSHTestServer:
+    """`async with SSHTestServer(tmp_path, handler) as srv:` a listening server and its keys.
+
+    Files written to `folder`: host key (ssh_host_ed25519_key), the client key pppssh uses
+    (id_ed25519, authorized on the server), a second unauthorized client key
+    (id_other), and known_hosts holding the server's key under `[127.0.0.1]:PORT`.
+    """
+
+    def __init__(
+        self, folder: Path, handler: Handler | None = None, *, user: str = USER, **listen: Any
+    ) -> None:
+        """Generate the keys; nothing listens until entered."""
+        self.folder = folder
+        self.handler = handler
+        self.user = user
+        self.listen_options = listen
+        self.rec = Recorder()
+        self.host_key = asyncssh.generate_private_key("ssh-ed25519")
+        self.client_key = asyncssh.generate_private_key("ssh-ed25519")
+        self.other_key = asyncssh.generate_private_key("ssh-ed25519")
+        self.identity = folder / "id_ed25519"
+        self.other_identity = folder / "id_other"
+        self.known_hosts = folder / "known_hosts"
+        self.port = 0
+        self._server: asyncssh.SSHAcceptor | None = None
+
+    @property
+    def host_key_fingerprint(self) -> str:
+        """SHA256:... of the server's host key, as ssh-keygen -l prints it."""
+        return self.host_key.get_fingerprint("sha256")
+
+    @property
+    def host_key_line(self) -> str:
+        """`[127.0.0.1]:PORT ssh-ed25519 AAAA...` as OpenSSH writes it (no comment)."""
+        algo, blob = self.host_key.export_public_key("openssh").decode().split()[:2]
+        return f"[127.0.0.1]:{self.port} {algo} {blob}"
+
+    async def __aenter__(self) -> SSHTestServer:
+        """Write the key files and start listening on a free port."""
+        self.client_key.write_private_key(str(self.identity))
+        self.other_key.write_private_key(str(self.other_identity))
+        self.identity.chmod(0o600)
+        self.other_identity.chmod(0o600)
+        (self.folder / "authorized_keys").write_bytes(self.client_key.export_public_key())
+        authorized = asyncssh.read_public_key(str(self.folder / "authorized_keys"))
+        options: dict[str, Any] = {
+            "encoding": None,
+            "line_editor": False,
+            "gss_host": None,
+            "allow_scp": False,
+        }
+        options.update(self.listen_options)
+        self._server = await asyncssh.listen(
+            "127.0.0.1",
+            0,
+            server_host_keys=[self.host_key],
+            server_factory=lambda: _RecordingServer(self.rec, self.user, authorized),
+            process_factory=self._process,
+            **options,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.known_hosts.write_text(self.host_key_line + "\n")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop listening and close every connection."""
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        """Record the session, then hand it to the test's handler (default: exit 0)."""
+        self.rec.sessions.append(
+            SessionRecord(
+                command=process.command,
+                term_type=process.term_type,
+                term_modes=dict(process.term_modes),
+                username=process.get_extra_info("username"),
+            )
+        )
+        try:
+            if self.handler is not None:
+                await self.handler(process)
+        except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged, asyncssh.SignalReceived):
+            pass
+        except (BrokenPipeError, ConnectionError, asyncssh.DisconnectError):
+            return
+        if not process.is_closing():
+            process.exit(0)
+
+    def site_text(self, **overrides: str) -> str:
+        """A site file pointing at this server (name set, keys relative to the folder)."""
+        values = {
+            "name": "lab",
+            "host": "127.0.0.1",
+            "port": str(self.port),
+            "user": self.user,
+            "identity": self.identity.name,
+            "known_hosts": self.known_hosts.name,
+            "connect_timeout": "5",
+            "keepalive_interval": "0",
+        }
+        values.update(overrides)
+        return (
+            "[site]\n"
+            f"name = {values['name']}\n"
+            "[remote]\n"
+            f"host = {values['host']}\n"
+            f"port = {values['port']}\n"
+            f"user = {values['user']}\n"
+            f"identity = {values['identity']}\n"
+            f"known_hosts = {values['known_hosts']}\n"
+            f"connect_timeout = {values['connect_timeout']}\n"
+            f"keepalive_interval = {values['keepalive_interval']}\n"
+            "[ppp]\n"
+            "local_address = 10.99.0.1\n"
+            "remote_address = 10.99.0.2\n"
+            "[networks]\n"
+            "local = 10.1.0.0/24\n"
+            "remote = 10.2.0.0/24\n"
+        )
+
+    def cfg(self, **overrides: str) -> SiteConfig:
+        """The SiteConfig of site_text(), as if read from <folder>/lab.conf."""
+        return parse(self.site_text(**overrides), self.folder / "lab.conf")

@@ -1,0 +1,256 @@
+"""pppssh.plan: golden argv of both pppds and of every route change, with their undo."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from pppssh.config import SiteConfig, parse
+from pppssh.plan import (
+    Command,
+    local_pppd_argv,
+    local_routes,
+    remote_pppd_argv,
+    remote_routes,
+    shell_join,
+)
+
+
+def site(
+    ppp: str = "", networks: str = "local = 10.1.0.0/24\nremote = 10.2.0.0/24\n"
+) -> SiteConfig:
+    """A typical site file, with extra [ppp] lines and its own [networks]."""
+    text = (
+        "[site]\nname = site-b\n"
+        "[remote]\nhost = gw.example.net\nuser = pppssh\n"
+        "identity = id_ed25519\nknown_hosts = known_hosts\n"
+        "[ppp]\nlocal_address = 10.99.0.1\nremote_address = 10.99.0.2\n"
+        f"{ppp}"
+        f"[networks]\n{networks}"
+    )
+    return parse(text, Path("/etc/pppssh/site-b.conf"))
+
+
+COMMON_HEAD = [
+    "nodetach", "noauth", "local", "nocrtscts",
+    "linkname", "pppssh-site-b", "ipparam", "pppssh-site-b",
+]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- pppd argv
+
+
+def test_local_pppd_typical() -> None:
+    assert local_pppd_argv(site(), logfd=7) == [
+        "/usr/sbin/pppd",
+        "nodetach", "noauth", "local", "nocrtscts",
+        "linkname", "pppssh-site-b",
+        "ipparam", "pppssh-site-b",
+        "10.99.0.1:10.99.0.2",
+        "mtu", "1400", "mru", "1400",
+        "nodefaultroute", "noccp",
+        "lcp-echo-interval", "10", "lcp-echo-failure", "4",
+        "noproxyarp",
+        "logfd", "7",
+    ]  # fmt: skip
+
+
+def test_remote_pppd_typical() -> None:
+    assert remote_pppd_argv(site()) == [
+        "sudo", "-n", "/usr/sbin/pppd",
+        "nodetach", "noauth", "local", "nocrtscts",
+        "linkname", "pppssh-site-b",
+        "ipparam", "pppssh-site-b",
+        "10.99.0.2:10.99.0.1",
+        "mtu", "1400", "mru", "1400",
+        "nodefaultroute", "noccp",
+        "lcp-echo-interval", "10", "lcp-echo-failure", "4",
+        "noproxyarp",
+    ]  # fmt: skip
+
+
+def test_remote_pppd_command_string() -> None:
+    assert shell_join(remote_pppd_argv(site())) == (
+        "sudo -n /usr/sbin/pppd nodetach noauth local nocrtscts linkname pppssh-site-b "
+        "ipparam pppssh-site-b 10.99.0.2:10.99.0.1 mtu 1400 mru 1400 nodefaultroute noccp "
+        "lcp-echo-interval 10 lcp-echo-failure 4 noproxyarp"
+    )
+
+
+def test_no_logfd_or_local_options_on_the_remote() -> None:
+    cfg = site(ppp="local_options = debug\nremote_options = lock\n")
+    remote = remote_pppd_argv(cfg)
+    assert "logfd" not in remote
+    assert remote[-1] == "lock" and "debug" not in remote
+
+
+def test_proxyarp_both_and_custom_sizes() -> None:
+    # proxyarp=both needs each PPP address inside a LAN of the other side.
+    cfg = parse(
+        "[site]\nname = site-b\n"
+        "[remote]\nhost = gw.example.net\nport = 2222\nuser = pppssh\n"
+        "identity = id_ed25519\nknown_hosts = known_hosts\n"
+        "sudo = /usr/bin/sudo -n\npppd = /usr/local/sbin/pppd\n"
+        "[ppp]\nlocal_address = 192.168.50.250\nremote_address = 10.1.2.250\n"
+        "mtu = 1280\nmru = 1500\nproxyarp = both\n"
+        "[networks]\nlocal = 10.1.2.0/24\nremote = 192.168.50.0/24\n",
+        Path("/etc/pppssh/site-b.conf"),
+    )
+    assert local_pppd_argv(cfg, logfd=7) == [
+        "/usr/sbin/pppd", *COMMON_HEAD,
+        "192.168.50.250:10.1.2.250",
+        "mtu", "1280", "mru", "1500",
+        "nodefaultroute", "noccp",
+        "lcp-echo-interval", "10", "lcp-echo-failure", "4",
+        "proxyarp",
+        "logfd", "7",
+    ]  # fmt: skip
+    assert remote_pppd_argv(cfg) == [
+        "/usr/bin/sudo", "-n", "/usr/local/sbin/pppd", *COMMON_HEAD,
+        "10.1.2.250:192.168.50.250",
+        "mtu", "1280", "mru", "1500",
+        "nodefaultroute", "noccp",
+        "lcp-echo-interval", "10", "lcp-echo-failure", "4",
+        "proxyarp",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("proxyarp", "local_has", "remote_has"),
+    [("no", "noproxyarp", "noproxyarp"), ("local", "proxyarp", "noproxyarp"),
+     ("remote", "noproxyarp", "proxyarp")],
+)  # fmt: skip
+def test_proxyarp_goes_to_the_right_pppd(proxyarp: str, local_has: str, remote_has: str) -> None:
+    # the local LAN holds the remote PPP address and vice versa, so every choice is valid
+    cfg = site(
+        ppp=f"proxyarp = {proxyarp}\n",
+        networks="local = 10.99.0.2/32\nremote = 10.99.0.1/32\n",
+    )
+    local, remote = local_pppd_argv(cfg, 7), remote_pppd_argv(cfg)
+    assert [w for w in local if w.endswith("proxyarp")] == [local_has]
+    assert [w for w in remote if w.endswith("proxyarp")] == [remote_has]
+
+
+def test_lcp_echo_off() -> None:
+    cfg = site(ppp="lcp_echo_interval = 0\nlcp_echo_failure = 9\n")
+    local = local_pppd_argv(cfg, logfd=3)
+    assert local[local.index("noccp") :] == [
+        "noccp", "lcp-echo-interval", "0", "noproxyarp", "logfd", "3",
+    ]  # fmt: skip
+    assert "lcp-echo-failure" not in local
+    remote = remote_pppd_argv(cfg)
+    assert remote[remote.index("noccp") :] == ["noccp", "lcp-echo-interval", "0", "noproxyarp"]
+
+
+def test_extra_options_come_last_in_order() -> None:
+    cfg = site(ppp="local_options = debug kdebug 1\nremote_options = lock +ipv6 ms-dns=x\n")
+    assert local_pppd_argv(cfg, logfd=9)[-5:] == ["logfd", "9", "debug", "kdebug", "1"]
+    remote = remote_pppd_argv(cfg)
+    assert remote[-4:] == ["noproxyarp", "lock", "+ipv6", "ms-dns=x"]
+    assert shell_join(remote).endswith(" noproxyarp lock +ipv6 ms-dns=x")
+
+
+def test_pppd_options_appear_once() -> None:
+    """Options pppssh manages are never duplicated (a second value would win in pppd)."""
+    for argv in (local_pppd_argv(site(), 7), remote_pppd_argv(site())):
+        words = [w for w in argv if not w[0].isdigit() and "/" not in w and w != "pppssh-site-b"]
+        assert len(words) == len(set(words)), argv
+
+
+# ---------------------------------------------------------------------------- shell_join
+
+
+def test_shell_join_quotes_only_what_needs_it() -> None:
+    argv = ["sudo", "-n", "a b", "it's", "", "$(id)", "x;y", "10.0.0.1:10.0.0.2", "ms-dns=1"]
+    joined = shell_join(argv)
+    assert joined == ("sudo -n 'a b' 'it'\"'\"'s' '' '$(id)' 'x;y' 10.0.0.1:10.0.0.2 ms-dns=1")
+    assert shlex.split(joined) == argv
+
+
+def test_command_shown() -> None:
+    assert Command(("ip", "route", "add", "10.2.0.0/24")).shown == "ip route add 10.2.0.0/24"
+    assert Command(("echo", "a b")).shown == "echo 'a b'"
+
+
+# ---------------------------------------------------------------------------- routes
+
+SEVERAL = "local = 10.1.0.0/16, 10.1.5.0/24 172.16.0.0/12\nremote = 10.2.0.0/16,10.2.7.128/25\n"
+
+
+def test_local_routes_several_networks() -> None:
+    routes = local_routes(site(networks=SEVERAL), "ppp3")
+    assert [r.add.shown for r in routes] == [
+        "ip route add 10.2.7.128/25 via 10.99.0.2 dev ppp3",
+        "ip route add 10.2.0.0/16 via 10.99.0.2 dev ppp3",
+    ]
+    assert [r.delete.shown for r in routes] == [
+        "ip route del 10.2.7.128/25 via 10.99.0.2 dev ppp3",
+        "ip route del 10.2.0.0/16 via 10.99.0.2 dev ppp3",
+    ]
+    assert [str(r.network) for r in routes] == ["10.2.7.128/25", "10.2.0.0/16"]
+    assert routes[0].add.argv == (
+        "ip", "route", "add", "10.2.7.128/25", "via", "10.99.0.2", "dev", "ppp3",
+    )  # fmt: skip
+
+
+def test_local_routes_with_ip_path() -> None:
+    [route] = local_routes(site(), "ppp0", ip="/usr/sbin/ip")
+    assert route.add.argv == (
+        "/usr/sbin/ip", "route", "add", "10.2.0.0/24", "via", "10.99.0.2", "dev", "ppp0",
+    )  # fmt: skip
+
+
+def test_remote_routes_several_networks() -> None:
+    routes = remote_routes(site(networks=SEVERAL), "ppp0")
+    assert [r.add.shown for r in routes] == [
+        "sudo -n /usr/sbin/ip route add 10.1.5.0/24 via 10.99.0.1 dev ppp0",
+        "sudo -n /usr/sbin/ip route add 10.1.0.0/16 via 10.99.0.1 dev ppp0",
+        "sudo -n /usr/sbin/ip route add 172.16.0.0/12 via 10.99.0.1 dev ppp0",
+    ]
+    assert [r.delete.shown for r in routes] == [
+        "sudo -n /usr/sbin/ip route del 10.1.5.0/24 via 10.99.0.1 dev ppp0",
+        "sudo -n /usr/sbin/ip route del 10.1.0.0/16 via 10.99.0.1 dev ppp0",
+        "sudo -n /usr/sbin/ip route del 172.16.0.0/12 via 10.99.0.1 dev ppp0",
+    ]
+
+
+def test_remote_routes_use_configured_sudo_and_ip() -> None:
+    text_cfg = parse(
+        "[site]\nname = site-b\n"
+        "[remote]\nhost = gw.example.net\nuser = pppssh\n"
+        "identity = id_ed25519\nknown_hosts = known_hosts\n"
+        "sudo = /usr/bin/doas\nip = /sbin/ip\n"
+        "[ppp]\nlocal_address = 10.99.0.1\nremote_address = 10.99.0.2\n"
+        "[networks]\nlocal = 10.1.0.0/24\n",
+        Path("/etc/pppssh/site-b.conf"),
+    )
+    [route] = remote_routes(text_cfg, "ppp1")
+    assert route.add.argv == (
+        "/usr/bin/doas", "/sbin/ip", "route", "add", "10.1.0.0/24", "via", "10.99.0.1",
+        "dev", "ppp1",
+    )  # fmt: skip
+    assert local_routes(text_cfg, "ppp0") == []
+
+
+def test_no_networks_no_routes() -> None:
+    cfg = site(networks="")
+    assert local_routes(cfg, "ppp0") == [] and remote_routes(cfg, "ppp0") == []
+
+
+@pytest.mark.parametrize("side", ["local", "remote"])
+def test_each_delete_is_the_exact_inverse_of_its_add(side: str) -> None:
+    cfg = site(networks=SEVERAL)
+    routes = local_routes(cfg, "ppp0") if side == "local" else remote_routes(cfg, "ppp0")
+    assert routes
+    for route in routes:
+        add, delete = list(route.add.argv), list(route.delete.argv)
+        assert add.count("add") == 1 and delete.count("del") == 1
+        at = add.index("add")
+        assert delete.index("del") == at
+        assert add[at - 1] == "route" == delete[at - 1]
+        assert [*delete[:at], "add", *delete[at + 1 :]] == add
+        assert add[at + 1] == str(route.network)
+    # every network once, no two routes the same
+    assert len({r.network for r in routes}) == len(routes)
