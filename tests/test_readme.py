@@ -24,5 +24,7 @@ def test_opens_with_demo_and_test_commands() -> None:
     assert first is not None
     lines = [line.split("#")[0].strip() for line in first.group(1).splitlines()]
     assert lines[:2] == ["bash scripts/demo.sh", "bash scripts/test.sh"]
-    ci_last = [ln for ln in CI.read_text().splitlines() if ln and not ln.startswith(("#", "set ", "cd "))][-1]
+    ci_last = [
+        ln for ln in CI.read_text().splitlines() if ln and not ln.startswith(("#", "set ", "cd "))
+    ][-1]
     assert ci_last == "bash scripts/test.sh"

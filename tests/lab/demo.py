@@ -15,7 +15,7 @@ def step(lab: Lab, title: str, ns: str, argv: list[str]) -> int:
     """Print a heading and the command, run it with its output shown live."""
     print(f"\n### {title}\n$ ip netns exec {ns} {' '.join(argv)}", flush=True)
     proc = subprocess.run(
-        lab._argv(ns, argv, None),
+        lab.command(ns, argv),
         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO)},
         check=False,
     )

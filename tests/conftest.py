@@ -1,0 +1,175 @@
+"""Lab tests (@pytest.mark.lab) need a kernel with PPP: run them here if it has one, else in UML.
+
+Here (root, and /dev/ppp or inside the UML lab): lab tests run as usual, with a session-wide
+`lab` fixture (tests/lab/netlab.py) and, after each one, a check that it left no pppd, no
+ppp interface and no route behind (the lab is reset and the test fails if it did).
+
+On a host without PPP: each selected lab test is replaced by a stand-in. The first stand-in
+to run boots UML once and runs all selected lab tests there with pytest; each stand-in then
+passes if its test passed inside, and fails with the inner failure text otherwise (failed,
+error, skipped or missing alike). Results and the UML console log go to lab-results/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.lab import uml
+from tests.lab.netlab import Lab
+
+IN_UML = os.environ.get("PPPSSH_IN_UML") == "1"
+HAVE_PPP = (os.path.exists("/dev/ppp") or IN_UML) and os.geteuid() == 0
+
+
+@dataclass
+class UmlRun:
+    """What the one UML run of this session gave: per-test outcomes, or why there are none."""
+
+    nodeids: list[str]
+    tests: dict[str, dict[str, str]] = field(default_factory=dict)
+    error: str = ""
+    console: Path | None = None
+    status: int | None = None
+    seconds: float = 0.0
+    done: bool = False
+
+
+_UML_RUN = pytest.StashKey[UmlRun]()
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """Give the lab, built once for the session and torn down at its end."""
+    if not HAVE_PPP:
+        pytest.fail("the lab needs root and a kernel with PPP (lab tests go to UML otherwise)")
+    with Lab() as built:
+        yield built
+
+
+@pytest.fixture(autouse=True)
+def _lab_left_clean(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each lab test: restore sudoers; fail if pppd, ppp links or routes were left."""
+    built: Lab | None = None
+    if HAVE_PPP and request.node.get_closest_marker("lab"):
+        built = request.getfixturevalue("lab")
+    yield
+    if built is None:
+        return
+    found = built.reset()
+    if IN_UML:  # nothing else runs pppd in the lab kernel: look outside the namespaces too
+        found += [f"pppd pid {pid} outside the namespaces" for pid in built.pids(None, "pppd")]
+        found += [f"ppp link {x['name']} outside the namespaces" for x in built.ppp_links(None)]
+    if found:
+        pytest.fail("the test left the lab dirty (reset now): " + "; ".join(found), pytrace=False)
+
+
+class UmlLabItem(pytest.Item):
+    """Stand-in for a lab test on a host without PPP: its outcome is the one it had in UML."""
+
+    def __init__(self, *, original: pytest.Item, **kwargs: object) -> None:
+        """Copy the original test's markers and location."""
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.original = original
+        self.own_markers.extend(original.own_markers)
+        self.keywords.update(original.keywords)
+
+    def reportinfo(self) -> tuple[os.PathLike[str] | str, int | None, str]:
+        """Report the original test's file and line."""
+        return self.original.reportinfo()
+
+    def runtest(self) -> None:
+        """Fail unless this test passed in the session's UML run (booted on first use)."""
+        run = _uml_run(self.config)
+        where = f"\nUML console log: {run.console}" if run.console else ""
+        if run.error:
+            pytest.fail(f"lab tests could not run in UML: {run.error}{where}", pytrace=False)
+        entry = run.tests.get(self.nodeid)
+        if entry is None:
+            why = f"no result from UML for this test (inner pytest status {run.status})"
+            pytest.fail(why + where, pytrace=False)
+        if entry["outcome"] != "passed":
+            why = f"inside UML this test {entry['outcome']}:\n{entry['text']}"
+            pytest.fail(why + where, pytrace=False)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a host without PPP, replace the selected lab tests by stand-ins that ask UML."""
+    if HAVE_PPP:
+        return
+    stand_ins = {
+        i: UmlLabItem.from_parent(item.parent, name=item.name, original=item)
+        for i, item in enumerate(items)
+        if item.get_closest_marker("lab") and item.parent is not None
+    }
+    items[:] = [stand_ins.get(i, item) for i, item in enumerate(items)]
+    config.stash[_UML_RUN] = UmlRun(nodeids=[s.nodeid for s in stand_ins.values()])
+
+
+def _uml_run(config: pytest.Config) -> UmlRun:
+    """Run all selected lab tests in one UML boot, once per session; return what it gave."""
+    run = config.stash[_UML_RUN]
+    if run.done:
+        return run
+    run.done = True
+    if uml.find_kernel() is None:
+        run.error = f"linux.uml not found; {uml.INSTALL_HINT}"
+        return run
+    results = uml.results_dir("pytest")
+    run.console = results / "console.log"
+    report = results / "report.json"
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.lab.report",
+            "--color=no", "-v" if config.get_verbosity() > 0 else "-q", *run.nodeids]  # fmt: skip
+    _say(config, f"lab: running {len(run.nodeids)} lab tests in UML; console: {run.console}")
+    start = time.monotonic()
+    try:
+        run.status = uml.boot(
+            argv,
+            results=results,
+            timeout=float(os.environ.get("PPPSSH_LAB_TIMEOUT", "1800")),
+            env={"PPPSSH_LAB_REPORT": str(report)},
+            console=run.console,
+        )
+    except uml.UmlError as e:
+        run.error = str(e)
+    run.seconds = time.monotonic() - start
+    if report.exists():
+        run.tests = json.loads(report.read_text())["tests"]
+    elif not run.error:
+        run.error = f"inner pytest exited {run.status} without writing {report}"
+    return run
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    """Print a line on the terminal even while output is captured."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    if capture is None:
+        reporter.write_line(line)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(line)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """Say where the lab tests ran and where the UML console log is."""
+    run = config.stash.get(_UML_RUN, None)
+    if run is not None and run.done and run.error:
+        terminalreporter.write_line(f"lab: lab tests could not run in UML: {run.error}")
+    elif run is not None and run.done:
+        terminalreporter.write_line(
+            f"lab: {len(run.nodeids)} lab tests ran in UML in {run.seconds:.0f} s "
+            f"(inner pytest status {run.status}); console: {run.console}"
+        )

@@ -1,0 +1,512 @@
+"""Two sites joined by a WAN, in network namespaces, with a real OpenSSH server: pppssh's lab.
+
+Runs as root in a kernel with PPP (/dev/ppp): inside UML (see uml.py) or on a host that has it.
+
+      ws-a                gw-a                              gw-b                 ws-b
+    10.1.0.10 ──── 10.1.0.1    198.51.100.1 ════ 198.51.100.2    10.2.0.1 ──── 10.2.0.10
+      eth0   veth    lan0          wan0      veth     wan0           lan0   veth   eth0
+
+    ws-a: default route via 10.1.0.1       ws-b: default route via 10.2.0.1
+    gw-a: ip_forward=1; pppssh runs here as root, with <lab dir>/id_ed25519 and
+          <lab dir>/known_hosts (gw-b's host key for 198.51.100.2)
+    gw-b: ip_forward=1; Debian's sshd on 198.51.100.2:22, key login only, for user vpn,
+          who may sudo (no password) /usr/sbin/pppd and /usr/sbin/ip route add|del, no more
+
+    net A 10.1.0.0/24            WAN 198.51.100.0/24             net B 10.2.0.0/24
+    The tunnel (made by the tests): ppp gw-a 192.168.77.1  <->  gw-b 192.168.77.2
+
+Namespaces are named PREFIX + ws-a/gw-a/gw-b/ws-b; methods take the short names.
+Without the tunnel ws-a cannot reach ws-b: the gateways have no route to the far LAN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger("tests.lab")
+
+WS_A, GW_A_LAN, GW_A_WAN = "10.1.0.10", "10.1.0.1", "198.51.100.1"
+GW_B_WAN, GW_B_LAN, WS_B = "198.51.100.2", "10.2.0.1", "10.2.0.10"
+NET_A, WAN, NET_B = "10.1.0.0/24", "198.51.100.0/24", "10.2.0.0/24"
+PPP_LOCAL, PPP_REMOTE = "192.168.77.1", "192.168.77.2"
+NAMESPACES = ("ws-a", "gw-a", "gw-b", "ws-b")
+# (namespace, interface, address/prefix) at each end of a veth pair
+LINKS = (
+    (("ws-a", "eth0", f"{WS_A}/24"), ("gw-a", "lan0", f"{GW_A_LAN}/24")),
+    (("gw-a", "wan0", f"{GW_A_WAN}/24"), ("gw-b", "wan0", f"{GW_B_WAN}/24")),
+    (("gw-b", "lan0", f"{GW_B_LAN}/24"), ("ws-b", "eth0", f"{WS_B}/24")),
+)
+DEFAULT_ROUTES = {"ws-a": GW_A_LAN, "ws-b": GW_B_LAN}
+USER = "vpn"
+SUDOERS_DIR = Path("/etc/sudoers.d")
+DEFAULT_SUDOERS = (
+    "# pppssh lab: {user} may start pppd and add or remove routes, nothing else.\n"
+    "{user} ALL=(root) NOPASSWD: /usr/sbin/pppd, "
+    "/usr/sbin/ip route add *, /usr/sbin/ip route del *\n"
+)
+SITE_CONF: dict[str, dict[str, str]] = {
+    "site": {"name": "site-b"},
+    "remote": {"host": GW_B_WAN, "port": "22", "user": USER, "identity": "", "known_hosts": ""},
+    "ppp": {"local_address": PPP_LOCAL, "remote_address": PPP_REMOTE, "proxyarp": "no"},
+    "networks": {"local": NET_A, "remote": NET_B},
+}
+SSHD_CONFIG = """\
+# pppssh lab: sshd in {ns}, key authentication for {user} only
+ListenAddress {addr}:22
+HostKey {dir}/ssh_host_ed25519_key
+PidFile {dir}/sshd.pid
+AllowUsers {user}
+PermitRootLogin no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+UseDNS no
+PrintMotd no
+AuthorizedKeysFile .ssh/authorized_keys
+LogLevel VERBOSE
+"""
+_PREFIX = re.compile(r"[a-z0-9-]*")
+
+
+class LabError(RuntimeError):
+    """The lab cannot be built here, or it is not in the state it should be."""
+
+
+class CommandError(subprocess.CalledProcessError):
+    """A lab command failed; its message shows the command's output."""
+
+    def __str__(self) -> str:
+        """Return the failure with the command's stdout and stderr."""
+        out = "\n".join(s.strip() for s in (self.stdout or "", self.stderr or "") if s.strip())
+        return f"{super().__str__()}\n{out}" if out else super().__str__()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10, interval: float = 0.1) -> bool:
+    """Poll predicate until it is true or timeout seconds pass; return its last truth."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def _ns_inode(path: str) -> int | None:
+    """Return the inode of a network namespace file, or None if it is gone."""
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+class Lab:
+    """The four-namespace lab; build it with `with Lab() as lab:`."""
+
+    def __init__(
+        self, prefix: str = "", *, ws_default_routes: bool = True, user: str = USER
+    ) -> None:
+        """Describe a lab (nothing is built before __enter__); refuse a kernel without PPP."""
+        if not os.path.exists("/dev/ppp"):
+            raise LabError(
+                "no /dev/ppp: this kernel has no PPP. Run the lab inside UML: "
+                "python3 -m tests.lab run -- CMD (pytest does it for @pytest.mark.lab tests)"
+            )
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (namespaces, sshd, useradd, sudoers)")
+        if not _PREFIX.fullmatch(prefix):
+            raise ValueError(f"lab prefix must match {_PREFIX.pattern}: {prefix!r}")
+        self.prefix = prefix
+        self.ws_default_routes = ws_default_routes
+        self.user = user
+        self.dir = Path()
+        self.key = Path()
+        self.known_hosts = Path()
+        self.sudoers = SUDOERS_DIR / ("pppssh-lab" + (f"-{prefix.strip('-')}" if prefix else ""))
+        self._sshd: subprocess.Popen[bytes] | None = None
+        self._spawned: list[subprocess.Popen[bytes]] = []
+        self._made_ns: list[str] = []
+        self._made_user = False
+        self._key_line = ""
+        self._baseline: dict[str, list[str]] = {}
+
+    # --- building -------------------------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        """Build the lab; on any failure tear down what was built and re-raise."""
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Tear the lab down."""
+        self.close()
+
+    def _build(self) -> None:
+        """Make namespaces, links, addresses, routes, the vpn account, keys, sshd and sudoers."""
+        self.dir = Path(tempfile.mkdtemp(prefix=f"pppssh-lab-{self.prefix}"))
+        self.key = self.dir / "id_ed25519"
+        self.known_hosts = self.dir / "known_hosts"
+        for ns in NAMESPACES:
+            if os.path.exists(f"/run/netns/{self.ns(ns)}"):
+                raise LabError(f"namespace {self.ns(ns)} exists: ip netns del {self.ns(ns)}")
+            _run(["ip", "netns", "add", self.ns(ns)])
+            self._made_ns.append(ns)
+            self.run(ns, ["ip", "link", "set", "lo", "up"])
+        for (ns1, if1, addr1), (ns2, if2, addr2) in LINKS:
+            _run(["ip", "-n", self.ns(ns1), "link", "add", if1, "type", "veth",
+                  "peer", "name", if2, "netns", self.ns(ns2)])  # fmt: skip
+            for ns, ifname, addr in ((ns1, if1, addr1), (ns2, if2, addr2)):
+                self.run(ns, ["ip", "addr", "add", addr, "dev", ifname])
+                self.run(ns, ["ip", "link", "set", ifname, "up"])
+        for gw in ("gw-a", "gw-b"):
+            self.run(gw, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        if self.ws_default_routes:
+            for ws, via in DEFAULT_ROUTES.items():
+                self.run(ws, ["ip", "route", "add", "default", "via", via])
+        self._make_user()
+        self._start_sshd()
+        self.restore_sudoers()
+        bad = [what for what, ok in self.sudo_check().items() if not ok]
+        if bad:
+            raise LabError(f"sudo policy for {self.user} is wrong: {', '.join(bad)}")
+        self._baseline = {ns: self.routes(ns) for ns in NAMESPACES}
+
+    def _make_user(self) -> None:
+        """Create the non-root account sshd lets in, and the client key it accepts."""
+        try:
+            pw = pwd.getpwnam(self.user)
+        except KeyError:
+            _run(["useradd", "-m", "-s", "/bin/sh", self.user])
+            _run(["usermod", "-p", "*", self.user])  # useradd leaves it locked: sshd refuses
+            self._made_user = True
+            pw = pwd.getpwnam(self.user)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"pppssh-lab-{self.dir.name}",
+              "-f", str(self.key)])  # fmt: skip
+        self._key_line = (self.dir / "id_ed25519.pub").read_text().strip()
+        ssh_dir = Path(pw.pw_dir) / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        keys = ssh_dir / "authorized_keys"
+        with keys.open("a") as f:
+            f.write(self._key_line + "\n")
+        for path in (ssh_dir, keys):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        keys.chmod(0o600)
+
+    def _start_sshd(self) -> None:
+        """Start Debian's sshd in gw-b with its own host key; write known_hosts for gw-a."""
+        host_key = self.dir / "ssh_host_ed25519_key"
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)])
+        kind, blob = (self.dir / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        self.known_hosts.write_text(f"{GW_B_WAN} {kind} {blob}\n")
+        config = self.dir / "sshd_config"
+        config.write_text(
+            SSHD_CONFIG.format(ns=self.ns("gw-b"), user=self.user, addr=GW_B_WAN, dir=self.dir)
+        )
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
+        _run(["/usr/sbin/sshd", "-t", "-f", str(config)])
+        sshd_log = self.dir / "sshd.log"
+        self._sshd = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns("gw-b"),
+             "/usr/sbin/sshd", "-D", "-f", str(config), "-E", str(sshd_log)],
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        sshd = self._sshd
+
+        def listening() -> bool:
+            """Tell whether sshd listens (raise if it died)."""
+            if sshd.poll() is not None:
+                raise LabError(f"sshd exited {sshd.returncode}: {sshd_log.read_text()}")
+            return GW_B_WAN in self.run("gw-b", ["ss", "-Hltn", "sport = :22"]).stdout
+
+        if not wait_for(listening, timeout=30):
+            raise LabError(f"sshd does not listen on {GW_B_WAN}:22")
+
+    def sudo_check(self) -> dict[str, bool]:
+        """Check the sudo policy as the vpn user in gw-b: what works, what is refused."""
+
+        def sudo(*argv: str) -> bool:
+            """Run one command under sudo -n as the vpn user; tell whether it succeeded."""
+            proc = self.run("gw-b", ["sudo", "-n", *argv], check=False, user=self.user)
+            return proc.returncode == 0
+
+        route = ["203.0.113.7/32", "dev", "lo"]  # a probe route, added and removed again
+        found = {"sudo pppd allowed": sudo("/usr/sbin/pppd", "--version")}
+        found["sudo ip route add allowed"] = sudo("/usr/sbin/ip", "route", "add", *route)
+        if not found["sudo ip route add allowed"]:
+            self.run("gw-b", ["ip", "route", "add", *route], check=False)
+        found["sudo ip route del allowed"] = sudo("/usr/sbin/ip", "route", "del", *route)
+        if not found["sudo ip route del allowed"]:
+            self.run("gw-b", ["ip", "route", "del", *route], check=False)
+        found["sudo id refused"] = not sudo("/usr/bin/id")
+        found["sudo ip link refused"] = not sudo("/usr/sbin/ip", "link", "show")
+        return found
+
+    # --- using ----------------------------------------------------------------------------
+
+    def ns(self, name: str) -> str:
+        """Return the real namespace name for a short name (ws-a, gw-a, gw-b, ws-b)."""
+        if name not in NAMESPACES:
+            raise ValueError(f"unknown lab namespace {name!r}; known: {', '.join(NAMESPACES)}")
+        return self.prefix + name
+
+    def command(self, ns: str | None, argv: list[str], user: str | None = None) -> list[str]:
+        """Return argv wrapped to run in namespace ns (None: here) as user (None: root)."""
+        if user:
+            argv = ["runuser", "-u", user, "--", *argv]
+        return ["ip", "netns", "exec", self.ns(ns), *argv] if ns else list(argv)
+
+    _argv = command  # the first name, still used by tests/lab/demo.py
+
+    def run(
+        self,
+        ns: str | None,
+        argv: list[str],
+        check: bool = True,
+        timeout: float = 60,
+        input: str | None = None,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run argv in namespace ns (None: the current one), capture text output."""
+        proc = subprocess.run(
+            self.command(ns, argv, user),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            env=None if env is None else {**os.environ, **env},
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+        if check and proc.returncode:
+            raise CommandError(proc.returncode, proc.args, proc.stdout, proc.stderr)
+        return proc
+
+    def spawn(
+        self, ns: str | None, argv: list[str], user: str | None = None, **popen: object
+    ) -> subprocess.Popen[bytes]:
+        """Start argv in the background in namespace ns; teardown stops it."""
+        proc: subprocess.Popen[bytes] = subprocess.Popen(
+            self.command(ns, argv, user),
+            **popen,  # type: ignore[call-overload]
+        )
+        self._spawned.append(proc)
+        return proc
+
+    def ping(self, ns: str | None, addr: str, count: int = 1, wait: float = 2) -> bool:
+        """Tell whether addr answers ping from namespace ns."""
+        argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", str(wait), addr]
+        return self.run(ns, argv, check=False, timeout=count * (wait + 1) + 10).returncode == 0
+
+    def routes(self, ns: str | None) -> list[str]:
+        """Return the IPv4 routes of namespace ns as `ip -4 route show` lines."""
+        out = self.run(ns, ["ip", "-4", "route", "show"]).stdout
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
+    def ppp_links(self, ns: str | None) -> list[dict[str, str | None]]:
+        """Return the ppp interfaces of namespace ns: name, local and peer IPv4 address."""
+        links = json.loads(self.run(ns, ["ip", "-j", "addr", "show", "type", "ppp"]).stdout or "[]")
+        found: list[dict[str, str | None]] = []
+        for link in links:
+            inet = [a for a in link.get("addr_info", []) if a.get("family") == "inet"]
+            addr = inet[0] if inet else {}
+            found.append(
+                {"name": link["ifname"], "local": addr.get("local"), "peer": addr.get("address")}
+            )
+        return found
+
+    def pids(self, ns: str | None, name: str | None) -> list[int]:
+        """Return ids of live processes called name (None: any) in namespace ns (None: any)."""
+        want = _ns_inode(f"/run/netns/{self.ns(ns)}") if ns else None
+        if ns and want is None:
+            return []
+        found = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text()
+                comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat.split(")")[-1][1]
+                if state in "ZX" or (name is not None and comm != name[:15]):
+                    continue
+                if want is not None and os.stat(f"{entry.path}/ns/net").st_ino != want:
+                    continue
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile, or a kernel thread without a net namespace link
+            found.append(int(entry.name))
+        return sorted(found)
+
+    def write_site_conf(
+        self,
+        name: str = "site-b",
+        sections: Mapping[str, Mapping[str, object]] | None = None,
+        **overrides: object,
+    ) -> Path:
+        """Write <lab dir>/<name>.conf, a pppssh site config for this lab, and return its path.
+
+        Overrides are section_key=value keywords (ppp_proxyarp="remote") or a dict
+        {section: {key: value}}; a None value drops the key; unknown sections are written too.
+        """
+        conf = {section: dict(keys) for section, keys in SITE_CONF.items()}
+        conf["site"]["name"] = name
+        conf["remote"].update(identity=str(self.key), known_hosts=str(self.known_hosts))
+        changes: list[tuple[str, str, object]] = []
+        for section, keys in (sections or {}).items():
+            changes += [(section, key, value) for key, value in keys.items()]
+        for word, value in overrides.items():
+            section, sep, key = word.partition("_")
+            if not sep:
+                raise ValueError(f"override {word!r} is not section_key")
+            changes.append((section, key, value))
+        for section, key, value in changes:
+            keys = conf.setdefault(section, {})
+            if value is None:
+                keys.pop(key, None)
+            else:
+                keys[key] = str(value)
+        text = "".join(
+            f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+            for section, keys in conf.items()
+        )
+        path = self.dir / f"{name}.conf"
+        path.write_text(text)
+        return path
+
+    def set_sudoers(self, text: str) -> None:
+        """Install text as the lab's sudoers drop-in (0440), after visudo accepts it."""
+        tmp = self.sudoers.with_name(f".{self.sudoers.name}.new")  # a dot: sudo ignores it
+        tmp.write_text(text if text.endswith("\n") or not text else text + "\n")
+        tmp.chmod(0o440)
+        check = _run(["visudo", "-cf", str(tmp)], check=False)
+        if check.returncode:
+            tmp.unlink()
+            raise ValueError(f"visudo refuses the sudoers text: {check.stdout}{check.stderr}")
+        os.replace(tmp, self.sudoers)
+
+    def restore_sudoers(self) -> None:
+        """Install the lab's default sudoers policy for the vpn user."""
+        self.set_sudoers(DEFAULT_SUDOERS.format(user=self.user))
+
+    # --- checking and tearing down --------------------------------------------------------
+
+    def leftovers(self) -> list[str]:
+        """Describe pppd processes, ppp interfaces and changed routes left in the namespaces."""
+        found = [f"pppd pid {pid} in {ns}" for ns in NAMESPACES for pid in self.pids(ns, "pppd")]
+        for ns in NAMESPACES:
+            found += [f"ppp interface {link['name']} in {ns}" for link in self.ppp_links(ns)]
+        for ns, before in self._baseline.items():
+            now = self.routes(ns)
+            found += [f"route in {ns} added: {r}" for r in now if r not in before]
+            found += [f"route in {ns} removed: {r}" for r in before if r not in now]
+        return found
+
+    def reset(self, grace: float = 5) -> list[str]:
+        """Bring the lab back to as built (pppd, ppp links, routes, sudoers); say what was off."""
+        self.restore_sudoers()
+        wait_for(lambda: not self.leftovers(), timeout=grace, interval=0.2)
+        found = self.leftovers()
+        if found:
+            for ns in NAMESPACES:
+                self._kill(self.pids(ns, "pppd"), f"pppd in {ns}")
+            wait_for(lambda: not any(self.ppp_links(ns) for ns in NAMESPACES), timeout=5)
+            for ns, before in self._baseline.items():
+                now = self.routes(ns)
+                for r in (r for r in now if r not in before):
+                    self.run(ns, ["ip", "route", "del", *r.split()], check=False)
+                for r in (r for r in before if r not in now):
+                    self.run(ns, ["ip", "route", "add", *r.split()], check=False)
+        return found
+
+    def _kill(self, pids: list[int], what: str, quiet: bool = False) -> None:
+        """Stop processes: SIGTERM, then SIGKILL after 3 s; log them unless quiet."""
+        if not pids:
+            return
+        if not quiet:
+            log.warning("lab teardown: killing %s: pids %s", what, pids)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            if wait_for(lambda: not any(os.path.exists(f"/proc/{p}/ns") for p in pids), 3):
+                break
+
+    def close(self) -> None:
+        """Tear down: stop sshd and everything in the namespaces, delete them, undo files."""
+        for proc in [p for p in (self._sshd, *self._spawned) if p is not None]:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self._sshd, self._spawned = None, []
+        for ns in self._made_ns:
+            pids = self.pids(ns, None)
+            names = sorted({_comm(pid) for pid in pids})
+            self._kill(pids, f"{', '.join(names)} left in {self.ns(ns)}", quiet=names == ["sshd"])
+        for ns in self._made_ns:
+            if not wait_for(lambda ns=ns: not self.ppp_links(ns), timeout=5):  # type: ignore[misc]
+                log.warning("lab teardown: ppp interfaces stay in %s", self.ns(ns))
+            _run(["ip", "netns", "del", self.ns(ns)], check=False)
+        self._made_ns = []
+        if self.sudoers.exists():
+            self.sudoers.unlink()
+        self._remove_user()
+        if self.dir != Path() and self.dir.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
+        stray = self.pids(None, "pppd")
+        if stray:
+            log.warning("lab teardown: pppd still runs outside the lab namespaces: %s", stray)
+
+    def _remove_user(self) -> None:
+        """Delete the vpn account if the lab made it, else only the lab's authorized key."""
+        if self._made_user:
+            _run(["userdel", "-r", self.user], check=False)
+            self._made_user = False
+        elif self._key_line:
+            try:
+                keys = Path(pwd.getpwnam(self.user).pw_dir) / ".ssh" / "authorized_keys"
+                lines = keys.read_text().splitlines(keepends=True)
+                keys.write_text("".join(x for x in lines if x.strip() != self._key_line))
+            except (KeyError, OSError):
+                pass
+        self._key_line = ""
+
+
+def _comm(pid: int) -> str:
+    """Return a process's command name, or '?' if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a setup command in the current namespace and capture its output."""
+    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if check and proc.returncode:
+        raise CommandError(proc.returncode, argv, proc.stdout, proc.stderr)
+    return proc
