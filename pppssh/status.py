@@ -10,7 +10,8 @@ from .system import State, interface_counters, pid_alive, read_state, read_state
 
 __all__ = ["render_table", "site_status", "status_main"]
 
-EXIT_NOT_RUNNING = 3
+EXIT_DEAD = 1  # LSB: the program is dead and its state file remains
+EXIT_NOT_RUNNING = 3  # LSB: not running (here also: not up yet, or reconnecting)
 
 
 def _duration(seconds: float) -> str:
@@ -65,32 +66,39 @@ def _human_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
+def _route_only(command: str) -> str:
+    """`sudo -n /usr/sbin/ip route add NET via X dev Y` -> `NET via X dev Y`."""
+    return command.split(" route add ", 1)[-1]
+
+
 def render_table(rows: list[dict[str, Any]]) -> str:
-    """A readable block per site, aligned like `wg show`."""
-    blocks = []
+    """One line per site, then the routes each site applied on each side."""
+    header = ("SITE", "STATE", "PID", "LINK", "UPTIME", "RECEIVED", "SENT", "RECONNECTS",
+              "LAST ERROR")  # fmt: skip
+    table = [header]
     for row in rows:
         link = "-"
         if row["interface"]:
             link = f"{row['interface']} {row['local_address']} -> {row['remote_address']}"
             if row["remote_interface"]:
-                link += f" (remote {row['remote_interface']})"
-        lines = [
-            f"site: {row['site']}",
-            f"  state: {row['state']}",
-            f"  pid: {row['pid']}",
-            f"  link: {link}",
-            f"  uptime: {_duration(row['uptime']) if row['uptime'] is not None else '-'}",
-            f"  transfer: {_human_bytes(row['bytes_in'])} received, "
-            f"{_human_bytes(row['bytes_out'])} sent",
-            f"  reconnects: {row['reconnects']}",
-            f"  last error: {row['last_error'] or '-'}",
-        ]
-        for side in ("local", "remote"):
+                link += f" ({row['remote_interface']} there)"
+        uptime = _duration(row["uptime"]) if row["uptime"] is not None else "-"
+        table.append((
+            row["site"], row["state"], str(row["pid"]), link, uptime,
+            _human_bytes(row["bytes_in"]), _human_bytes(row["bytes_out"]),
+            str(row["reconnects"]), row["last_error"] or "-",
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        for r in table
+    ]
+    for row in rows:
+        for side, where in (("local", "here"), ("remote", "there")):
             routes = row[f"{side}_routes"]
-            lines.append(f"  {side} routes: {len(routes) or 'none'}")
-            lines += [f"    {r}" for r in routes]
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)
+            lines.append(f"{row['site']} routes {where}: "
+                         + (", ".join(_route_only(r) for r in routes) or "none"))  # fmt: skip
+    return "\n".join(lines)
 
 
 def status_main(names: list[str], as_json: bool) -> int:
@@ -115,9 +123,11 @@ def status_main(names: list[str], as_json: bool) -> int:
         if rows:
             print(render_table(rows))
         for name in missing:
-            print(f"site: {name}\n  state: not running")
+            print(f"{name}: not running")
         if not rows and not missing:
             print("no site is running")
+    if any(r["state"] == "dead" for r in rows):
+        return EXIT_DEAD
     if missing or not rows or any(r["state"] != "up" for r in rows):
         return EXIT_NOT_RUNNING
     return 0

@@ -101,7 +101,7 @@ def test_start_ping_status_stop(lab: Lab, stop_all: None) -> None:
 
     status = pppssh(lab, "status", "site-b")
     assert status.returncode == 0, show(status)
-    assert "state: up" in status.stdout and if_a in status.stdout
+    assert re.search(rf"^site-b\s+up\s+\d+\s+{if_a} 192\.168\.77\.1 -> ", status.stdout, re.M), status.stdout
 
     stopped = pppssh(lab, "stop", str(conf))
     assert stopped.returncode == 0, show(stopped)

@@ -94,9 +94,10 @@ def test_status_counts_traffic(lab: Lab) -> None:
             "ip route add 10.2.0.0/24 via 192.168.77.2 dev " + str(after["interface"])
         ]
         table = pppssh(lab, "status")
-        assert table.returncode == 0 and "state: up" in table.stdout, show(table)
+        assert table.returncode == 0, show(table)
+        assert table.stdout.splitlines()[1].split()[:2] == ["site-b", "up"], table.stdout
     finally:
         stopped = pppssh(lab, "stop", "site-b")
         assert stopped.returncode == 0, show(stopped)
     gone = pppssh(lab, "status", "site-b")
-    assert gone.returncode == 3 and "not running" in gone.stdout, show(gone)
+    assert gone.returncode == 3 and "site-b: not running" in gone.stdout, show(gone)

@@ -1,0 +1,111 @@
+"""pppssh status: rendering, counters from sysfs, LSB exit codes (no root, no link needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pppssh.cli import main
+from pppssh.status import render_table, site_status
+from pppssh.system import State, write_state
+
+
+@pytest.fixture(autouse=True)
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """State files in a private folder."""
+    monkeypatch.setenv("PPPSSH_RUN_DIR", str(tmp_path))
+    return tmp_path
+
+
+def up_state(**changes: object) -> State:
+    """A site that is up, held by this very process (so its pid is alive)."""
+    state = State(
+        site="site-b", config="/etc/pppssh/site-b.conf", pid=os.getpid(), state="up",
+        up_since=time.time() - 125, interface="lo", remote_interface="ppp3",
+        local_address="192.168.77.1", remote_address="192.168.77.2",
+        local_routes=["ip route add 10.2.0.0/24 via 192.168.77.2 dev ppp0"],
+        remote_routes=["sudo -n /usr/sbin/ip route add 10.1.0.0/24 via 192.168.77.1 dev ppp3"],
+    )  # fmt: skip
+    for key, value in changes.items():
+        setattr(state, key, value)
+    return state
+
+
+def test_site_status_reads_interface_counters() -> None:
+    """bytes in/out come from /sys/class/net/IF/statistics (lo here)."""
+    row = site_status(up_state())
+    rx = int(Path("/sys/class/net/lo/statistics/rx_bytes").read_text())
+    assert isinstance(row["bytes_in"], int) and 0 <= rx - row["bytes_in"] < 10**6
+    assert row["state"] == "up" and 124 < row["uptime"] < 130
+
+
+def test_dead_daemon_is_reported_dead() -> None:
+    """A state file whose pid is gone: state dead, no counters."""
+    row = site_status(up_state(pid=2**22 + 1))
+    assert row["state"] == "dead" and row["bytes_in"] is None and row["uptime"] is None
+
+
+def test_table_layout() -> None:
+    """One aligned line per site, then its routes on both sides."""
+    row = site_status(up_state(), now=None)
+    row.update(bytes_in=1234, bytes_out=5 * 1024 * 1024, uptime=3725.0, reconnects=2,
+               last_error="link down: SSH connection lost")  # fmt: skip
+    lines = render_table([row]).splitlines()
+    assert lines[0].split() == ["SITE", "STATE", "PID", "LINK", "UPTIME", "RECEIVED", "SENT",
+                                "RECONNECTS", "LAST", "ERROR"]  # fmt: skip
+    assert lines[1].split()[:2] == ["site-b", "up"]
+    assert "lo 192.168.77.1 -> 192.168.77.2 (ppp3 there)" in lines[1]
+    assert "1h02m05s" in lines[1] and "1.2 KiB" in lines[1] and "5.0 MiB" in lines[1]
+    assert lines[1].endswith("2           link down: SSH connection lost")
+    assert lines[0].index("LINK") == lines[1].index("lo 192")
+    assert lines[2] == "site-b routes here: 10.2.0.0/24 via 192.168.77.2 dev ppp0"
+    assert lines[3] == "site-b routes there: 10.1.0.0/24 via 192.168.77.1 dev ppp3"
+
+
+@pytest.mark.parametrize(
+    ("state", "names", "status"),
+    [("up", [], 0), ("up", ["site-b"], 0), ("reconnecting", [], 3), ("starting", ["site-b"], 3),
+     (None, [], 3), (None, ["site-b"], 3), ("up", ["site-b", "site-c"], 3)],
+)  # fmt: skip
+def test_exit_codes(
+    state: str | None, names: list[str], status: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """0 when every named (or running) site is up, 3 when one is not (LSB)."""
+    if state is not None:
+        write_state(up_state(state=state))
+    assert main(["status", *names]) == status
+    out = capsys.readouterr().out
+    if "site-c" in names:
+        assert "site-c: not running" in out
+    if state is None and not names:
+        assert out == "no site is running\n"
+
+
+def test_stale_state_is_lsb_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """Dead daemon, state file left: LSB 1."""
+    write_state(up_state(pid=2**22 + 1))
+    assert main(["status", "site-b"]) == 1
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["site-b", "dead"]
+
+
+def test_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """--json carries every field for machines."""
+    write_state(up_state())
+    assert main(["status", "--json"]) == 0
+    site = json.loads(capsys.readouterr().out)["sites"][0]
+    assert site["site"] == "site-b" and site["interface"] == "lo" and site["reconnects"] == 0
+    assert site["remote_routes"] == up_state().remote_routes
+
+
+def test_stop_not_running_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """stop of a site that is not running: a message and exit 0; a stale file is cleaned."""
+    assert main(["stop", "site-b"]) == 0
+    assert capsys.readouterr().out == "pppssh: site 'site-b' is not running\n"
+    write_state(up_state(pid=2**22 + 1))
+    assert main(["stop", "site-b"]) == 0
+    assert "stale state file" in capsys.readouterr().out
+    assert main(["status", "site-b"]) == 3
