@@ -89,11 +89,19 @@ def _start_background(cfg: SiteConfig) -> int:
             argv, stdin=devnull, pass_fds=(w,), start_new_session=True, close_fds=True
         )
     os.close(w)
-    with os.fdopen(r, "rb") as ready:
-        said = ready.read()
+    try:
+        with os.fdopen(r, "rb") as ready:
+            said = ready.read()
+    except KeyboardInterrupt:  # Ctrl-C while starting: the daemon undoes what it did
+        child.send_signal(signal.SIGTERM)
+        child.wait()
+        return 130
     if b"READY" in said:
         return 0
-    return child.wait()
+    status = child.wait()
+    if status == 0:
+        raise Fail(f"site '{cfg.name}' was stopped before it came up")
+    return status
 
 
 def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:

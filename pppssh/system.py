@@ -229,7 +229,8 @@ def sd_notify(*lines: str) -> bool:
 
 def redirect_output(path: Path) -> None:
     """Point fds 1 and 2 at a log file (the daemon, once `start` has returned)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o640)  # one log per start: what this run does from now on
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -205,7 +205,9 @@ class Lab:
             pw = pwd.getpwnam(self.user)
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"pppssh-lab-{self.dir.name}",
               "-f", str(self.key)])  # fmt: skip
-        self._key_line = (self.dir / "id_ed25519.pub").read_text().strip()
+        # As README.md advises: no forwarding, agent or X11; a pty for pppd.
+        pub = (self.dir / "id_ed25519.pub").read_text().strip()
+        self._key_line = f"restrict,pty {pub}"
         ssh_dir = Path(pw.pw_dir) / ".ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         keys = ssh_dir / "authorized_keys"
