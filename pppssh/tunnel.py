@@ -73,6 +73,8 @@ class Tunnel:
             lines = self.local.last_lines()
             status = describe_exit(self.local.exited.result())
             return f"local pppd exited, {status}" + (f": {lines}" if lines else "")
+        if self.client is not None and self.client.lost.done() and self.client.lost.result():
+            return f"SSH connection lost: {self.client.lost.result()}"
         if self.bridge is not None and self.bridge.closed.done():
             text = self.bridge.preamble_text()
             status = self.bridge.describe_end()
@@ -213,7 +215,10 @@ class Tunnel:
         try:
             await asyncio.to_thread(run_local, route.delete)
         except CommandFailed as exc:
-            echo("", f"note: {exc}")
+            if "No such process" in exc.stderr:  # the kernel dropped it with the interface
+                echo("", f"route {route.network} already gone with its interface")
+            else:
+                echo("", f"note: {exc}")
 
     async def _stop_local(self) -> None:
         """SIGTERM the local pppd: it sends LCP Terminate through the still-running pump."""
@@ -279,5 +284,6 @@ async def run_tunnel(cfg: SiteConfig, state: State, ready: Callable[[Tunnel], No
             tunnel._save(state="stopping")
             echo("", "stopping")
             raise
-        tunnel._save(state="stopping", last_error=reason)
+        tunnel._save(state="stopping", last_error=f"link down: {reason}")
+        echo("", f"link down: {reason}; undoing")
         raise TunnelError(f"link down: {reason}")

@@ -73,7 +73,9 @@ def test_start_ping_status_stop(lab: Lab, stop_all: None) -> None:
     out = started.stdout
     assert "remote pppd started" in out
     assert re.search(r"link up: ppp\d+ 192\.168\.77\.1 -> 192\.168\.77\.2", out), out
-    assert re.search(r"^\[#\] ip route add 10\.2\.0\.0/24 via 192\.168\.77\.2 dev ppp\d+$", out, re.M)
+    assert re.search(
+        r"^\[#\] ip route add 10\.2\.0\.0/24 via 192\.168\.77\.2 dev ppp\d+$", out, re.M
+    )
     remote_add = (
         rf"^{re.escape(REMOTE)} sudo -n /usr/sbin/ip route add 10\.1\.0\.0/24 "
         rf"via 192\.168\.77\.1 dev ppp\d+$"
@@ -101,11 +103,15 @@ def test_start_ping_status_stop(lab: Lab, stop_all: None) -> None:
 
     status = pppssh(lab, "status", "site-b")
     assert status.returncode == 0, show(status)
-    assert re.search(rf"^site-b\s+up\s+\d+\s+{if_a} 192\.168\.77\.1 -> ", status.stdout, re.M), status.stdout
+    assert re.search(rf"^site-b\s+up\s+\d+\s+{if_a} 192\.168\.77\.1 -> ", status.stdout, re.M), (
+        status.stdout
+    )
 
     stopped = pppssh(lab, "stop", str(conf))
     assert stopped.returncode == 0, show(stopped)
-    assert re.search(rf"^{re.escape(REMOTE)} sudo -n /usr/sbin/ip route del 10\.1\.0\.0/24", stopped.stdout, re.M)
+    assert re.search(
+        rf"^{re.escape(REMOTE)} sudo -n /usr/sbin/ip route del 10\.1\.0\.0/24", stopped.stdout, re.M
+    )
     assert "[#] ip route del 10.2.0.0/24" in stopped.stdout
     # stop returned: the teardown is complete, nothing may be left, without waiting.
     assert no_leftovers(lab) == []
@@ -201,9 +207,7 @@ def test_changed_host_key_refused(lab: Lab) -> None:
 
 def test_sudo_refuses_pppd(lab: Lab) -> None:
     """The remote sudo refuses pppd: the remote error is shown and nothing is left."""
-    lab.set_sudoers(
-        "vpn ALL=(root) NOPASSWD: /usr/sbin/ip route add *, /usr/sbin/ip route del *\n"
-    )
+    lab.set_sudoers("vpn ALL=(root) NOPASSWD: /usr/sbin/ip route add *, /usr/sbin/ip route del *\n")
     conf = lab.write_site_conf("site-b")
     proc = pppssh(lab, "start", str(conf))
     assert proc.returncode == 1, show(proc)
@@ -251,6 +255,48 @@ def test_comes_back_after_remote_pppd_dies(lab: Lab, stop_all: None) -> None:
     if_b = ppp_link(lab, "gw-b", PPP_REMOTE, PPP_LOCAL)
     assert f"10.1.0.0/24 via {PPP_LOCAL} dev {if_b}" in lab.routes("gw-b")
     assert lab.ping("ws-a", WS_B, count=3)
+    stopped = pppssh(lab, "stop", "site-b")
+    assert stopped.returncode == 0, show(stopped)
+    assert no_leftovers(lab) == []
+
+
+def test_comes_back_after_wan_outage(lab: Lab, stop_all: None) -> None:
+    """The WAN goes silent: keepalives notice, the site retries, and returns with the WAN."""
+    conf = lab.write_site_conf(
+        "site-b",
+        site_reconnect_delay="1",
+        site_reconnect_delay_max="2",
+        remote_keepalive_interval="1",
+        remote_keepalive_count_max="3",
+        remote_connect_timeout="2",
+        ppp_lcp_echo_interval="1",
+        ppp_lcp_echo_failure="3",
+    )
+    started = pppssh(lab, "start", str(conf))
+    assert started.returncode == 0, show(started)
+    first = lab.pids("gw-b", "pppd")
+
+    def site() -> dict[str, object]:
+        """The site's status."""
+        data: dict[str, object] = json.loads(pppssh(lab, "status", "--json").stdout)["sites"][0]
+        return data
+
+    lab.run("gw-b", ["ip", "link", "set", "wan0", "down"])
+    try:
+        assert wait_for(lambda: site()["state"] == "reconnecting", timeout=60, interval=1)
+        # the far end notices too: its pppd gives up on LCP echoes and exits
+        assert wait_for(lambda: not set(first) & set(lab.pids("gw-b", "pppd")), timeout=60)
+        assert not lab.ping("ws-a", WS_B)
+    finally:
+        lab.run("gw-b", ["ip", "link", "set", "wan0", "up"])
+    assert wait_for(lambda: site()["state"] == "up", timeout=90, interval=1), (
+        RUN_DIR / "site-b.log"
+    ).read_text()
+    status = site()
+    assert status["reconnects"] >= 1 and status["last_error"], status
+    assert "link down: " in (RUN_DIR / "site-b.log").read_text()
+    assert lab.ping("ws-a", WS_B, count=3)
+    assert lab.ping("ws-b", WS_A, count=3)
     stopped = pppssh(lab, "stop", "site-b")
     assert stopped.returncode == 0, show(stopped)
     assert no_leftovers(lab) == []
