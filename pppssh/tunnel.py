@@ -50,7 +50,7 @@ class Tunnel:
 
     # ------------------------------------------------------------------ helpers
 
-    def _save(self, **changes: Any) -> None:
+    def save(self, **changes: Any) -> None:
         """Update and write the state file."""
         for key, value in changes.items():
             setattr(self.state, key, value)
@@ -137,7 +137,7 @@ class Tunnel:
         argv = self.local.start()
         stack.push_async_callback(self._stop_local)
         echo("[#]", shell_join(argv))
-        self._save(local_pppd_pid=self.local.pid)
+        self.save(local_pppd_pid=self.local.pid)
         await self._until("starting the local pppd", self.local.connected.wait())
         self.bridge.attach(self.local.master)
 
@@ -148,19 +148,19 @@ class Tunnel:
                 f"IPCP agreed on {link.local} -> {link.remote}, not the configured "
                 f"{cfg.local_address} -> {cfg.remote_address}"
             )
-        self._save(interface=link.interface, local_address=link.local, remote_address=link.remote)
+        self.save(interface=link.interface, local_address=link.local, remote_address=link.remote)
         self.remote_interface = await self._until("finding the remote interface", self._remote_if())
         echo(
             "", f"link up: {link.interface} {link.local} -> {link.remote} "
             f"(remote {self.remote_interface})"
         )  # fmt: skip
-        self._save(remote_interface=self.remote_interface)
+        self.save(remote_interface=self.remote_interface)
 
         for route in local_routes(cfg, link.interface):
             await self._add_local(stack, route)
         for route in remote_routes(cfg, self.remote_interface):
             await self._add_remote(stack, route)
-        self._save(state="up", up_since=time.time())
+        self.save(state="up", up_since=time.time())
 
     async def _remote_if(self) -> str:
         """Ask the remote gateway which interface carries our link (no privilege needed)."""
@@ -184,7 +184,7 @@ class Tunnel:
         except CommandFailed as exc:
             raise TunnelError(str(exc)) from None
         stack.push_async_callback(self._del_local, route)
-        self._save(local_routes=[*self.state.local_routes, route.add.shown])
+        self.save(local_routes=[*self.state.local_routes, route.add.shown])
 
     async def _add_remote(self, stack: AsyncExitStack, route: RouteChange) -> None:
         """Add one remote route over the same SSH connection and push its removal."""
@@ -192,13 +192,13 @@ class Tunnel:
         echo(self.remote_prefix, route.add.shown)
         await run_remote(self.conn, route.add)
         stack.push_async_callback(self._del_remote, route)
-        self._save(remote_routes=[*self.state.remote_routes, route.add.shown])
+        self.save(remote_routes=[*self.state.remote_routes, route.add.shown])
 
     # ------------------------------------------------------------------ undo
 
     async def _del_remote(self, route: RouteChange) -> None:
         """Remove one remote route (already gone if the remote link died)."""
-        self._save(remote_routes=[r for r in self.state.remote_routes if r != route.add.shown])
+        self.save(remote_routes=[r for r in self.state.remote_routes if r != route.add.shown])
         if self.conn is None or (self.client is not None and self.client.lost.done()):
             echo("", f"remote route {route.network} not removed: connection gone "
                      "(it went with the remote link)")  # fmt: skip
@@ -211,7 +211,7 @@ class Tunnel:
 
     async def _del_local(self, route: RouteChange) -> None:
         """Remove one local route (already gone if the interface went away)."""
-        self._save(local_routes=[r for r in self.state.local_routes if r != route.add.shown])
+        self.save(local_routes=[r for r in self.state.local_routes if r != route.add.shown])
         try:
             await asyncio.to_thread(run_local, route.delete)
         except CommandFailed as exc:
@@ -229,7 +229,7 @@ class Tunnel:
         if self.bridge is not None:
             self.bridge.detach()
         echo("", f"local pppd stopped ({describe_exit(status)})")
-        self._save(local_pppd_pid=None, interface=None)
+        self.save(local_pppd_pid=None, interface=None)
 
     async def _close_channel(self) -> None:
         """Let the remote pppd finish after LCP Terminate, else hang up its pty (SIGHUP)."""
@@ -246,7 +246,7 @@ class Tunnel:
         if self.bridge.exit_status is not None:
             end = describe_exit(self.bridge.exit_status)
         echo("", f"remote pppd ended ({end})")
-        self._save(remote_interface=None)
+        self.save(remote_interface=None)
 
     async def _close_connection(self) -> None:
         """Close the SSH connection."""
@@ -269,21 +269,21 @@ async def run_tunnel(cfg: SiteConfig, state: State, ready: Callable[[Tunnel], No
         try:
             await tunnel.up(stack)
         except TunnelError:
-            tunnel._save(state="stopping")
+            tunnel.save(state="stopping")
             if tunnel.conn is not None:
                 echo("", "start failed; undoing what was done")
             raise
         except asyncio.CancelledError:
-            tunnel._save(state="stopping")
+            tunnel.save(state="stopping")
             echo("", "interrupted during start; undoing what was done")
             raise
         ready(tunnel)
         try:
             reason = await tunnel.watch()
         except asyncio.CancelledError:
-            tunnel._save(state="stopping")
+            tunnel.save(state="stopping")
             echo("", "stopping")
             raise
-        tunnel._save(state="stopping", last_error=f"link down: {reason}")
+        tunnel.save(state="stopping", last_error=f"link down: {reason}")
         echo("", f"link down: {reason}; undoing")
         raise TunnelError(f"link down: {reason}")
