@@ -56,6 +56,18 @@ def ppp_link(lab: Lab, ns: str, local: str, peer: str) -> str:
     raise AssertionError(f"no ppp link {local} -> {peer} in {ns}: {links}")
 
 
+def open_fds(pid: int) -> list[str]:
+    """What a process holds open, by kind (file descriptor numbers may be reused in any order)."""
+    kinds = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        kinds.append(re.sub(r"\[\d+\]|\d+$", "", target))
+    return sorted(kinds)
+
+
 def no_leftovers(lab: Lab) -> list[str]:
     """pppd processes, ppp interfaces, routes and state files that should be gone."""
     found = lab.leftovers()
@@ -240,6 +252,8 @@ def test_comes_back_after_remote_pppd_dies(lab: Lab, stop_all: None) -> None:
     assert started.returncode == 0, show(started)
     first = lab.pids("gw-b", "pppd")
     assert len(first) == 1
+    daemon = json.loads((RUN_DIR / "site-b.json").read_text())["pid"]
+    fds_before = open_fds(daemon)
     os.kill(first[0], 9)
 
     def up_again() -> bool:
@@ -255,6 +269,8 @@ def test_comes_back_after_remote_pppd_dies(lab: Lab, stop_all: None) -> None:
     if_b = ppp_link(lab, "gw-b", PPP_REMOTE, PPP_LOCAL)
     assert f"10.1.0.0/24 via {PPP_LOCAL} dev {if_b}" in lab.routes("gw-b")
     assert lab.ping("ws-a", WS_B, count=3)
+    fds_after = open_fds(daemon)
+    assert len(fds_after) == len(fds_before), f"fd leak: {fds_before} -> {fds_after}"
     stopped = pppssh(lab, "stop", "site-b")
     assert stopped.returncode == 0, show(stopped)
     assert no_leftovers(lab) == []
