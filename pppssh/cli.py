@@ -1,4 +1,4 @@
-"""Command line: pppssh start | stop | status."""
+"""Command line: pppssh start | stop | status | routes."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ from .system import (
 __all__ = ["main"]
 
 EXIT_USAGE = 2  # bad config or arguments (RestartPreventExitStatus=2 in the unit)
-EXIT_NOT_RUNNING = 3  # LSB status: not running
 
 
 class Fail(Exception):

@@ -15,6 +15,7 @@ from ptyprocess import PtyProcess
 
 from .config import SiteConfig
 from .plan import local_pppd_argv
+from .system import plain_env
 
 __all__ = ["EXIT_CODES", "LinkInfo", "LocalPppd", "describe_exit"]
 
@@ -113,9 +114,8 @@ class LocalPppd:
         logr, logw = os.pipe()
         os.set_inheritable(logw, True)  # pass_fds alone does not clear close-on-exec
         argv = local_pppd_argv(self.cfg, logw)
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
         try:
-            self.proc = PtyProcess.spawn(argv, env=env, echo=False, pass_fds=(logw,))
+            self.proc = PtyProcess.spawn(argv, env=plain_env(), echo=False, pass_fds=(logw,))
         finally:
             os.close(logw)
         self._logr = logr

@@ -25,6 +25,7 @@ __all__ = [
     "echo",
     "interface_counters",
     "pid_alive",
+    "plain_env",
     "read_state",
     "read_states",
     "redirect_output",
@@ -58,7 +59,7 @@ def run_local(command: Command) -> str:
     """Echo `[#] cmd`, run it, return stdout; raise CommandFailed with its stderr."""
     echo("[#]", command.shown)
     try:
-        result = sh.Command(command.argv[0])(*command.argv[1:], _env=_plain_env())
+        result = sh.Command(command.argv[0])(*command.argv[1:], _env=plain_env())
     except sh.ErrorReturnCode as exc:
         raise CommandFailed(
             command.shown, exc.exit_code, exc.stderr.decode(errors="replace")
@@ -68,7 +69,7 @@ def run_local(command: Command) -> str:
     return str(result)
 
 
-def _plain_env() -> dict[str, str]:
+def plain_env() -> dict[str, str]:
     """A predictable environment for helper programs."""
     return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 

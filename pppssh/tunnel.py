@@ -67,6 +67,13 @@ class Tunnel:
             futures.append(self.local.exited)
         return futures
 
+    def _remote_end(self) -> str:
+        """How the remote pppd ended, with pppd's meaning of its exit status."""
+        assert self.bridge is not None
+        if self.bridge.exit_status is not None:
+            return describe_exit(self.bridge.exit_status)
+        return self.bridge.describe_end()
+
     def _why_down(self) -> str:
         """Explain which part died and how."""
         if self.local is not None and self.local.exited.done():
@@ -77,11 +84,7 @@ class Tunnel:
             return f"SSH connection lost: {self.client.lost.result()}"
         if self.bridge is not None and self.bridge.closed.done():
             text = self.bridge.preamble_text()
-            status = self.bridge.describe_end()
-            if self.bridge.exit_status is not None:
-                status = "remote pppd ended, " + describe_exit(self.bridge.exit_status)
-            else:
-                status = f"remote pppd ended ({status})"
+            status = f"remote pppd ended, {self._remote_end()}"
             return status + (f": {text}" if text else "")
         if self.client is not None and self.client.lost.done():
             exc = self.client.lost.result()
@@ -242,10 +245,7 @@ class Tunnel:
             self.bridge.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.bridge.closed), 10)
-        end = self.bridge.describe_end()
-        if self.bridge.exit_status is not None:
-            end = describe_exit(self.bridge.exit_status)
-        echo("", f"remote pppd ended ({end})")
+        echo("", f"remote pppd ended ({self._remote_end()})")
         self.save(remote_interface=None)
 
     async def _close_connection(self) -> None:
