@@ -1,4 +1,4 @@
-"""Command line: pppssh start | stop | status | routes."""
+"""Command line: pppssh start | stop | status | routes | remote-setup."""
 
 from __future__ import annotations
 
@@ -136,6 +136,7 @@ def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:
         """Run the tunnel; after a link that was up is lost, reconnect with backoff."""
         delay = cfg.reconnect_delay
         while True:
+            sd_notify(f"STATUS=connecting to {cfg.destination}")
             try:
                 await run_tunnel(cfg, state, ready)
             except TunnelError as exc:
@@ -301,6 +302,37 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- remote-setup
+
+
+def cmd_remote_setup(args: argparse.Namespace) -> int:
+    """Print (or apply over an administrator's login) the remote gateway's set-up."""
+    from .remote_setup import public_key, removal_script, run_apply, setup_script
+    from .ssh import TunnelError
+
+    cfg = _load(args.config)
+    if not cfg.helper:
+        line = cfg.lines.get("helper", 0)
+        where = f"{cfg.path}:{line}" if line else str(cfg.path)
+        raise Fail(
+            f"{where}: helper: remote-setup installs pppssh-helper for the link key; "
+            "set `helper = yes` in [remote] first",
+            EXIT_USAGE,
+        )
+    try:
+        key = public_key(cfg)
+    except TunnelError as exc:
+        raise Fail(str(exc)) from None
+    script = removal_script(cfg, key) if args.remove else setup_script(cfg, key)
+    if not args.apply:
+        sys.stdout.write(script)
+        return 0
+    try:
+        return run_apply(cfg, script, args.admin, args.admin_identity)
+    except TunnelError as exc:
+        raise Fail(str(exc)) from None
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -344,6 +376,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--gateways", action="store_true", help="print the gateway-side commands `start` runs"
     )
     routes.set_defaults(func=cmd_routes)
+
+    setup = verbs.add_parser(
+        "remote-setup",
+        help="print (or --apply) the remote gateway's set-up: account, helper, sudoers, key",
+    )
+    setup.add_argument("config", help="site file (with helper = yes)")
+    setup.add_argument(
+        "--apply", action="store_true",
+        help="run it on the remote gateway over an administrator's SSH login",
+    )  # fmt: skip
+    setup.add_argument("--remove", action="store_true", help="undo the set-up instead")
+    setup.add_argument(
+        "--admin", default="root", metavar="USER",
+        help="administrator to log in as for --apply (root, or a user with sudo; default root)",
+    )  # fmt: skip
+    setup.add_argument(
+        "--admin-identity", metavar="FILE",
+        help="the administrator's private key (default: ~/.ssh keys and the agent)",
+    )  # fmt: skip
+    setup.set_defaults(func=cmd_remote_setup)
     return parser
 
 

@@ -78,6 +78,8 @@ class SiteConfig:
     identity: Path
     known_hosts: Path
     sudo: tuple[str, ...]
+    helper: bool
+    key_from: tuple[str, ...]
     remote_pppd: str
     remote_ip: str
     connect_timeout: float
@@ -122,7 +124,7 @@ class SiteConfig:
 # --------------------------------------------------------------------------- value parsers
 
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
-_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
@@ -214,6 +216,28 @@ def _sudo(value: str) -> tuple[str, ...]:
         if not _PPPD_WORD.match(word):
             raise ValueError(f"'{word}' contains characters not allowed here")
     return words
+
+
+_FROM_PATTERN = re.compile(r"^!?[A-Za-z0-9.:*?/-]+$")
+
+
+def _from_patterns(value: str) -> tuple[str, ...]:
+    """sshd `from=` patterns: addresses, CIDR networks or host names, `*`/`?` and `!` allowed."""
+    found: list[str] = []
+    for word in re.split(r"[,\s]+", value.strip()):
+        if not word:
+            continue
+        if not _FROM_PATTERN.match(word):
+            raise ValueError(
+                f"'{word}' is not an address, network or host pattern for sshd's from="
+            )
+        if "/" in word:
+            try:
+                ipaddress.ip_network(word.lstrip("!"), strict=True)
+            except ValueError:
+                raise ValueError(f"'{word}' is not a network like 198.51.100.0/24") from None
+        found.append(word)
+    return tuple(found)
 
 
 def _words(value: str) -> tuple[str, ...]:
@@ -339,6 +363,13 @@ SCHEMA: tuple[Key, ...] = (
         "the check."),
     Key("remote", "sudo", "sudo", "sudo -n", _sudo,
         "How the remote account gains root for pppd and routes (`-n`: fail, never prompt)."),
+    Key("remote", "helper", "helper", "no", _yes_no,
+        "yes: the account's key may only run pppssh-helper, installed with `pppssh "
+        "remote-setup`; pppssh then asks it for `pppd`, `route add|del` and `interface`, "
+        "and the remote pppd options and allowed networks are fixed on the remote side."),
+    Key("remote", "from", "key_from", "", _from_patterns,
+        "Where the key may be used from (sshd `from=` patterns: this gateway's public "
+        "address, a network, a host name); `pppssh remote-setup` writes it into the key line."),
     Key("remote", "pppd", "remote_pppd", "/usr/sbin/pppd", _program,
         "pppd on the remote gateway; the command run is `<sudo> <pppd> <options>`."),
     Key("remote", "ip", "remote_ip", "/usr/sbin/ip", _program,

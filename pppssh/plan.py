@@ -13,7 +13,9 @@ __all__ = [
     "RouteChange",
     "local_pppd_argv",
     "local_routes",
+    "remote_interface_command",
     "remote_pppd_argv",
+    "remote_pppd_options",
     "remote_routes",
     "shell_join",
 ]
@@ -83,15 +85,28 @@ def local_pppd_argv(cfg: SiteConfig, logfd: int) -> list[str]:
     ]  # fmt: skip
 
 
-def remote_pppd_argv(cfg: SiteConfig) -> list[str]:
-    """argv of the remote pppd, started through sudo on the raw remote pty."""
+def remote_pppd_options(cfg: SiteConfig) -> list[str]:
+    """Options of the remote pppd (with a helper, remote-setup fixes them in a peers file)."""
     return [
-        *cfg.remote_pppd_command(),
         *_common_pppd_options(
             cfg, str(cfg.remote_address), str(cfg.local_address), cfg.proxyarp.remote
         ),
         *cfg.remote_options,
     ]
+
+
+def remote_pppd_argv(cfg: SiteConfig) -> list[str]:
+    """What the remote gateway runs on the raw pty: sudo pppd ..., or the helper's `pppd`."""
+    if cfg.helper:
+        return ["pppd"]
+    return [*cfg.remote_pppd_command(), *remote_pppd_options(cfg)]
+
+
+def remote_interface_command(cfg: SiteConfig) -> Command:
+    """Ask the remote gateway for its addresses, or the helper for the link's interface."""
+    if cfg.helper:
+        return Command(("interface",))
+    return Command((cfg.remote_ip, "-o", "-4", "addr", "show"))
 
 
 def _route(prefix: Sequence[str], network: Network, via: str, dev: str) -> RouteChange:
@@ -110,7 +125,21 @@ def local_routes(cfg: SiteConfig, ifname: str, ip: str = "ip") -> list[RouteChan
 
 
 def remote_routes(cfg: SiteConfig, ifname: str) -> list[RouteChange]:
-    """Routes on the remote gateway: every local network via our PPP address."""
+    """Routes on the remote gateway: every local network via our PPP address.
+
+    Through the helper they are its requests `route add|del NETWORK via PEER` (the kernel
+    finds the interface from the peer's address); otherwise `sudo ip route ... dev IF`.
+    """
+    if cfg.helper:
+        via = str(cfg.local_address)
+        return [
+            RouteChange(
+                network=net,
+                add=Command(("route", "add", str(net), "via", via)),
+                delete=Command(("route", "del", str(net), "via", via)),
+            )
+            for net in cfg.local_networks
+        ]
     return [
         _route(cfg.remote_ip_command(), net, str(cfg.local_address), ifname)
         for net in cfg.local_networks

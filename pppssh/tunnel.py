@@ -14,7 +14,14 @@ import asyncssh
 from .bridge import RAW_PTY_MODES, Bridge
 from .config import SiteConfig
 from .localppp import LinkInfo, LocalPppd, describe_exit
-from .plan import Command, RouteChange, local_routes, remote_pppd_argv, remote_routes, shell_join
+from .plan import (
+    RouteChange,
+    local_routes,
+    remote_interface_command,
+    remote_pppd_argv,
+    remote_routes,
+    shell_join,
+)
 from .ssh import (
     MAX_PKTSIZE,
     WINDOW,
@@ -168,13 +175,16 @@ class Tunnel:
     async def _remote_if(self) -> str:
         """Ask the remote gateway which interface carries our link (no privilege needed)."""
         assert self.conn is not None
-        command = Command((self.cfg.remote_ip, "-o", "-4", "addr", "show"))
+        command = remote_interface_command(self.cfg)
         delay = 0.1
         while True:
             out = await run_remote(self.conn, command)
-            name = find_ppp_interface(
-                out, str(self.cfg.remote_address), str(self.cfg.local_address)
-            )
+            if self.cfg.helper:  # the helper answers with the name, or nothing yet
+                name = out.split()[0] if out.split() else None
+            else:
+                name = find_ppp_interface(
+                    out, str(self.cfg.remote_address), str(self.cfg.local_address)
+                )
             if name:
                 return name
             await asyncio.sleep(delay)  # remote IPCP finishes a moment after ours

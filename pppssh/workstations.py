@@ -179,7 +179,8 @@ def gateway_commands(
     out += ["", "# on this gateway:", *(local or ["#   none (no [networks] remote)"])]
     out += [
         "",
-        f"# on the remote gateway {cfg.host}, as {cfg.user}:",
+        f"# on the remote gateway {cfg.host}, as {cfg.user}"
+        + (" (requests to pppssh-helper, which runs them with sudo):" if cfg.helper else ":"),
         *(remote or ["#   none (no [networks] local)"]),
     ]
     return "\n".join(out) + "\n"

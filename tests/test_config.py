@@ -36,6 +36,8 @@ user = pppssh
 identity = keys/id_ed25519      # relative: next to this file
 known_hosts = /etc/pppssh/known_hosts
 sudo = /usr/bin/sudo -n
+helper = yes
+from = 203.0.113.0/24, !203.0.113.9 *.example.net
 pppd = /usr/local/sbin/pppd
 ip = /sbin/ip
 connect_timeout = 7.5
@@ -137,6 +139,8 @@ def test_full_file_every_key() -> None:
     assert cfg.identity == Path("/etc/pppssh/keys/id_ed25519")
     assert cfg.known_hosts == Path("/etc/pppssh/known_hosts")
     assert cfg.sudo == ("/usr/bin/sudo", "-n")
+    assert cfg.helper is True
+    assert cfg.key_from == ("203.0.113.0/24", "!203.0.113.9", "*.example.net")
     assert cfg.remote_pppd == "/usr/local/sbin/pppd"
     assert cfg.remote_ip == "/sbin/ip"
     assert cfg.remote_pppd_command() == ("/usr/bin/sudo", "-n", "/usr/local/sbin/pppd")
@@ -357,6 +361,14 @@ def test_bad_values(key: str, value: str, message: str) -> None:
         ("sudo = sudo -n 'a b'", "site-b.conf:5: sudo: 'a b' contains characters not allowed here"),
         ("sudo = sudo \"", "site-b.conf:5: sudo: cannot split 'sudo \"': No closing quotation"),
         ("sudo =", "site-b.conf:5: sudo: must not be empty: the remote account is not root"),
+        ("helper = maybe", "site-b.conf:5: helper: 'maybe' is not yes or no"),
+        ('from = 198.51.100.1"', "site-b.conf:5: from: '198.51.100.1\"' is not an address, network or host pattern for sshd's from="),
+        ("from = a;b", "site-b.conf:5: from: 'a;b' is not an address, network or host pattern for sshd's from="),
+        ("from = $(id)", "site-b.conf:5: from: '$(id)' is not an address, network or host pattern for sshd's from="),
+        ("from = 10.0.0.0/33", "site-b.conf:5: from: '10.0.0.0/33' is not a network like 198.51.100.0/24"),
+        ("from = 10.0.0.1/8", "site-b.conf:5: from: '10.0.0.1/8' is not a network like 198.51.100.0/24"),
+        ("from = !", "site-b.conf:5: from: '!' is not an address, network or host pattern for sshd's from="),
+        ('from = "x"', "site-b.conf:5: from: '\"x\"' is not an address, network or host pattern for sshd's from="),
     ],
 )  # fmt: skip
 def test_bad_remote_values(line: str, message: str) -> None:
@@ -481,6 +493,7 @@ FREE_TEXT = [
     ("remote", "identity"),
     ("remote", "known_hosts"),
     ("remote", "sudo"),
+    ("remote", "from"),
     ("remote", "pppd"),
     ("remote", "ip"),
     ("ppp", "local_pppd"),

@@ -51,6 +51,8 @@ LINKS = (
 )
 DEFAULT_ROUTES = {"ws-a": GW_A_LAN, "ws-b": GW_B_LAN}
 USER = "vpn"
+ADMIN = "lab-admin"  # an administrator with sudo, made on demand (make_admin)
+LINK_USER = "tunnel"  # the account `pppssh remote-setup` creates in the tests
 SUDOERS_DIR = Path("/etc/sudoers.d")
 DEFAULT_SUDOERS = (
     "# pppssh lab: {user} may start pppd and add or remove routes, nothing else.\n"
@@ -68,7 +70,7 @@ SSHD_CONFIG = """\
 ListenAddress {addr}:22
 HostKey {dir}/ssh_host_ed25519_key
 PidFile {dir}/sshd.pid
-AllowUsers {user}
+AllowUsers {user} {admin} {link_user}
 PermitRootLogin no
 PubkeyAuthentication yes
 PasswordAuthentication no
@@ -141,6 +143,7 @@ class Lab:
         self._spawned: list[subprocess.Popen[bytes]] = []
         self._made_ns: list[str] = []
         self._made_user = False
+        self._made_admin = False
         self._key_line = ""
         self._baseline: dict[str, list[str]] = {}
 
@@ -225,7 +228,14 @@ class Lab:
         self.known_hosts.write_text(f"{GW_B_WAN} {kind} {blob}\n")
         config = self.dir / "sshd_config"
         config.write_text(
-            SSHD_CONFIG.format(ns=self.ns("gw-b"), user=self.user, addr=GW_B_WAN, dir=self.dir)
+            SSHD_CONFIG.format(
+                ns=self.ns("gw-b"),
+                user=self.user,
+                addr=GW_B_WAN,
+                dir=self.dir,
+                admin=ADMIN,
+                link_user=LINK_USER,
+            )
         )
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
         _run(["/usr/sbin/sshd", "-t", "-f", str(config)])
@@ -245,6 +255,55 @@ class Lab:
 
         if not wait_for(listening, timeout=30):
             raise LabError(f"sshd does not listen on {GW_B_WAN}:22")
+
+    def make_admin(self) -> tuple[str, Path]:
+        """An administrator gw-b's sshd lets in, with sudo for everything: (name, key file)."""
+        key = self.dir / "admin_ed25519"
+        if self._made_admin:
+            return ADMIN, key
+        try:
+            pwd.getpwnam(ADMIN)
+        except KeyError:
+            pass
+        else:
+            raise LabError(f"account {ADMIN} exists already: userdel -r {ADMIN}")
+        _run(["useradd", "-m", "-s", "/bin/sh", ADMIN])
+        self._made_admin = True
+        _run(["usermod", "-p", "*", ADMIN])
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+        pw = pwd.getpwnam(ADMIN)
+        ssh_dir = Path(pw.pw_dir) / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        keys = ssh_dir / "authorized_keys"
+        keys.write_text(key.with_suffix(".pub").read_text())
+        for path in (ssh_dir, keys):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        keys.chmod(0o600)
+        sudoers = SUDOERS_DIR / "pppssh-lab-admin"
+        sudoers.write_text(f"{ADMIN} ALL=(root) NOPASSWD: ALL\n")
+        sudoers.chmod(0o440)
+        return ADMIN, key
+
+    def ssh(
+        self,
+        user: str,
+        key: Path,
+        *command: str,
+        source: str | None = None,
+        tty: bool = False,
+        options: tuple[str, ...] = (),
+    ) -> subprocess.CompletedProcess[str]:
+        """Log in to gw-b's sshd from gw-a with OpenSSH's client, host key checked."""
+        argv = [
+            "ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "ConnectTimeout=10",
+            "-tt" if tty else "-T",
+        ]  # fmt: skip
+        if source:
+            argv += ["-b", source]
+        argv += [*options, f"{user}@{GW_B_WAN}", *command]
+        return self.run("gw-a", argv, check=False, timeout=60)
 
     def sudo_check(self) -> dict[str, bool]:
         """Check the sudo policy as the vpn user in gw-b: what works, what is refused."""
@@ -477,6 +536,10 @@ class Lab:
         if self.sudoers.exists():
             self.sudoers.unlink()
         self._remove_user()
+        if self._made_admin:
+            (SUDOERS_DIR / "pppssh-lab-admin").unlink(missing_ok=True)
+            _run(["userdel", "-r", ADMIN], check=False)
+            self._made_admin = False
         if self.dir != Path() and self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
         stray = self.pids(None, "pppd")

@@ -1,0 +1,222 @@
+"""The restricted remote account: `pppssh remote-setup --apply`, a link through pppssh-helper,
+and everything else that key might try, refused with nothing changed on gw-b."""
+
+from __future__ import annotations
+
+import contextlib
+import pwd
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.lab.netlab import (
+    GW_A_WAN,
+    GW_B_WAN,
+    LINK_USER,
+    NET_A,
+    PPP_LOCAL,
+    PPP_REMOTE,
+    WS_A,
+    WS_B,
+    Lab,
+)
+from tests.lab.test_tunnel import no_leftovers, ppp_link, pppssh, show
+
+pytestmark = pytest.mark.lab
+
+SITE = "site-h"
+HELPER = Path("/usr/local/libexec/pppssh-helper")
+POLICY = Path(f"/etc/pppssh/helper/{SITE}.policy")
+PEERS = Path(f"/etc/ppp/peers/pppssh-{SITE}")
+SUDOERS = Path(f"/etc/sudoers.d/pppssh-{SITE}")
+CANARY = Path("/tmp/pppssh-helper-canary")
+SECOND_SOURCE = "198.51.100.3"  # another address of gw-a, not in the key's from=
+
+
+class Syslog:
+    """A stand-in syslog on /dev/log (the lab has none) that keeps what it receives."""
+
+    def __init__(self) -> None:
+        """Bind /dev/log and collect datagrams in a thread."""
+        self.lines: list[str] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("/dev/log")
+        Path("/dev/log").chmod(0o666)
+        self.thread = threading.Thread(target=self._collect, daemon=True)
+        self.thread.start()
+
+    def _collect(self) -> None:
+        """Receive until the socket is closed."""
+        with contextlib.suppress(OSError):
+            while True:
+                self.lines.append(self.sock.recv(4096).decode(errors="replace"))
+
+    def close(self) -> None:
+        """Unbind /dev/log."""
+        Path("/dev/log").unlink(missing_ok=True)
+        self.sock.close()
+
+
+@pytest.fixture
+def syslog() -> Iterator[Syslog]:
+    """Our own /dev/log for the test's duration."""
+    if Path("/dev/log").exists():
+        pytest.fail("/dev/log exists: this test needs the lab kernel, where nothing logs there")
+    log = Syslog()
+    yield log
+    log.close()
+
+
+@pytest.fixture
+def helper_site(lab: Lab) -> Iterator[tuple[Path, Path]]:
+    """A site file with helper = yes for the account `tunnel`, and its key; removed after."""
+    key = lab.dir / "tunnel_ed25519"
+    if not key.exists():
+        lab.run(None, ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+    conf = lab.write_site_conf(
+        SITE, remote_user=LINK_USER, remote_identity=key, remote_helper="yes",
+        remote_from=GW_A_WAN,
+    )  # fmt: skip
+    admin, admin_key = lab.make_admin()
+    yield conf, key
+    pppssh(lab, "stop", SITE)
+    pppssh(lab, "remote-setup", "--remove", "--apply", "--admin", admin,
+           "--admin-identity", str(admin_key), str(conf))  # fmt: skip
+    CANARY.unlink(missing_ok=True)
+    conf.unlink()  # the init script test starts every site file in the lab folder
+
+
+def gw_b_files() -> dict[str, bool]:
+    """Which of remote-setup's files exist on gw-b (the lab's gateways share one filesystem)."""
+    return {str(p): p.exists() for p in (HELPER, POLICY, PEERS, SUDOERS)}
+
+
+def authorized_keys() -> list[str]:
+    """The link account's key lines."""
+    home = Path(pwd.getpwnam(LINK_USER).pw_dir)
+    return (home / ".ssh" / "authorized_keys").read_text().splitlines()
+
+
+def test_remote_setup_helper_link_and_refusals(
+    lab: Lab, helper_site: tuple[Path, Path], syslog: Syslog
+) -> None:
+    """Apply the set-up as an administrator, run the link through the helper, then try
+    everything else with that key: each try refused and logged, nothing changed on gw-b."""
+    conf, key = helper_site
+    admin, admin_key = lab.make_admin()
+    with pytest.raises(KeyError):
+        pwd.getpwnam(LINK_USER)
+
+    printed = pppssh(lab, "remote-setup", str(conf))
+    assert printed.returncode == 0, show(printed)
+    assert gw_b_files() == dict.fromkeys(gw_b_files(), False), "printing must change nothing"
+
+    apply = ["remote-setup", "--apply", "--admin", admin, "--admin-identity", str(admin_key)]
+    applied = pppssh(lab, *apply, str(conf))
+    assert applied.returncode == 0, show(applied)
+    assert f"created account {LINK_USER}" in applied.stdout
+    assert all(gw_b_files().values()), gw_b_files()
+    shadow = lab.run(None, ["getent", "shadow", LINK_USER]).stdout.split(":")
+    assert shadow[1] == "*", "the link account has no password"
+    lines = authorized_keys()
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        f'restrict,pty,command="{HELPER} {SITE}",from="{GW_A_WAN}" ssh-ed25519 '
+    ), lines
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1s5m6YhXyU0e1AIW3Gdp0VKEmzq5G9n3a9X4jPz0pB other"
+    keys_file = Path(pwd.getpwnam(LINK_USER).pw_dir) / ".ssh" / "authorized_keys"
+    keys_file.write_text(f"{other}\n" + keys_file.read_text())
+    again = pppssh(lab, *apply, str(conf))
+    assert again.returncode == 0, show(again)
+    assert "created account" not in again.stdout
+    assert authorized_keys() == [other, *lines], "applying again replaces only its own line"
+
+    # The sudo layer on its own: the account may run the helper's exact commands, no others.
+    def sudo(*argv: str) -> int:
+        return lab.run("gw-b", ["sudo", "-n", *argv], check=False, user=LINK_USER).returncode
+
+    assert sudo("/usr/sbin/pppd") != 0
+    assert sudo("/usr/sbin/pppd", "call", "pppssh-site-b") != 0
+    assert sudo("/usr/sbin/ip", "route", "add", "10.9.0.0/24", "via", PPP_LOCAL) != 0
+    assert sudo("/usr/bin/id") != 0
+
+    # The link, through the helper.
+    started = pppssh(lab, "start", str(conf))
+    assert started.returncode == 0, show(started)
+    remote = f"[{LINK_USER}@{GW_B_WAN}]"
+    assert f"{remote} pppd\n" in started.stdout, started.stdout
+    assert f"{remote} route add {NET_A} via {PPP_LOCAL}\n" in started.stdout
+    if_b = ppp_link(lab, "gw-b", PPP_REMOTE, PPP_LOCAL)
+    ppp_link(lab, "gw-a", PPP_LOCAL, PPP_REMOTE)
+    assert f"{NET_A} via {PPP_LOCAL} dev {if_b}" in lab.routes("gw-b")
+    assert lab.ping("ws-a", WS_B, count=3) and lab.ping("ws-b", WS_A, count=3)
+    status = pppssh(lab, "status", SITE)
+    assert status.returncode == 0 and if_b in status.stdout, show(status)
+    pppd_pids = lab.pids("gw-b", "pppd")
+    routes_up = lab.routes("gw-b")
+    logged_before = len([x for x in syslog.lines if "refused" in x])
+
+    # Everything else that key might try.
+    tries = {
+        "a login shell": [],
+        "an arbitrary command": ["id"],
+        "a shell command": ["sh", "-c", "id"],
+        "a route outside the allow-list": ["route add 10.9.0.0/24 via 192.168.77.1"],
+        "a default route": ["route add default via 192.168.77.1"],
+        "the whole address space": ["route add 0.0.0.0/0 via 192.168.77.1"],
+        "a route via another gateway": [f"route add {NET_A} via 10.2.0.10"],
+        "removing a route it may not": ["route del 10.2.0.0/24 via 192.168.77.1"],
+        "pppd with options": ["pppd pty /bin/sh"],
+        "pppd with a plugin": ["pppd plugin /tmp/x.so"],
+        "a semicolon": [f"route add {NET_A} via {PPP_LOCAL}; touch {CANARY}"],
+        "a command substitution": [f"route add $(touch {CANARY}) via {PPP_LOCAL}"],
+        "backquotes": [f"route add `touch {CANARY}` via {PPP_LOCAL}"],
+        "a newline": [f"interface\ntouch {CANARY}"],
+        "a pipe": [f"interface | touch {CANARY}"],
+        "an ampersand": [f"pppd & touch {CANARY}"],
+    }
+    for what, command in tries.items():
+        proc = lab.ssh(LINK_USER, key, *command)
+        assert proc.returncode == 126, f"{what}: {show(proc)}"
+        assert "pppssh-helper: refused:" in proc.stderr, f"{what}: {show(proc)}"
+    shell = lab.ssh(LINK_USER, key, tty=True)
+    assert shell.returncode == 126 and "refused: a login shell" in shell.stdout, show(shell)
+    forward = lab.ssh(LINK_USER, key, options=("-W", f"{WS_B}:22"))
+    assert forward.returncode != 0, f"port forwarding must be refused: {show(forward)}"
+    lab.run("gw-a", ["ip", "addr", "add", f"{SECOND_SOURCE}/24", "dev", "wan0"])
+    try:
+        elsewhere = lab.ssh(LINK_USER, key, "interface", source=SECOND_SOURCE)
+    finally:
+        lab.run("gw-a", ["ip", "addr", "del", f"{SECOND_SOURCE}/24", "dev", "wan0"])
+    assert elsewhere.returncode == 255 and "Permission denied" in elsewhere.stderr, (
+        f"from= must refuse the key from {SECOND_SOURCE}: {show(elsewhere)}"
+    )
+
+    assert not CANARY.exists(), "a refused request ran a command"
+    assert lab.routes("gw-b") == routes_up, "a refused request changed gw-b's routes"
+    assert lab.pids("gw-b", "pppd") == pppd_pids, "a refused request touched pppd"
+    refusals = [x for x in syslog.lines if "refused" in x][logged_before:]
+    assert len(refusals) >= len(tries) + 1, syslog.lines
+    assert all(f"site={SITE} user={LINK_USER} client={GW_A_WAN}" in x for x in refusals), refusals
+    assert all(x.startswith("<36>") for x in refusals), refusals  # auth.warning
+    assert lab.ping("ws-a", WS_B), "the link must be untouched by the refused requests"
+
+    stopped = pppssh(lab, "stop", SITE)
+    assert stopped.returncode == 0, show(stopped)
+    assert f"{remote} route del {NET_A} via {PPP_LOCAL}\n" in stopped.stdout
+    assert no_leftovers(lab) == []
+
+    removed = pppssh(lab, "remote-setup", "--remove", *apply[1:], str(conf))
+    assert removed.returncode == 0, show(removed)
+    assert gw_b_files() == dict.fromkeys(gw_b_files(), False), gw_b_files()
+    assert authorized_keys() == [other], "an account that holds another key stays"
+    keys_file.write_text("")
+    removed = pppssh(lab, "remote-setup", "--remove", *apply[1:], str(conf))
+    assert removed.returncode == 0, show(removed)
+    assert f"removed account {LINK_USER}" in removed.stdout
+    with pytest.raises(KeyError):
+        pwd.getpwnam(LINK_USER)
+    assert not Path(f"/etc/sudoers.d/.pppssh-{SITE}.new").exists()

@@ -1,0 +1,361 @@
+"""`pppssh remote-setup` and pppssh-helper: generated files, and the helper's verdict on every
+request, run on the host with its sudo replaced by a recorder (the lab runs the real one)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from pppssh import cli
+from pppssh.config import parse
+from pppssh.remote_setup import (
+    HELPER_PATH,
+    apply,
+    helper_text,
+    key_line,
+    peers_text,
+    policy_text,
+    public_key,
+    removal_script,
+    setup_script,
+    sudoers_text,
+)
+from pppssh.ssh import TunnelError
+
+from .sshserver import SSHTestServer
+
+SITE = """\
+[site]
+name = site-b
+[remote]
+host = 198.51.100.2
+user = tunnel
+identity = id_ed25519
+known_hosts = known_hosts
+helper = yes
+from = 198.51.100.1
+[ppp]
+local_address = 192.168.77.1
+remote_address = 192.168.77.2
+remote_options = debug
+[networks]
+local = 10.1.0.0/24, 10.3.0.0/16
+remote = 10.2.0.0/24
+"""
+PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAII3nZ3L8OJfutw8ANcOcnl08BEwFN3NZ3mHq0AvMNJqU"
+REFUSED = 126
+
+
+def cfg_of(text: str = SITE, path: Path = Path("/etc/pppssh/site-b.conf")):  # type: ignore[no-untyped-def]
+    return parse(text, path)
+
+
+# ---------------------------------------------------------------------------- generated files
+
+
+def test_key_line_reaches_only_the_helper() -> None:
+    line = key_line(cfg_of(), PUB)
+    assert line == (
+        f'restrict,pty,command="{HELPER_PATH} site-b",from="198.51.100.1" {PUB} pppssh-site-b'
+    )
+    without_from = key_line(cfg_of(SITE.replace("from = 198.51.100.1\n", "")), PUB)
+    assert without_from.startswith(f'restrict,pty,command="{HELPER_PATH} site-b" ssh-ed25519 ')
+
+
+def test_policy_lists_exactly_the_local_networks_and_the_peer() -> None:
+    lines = [x for x in policy_text(cfg_of()).splitlines() if not x.startswith("#")]
+    assert lines == [
+        "pppd /usr/sbin/pppd",
+        "ip /usr/sbin/ip",
+        "local 192.168.77.2",
+        "peer 192.168.77.1",
+        "network 10.1.0.0/24",
+        "network 10.3.0.0/16",
+    ]
+
+
+def test_peers_file_holds_the_remote_pppd_options() -> None:
+    lines = [x for x in peers_text(cfg_of()).splitlines() if not x.startswith("#")]
+    assert "192.168.77.2:192.168.77.1" in lines
+    assert "linkname pppssh-site-b" in lines and "mtu 1400" in lines
+    assert "noproxyarp" in lines and lines[-1] == "debug"
+    proxy = SITE.replace("[networks]", "proxyarp = remote\n[networks]").replace(
+        "remote = 10.2.0.0/24", "remote = 10.2.0.0/24, 192.168.77.0/24"
+    )
+    assert "proxyarp" in peers_text(cfg_of(proxy)).splitlines()
+
+
+def test_sudoers_allows_exact_commands_and_visudo_accepts_it(tmp_path: Path) -> None:
+    text = sudoers_text(cfg_of())
+    rules = [x for x in text.splitlines() if x.startswith("tunnel ")]
+    assert rules == [
+        "tunnel ALL=(root) NOPASSWD: /usr/sbin/pppd call pppssh-site-b",
+        "tunnel ALL=(root) NOPASSWD: /usr/sbin/ip route add 10.1.0.0/24 via 192.168.77.1",
+        "tunnel ALL=(root) NOPASSWD: /usr/sbin/ip route del 10.1.0.0/24 via 192.168.77.1",
+        "tunnel ALL=(root) NOPASSWD: /usr/sbin/ip route add 10.3.0.0/16 via 192.168.77.1",
+        "tunnel ALL=(root) NOPASSWD: /usr/sbin/ip route del 10.3.0.0/16 via 192.168.77.1",
+    ]
+    assert "*" not in text and "ALL:" not in text and "NOPASSWD: ALL" not in text
+    visudo = shutil.which("visudo") or "/usr/sbin/visudo"
+    f = tmp_path / "sudoers"
+    f.write_text(text)
+    f.chmod(0o440)
+    check = subprocess.run([visudo, "-cf", str(f)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    f.chmod(0o640)
+    f.write_text(text + "tunnel ALL=(root NOPASSWD /bin/sh\n")
+    assert subprocess.run([visudo, "-cf", str(f)], capture_output=True).returncode != 0
+
+
+def test_scripts_pass_shellcheck(tmp_path: Path) -> None:
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is missing: bash scripts/install-deps.sh installs it"
+    cfg = cfg_of()
+    files = {
+        "helper": helper_text(),
+        "setup": setup_script(cfg, PUB),
+        "removal": removal_script(cfg, PUB),
+    }
+    for name, text in files.items():
+        path = tmp_path / name
+        path.write_text(text)
+        proc = subprocess.run([shellcheck, "-s", "sh", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{name}:\n{proc.stdout}"
+
+
+def test_setup_script_embeds_each_file_verbatim() -> None:
+    cfg = cfg_of()
+    script = setup_script(cfg, PUB)
+    for text in (helper_text(), policy_text(cfg), peers_text(cfg), sudoers_text(cfg)):
+        assert f"<<'PPPSSH_EOF'\n{text}PPPSSH_EOF\n" in script
+    assert f"\n{key_line(cfg, PUB)}\nPPPSSH_EOF\n" in script
+    # sudoers is checked with visudo before anything else changes
+    assert script.index("visudo -cqf") < script.index("useradd")
+    assert script.index("useradd") < script.index("mv -f '/etc/sudoers.d/.pppssh-site-b.new'")
+
+
+def test_public_key_from_private_key_or_pub(tmp_path: Path) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    pub = key.with_name("id_ed25519.pub").read_text().split()
+    text = SITE.replace("identity = id_ed25519", f"identity = {key}")
+    cfg = cfg_of(text)
+    assert public_key(cfg) == f"{pub[0]} {pub[1]}"
+    key.chmod(0o000)
+    os.rename(key, tmp_path / "hidden")
+    assert public_key(cfg) == f"{pub[0]} {pub[1]}", "falls back to the .pub file"
+    key.with_name("id_ed25519.pub").unlink()
+    with pytest.raises(TunnelError, match="ssh-keygen -t ed25519"):
+        public_key(cfg)
+
+
+def test_remote_setup_needs_helper_yes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "site-b.conf"
+    conf.write_text(SITE.replace("helper = yes", "helper = no"))
+    assert cli.main(["remote-setup", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"pppssh: {conf}:8: helper: remote-setup installs pppssh-helper for the link key; "
+        "set `helper = yes` in [remote] first"
+    )
+
+
+def test_remote_setup_prints_the_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    conf = tmp_path / "site-b.conf"
+    conf.write_text(SITE)
+    assert cli.main(["remote-setup", str(conf)]) == 0
+    out = capsys.readouterr().out
+    assert out == setup_script(parse(SITE, conf), public_key(parse(SITE, conf)))
+    assert cli.main(["remote-setup", "--remove", str(conf)]) == 0
+    assert capsys.readouterr().out.startswith("#!/bin/sh\n# pppssh remote-setup --remove")
+
+
+# ---------------------------------------------------------------------------- the helper
+
+
+@pytest.fixture
+def helper(tmp_path: Path) -> tuple[Path, Path]:
+    """The helper with its policy directory and sudo moved into tmp_path; sudo records argv."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "site-b.policy").write_text(policy_text(cfg_of()))
+    log = tmp_path / "sudo.log"
+    sudo = tmp_path / "sudo"
+    sudo.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >>{log}\necho >>{log}\n')
+    sudo.chmod(0o755)
+    text = helper_text()
+    assert "\nPOLICY_DIR=/etc/pppssh/helper\n" in text and "\nSUDO=/usr/bin/sudo\n" in text
+    text = text.replace("\nPOLICY_DIR=/etc/pppssh/helper\n", f"\nPOLICY_DIR={policies}\n")
+    text = text.replace("\nSUDO=/usr/bin/sudo\n", f"\nSUDO={sudo}\n")
+    path = tmp_path / "pppssh-helper"
+    path.write_text(text)
+    path.chmod(0o755)
+    return path, log
+
+
+def ask(
+    helper: tuple[Path, Path], request: str | None, site: str = "site-b"
+) -> tuple[int, str, list[str]]:
+    """Run the helper as sshd would; return status, stderr and what it gave sudo."""
+    path, log = helper
+    log.unlink(missing_ok=True)
+    env = {"PATH": "/usr/bin:/bin", "SSH_CLIENT": "198.51.100.1 40000 22"}
+    if request is not None:
+        env["SSH_ORIGINAL_COMMAND"] = request
+    shell = shutil.which("dash") or "/bin/sh"
+    proc = subprocess.run([shell, str(path), site], env=env, capture_output=True, text=True)
+    ran = log.read_text().splitlines() if log.exists() else []
+    return proc.returncode, proc.stderr, ran
+
+
+@pytest.mark.parametrize(
+    ("request_", "sudo_argv"),
+    [
+        ("pppd", "-n|/usr/sbin/pppd|call|pppssh-site-b|"),
+        ("route add 10.1.0.0/24 via 192.168.77.1", "-n|/usr/sbin/ip|route|add|10.1.0.0/24|via|192.168.77.1|"),
+        ("route del 10.3.0.0/16 via 192.168.77.1", "-n|/usr/sbin/ip|route|del|10.3.0.0/16|via|192.168.77.1|"),
+    ],
+)  # fmt: skip
+def test_helper_runs_what_the_policy_allows(
+    helper: tuple[Path, Path], request_: str, sudo_argv: str
+) -> None:
+    status, err, ran = ask(helper, request_)
+    assert (status, err, ran) == (0, "", [sudo_argv])
+
+
+def test_helper_interface_needs_no_sudo(helper: tuple[Path, Path]) -> None:
+    status, err, ran = ask(helper, "interface")
+    assert (status, ran) == (0, []), err
+
+
+HOSTILE = {
+    None: "a login shell",
+    "": "a login shell",
+    "id": "'id' is not a pppssh request",
+    "sh -c id": "'sh' is not a pppssh request",
+    "/bin/sh": "'/bin/sh' is not a pppssh request",
+    "scp -t /tmp": "'scp' is not a pppssh request",
+    "internal-sftp": "'internal-sftp' is not a pppssh request",
+    "pppd debug": "pppd takes no options from the client",
+    "pppd pty /bin/sh": "pppd takes no options from the client",
+    "pppd file /tmp/options": "pppd takes no options from the client",
+    "pppd call other": "pppd takes no options from the client",
+    "route add 10.9.0.0/24 via 192.168.77.1": "network 10.9.0.0/24 is not on the allow-list",
+    "route add default via 192.168.77.1": "network default is not on the allow-list",
+    "route add 0.0.0.0/0 via 192.168.77.1": "network 0.0.0.0/0 is not on the allow-list",
+    "route add 10.1.0.0/25 via 192.168.77.1": "network 10.1.0.0/25 is not on the allow-list",
+    "route add 10.1.0.0/24 via 192.168.77.9": "go via the link's peer 192.168.77.1, not 192.168.77.9",
+    "route add 10.1.0.0/24 via 192.168.77.1 dev lo": "usage: route add|del NETWORK via",
+    "route replace 10.1.0.0/24 via 192.168.77.1": "usage: route add|del NETWORK via",
+    "route flush 10.1.0.0/24 via 192.168.77.1": "usage: route add|del NETWORK via",
+    "route add 10.1.0.0/24": "usage: route add|del NETWORK via",
+    "route add 10.1.0.0/24 dev 192.168.77.1": "usage: route add|del NETWORK via",
+    "route -6 add 10.1.0.0/24 via 192.168.77.1": "usage: route add|del NETWORK via",
+    "interface ppp0": "interface takes no arguments",
+    "route add 10.1.0.0/24 via 192.168.77.1; id": "characters no pppssh request has",
+    "route add 10.1.0.0/24 via 192.168.77.1 && id": "characters no pppssh request has",
+    "route add $(id) via 192.168.77.1": "characters no pppssh request has",
+    "route add `id` via 192.168.77.1": "characters no pppssh request has",
+    "pppd\nid": "characters no pppssh request has",
+    "pppd\rid": "characters no pppssh request has",
+    "pppd\tdebug": "characters no pppssh request has",
+    "pppd | id": "characters no pppssh request has",
+    "pppd > /tmp/x": "characters no pppssh request has",
+    "route add 10.1.0.0/24 via 192.168.77.*": "characters no pppssh request has",
+    "route add 10.1.0.0/24 via ${PEER}": "characters no pppssh request has",
+    "route add 'x y' via 192.168.77.1": "characters no pppssh request has",
+    "pppd\\": "characters no pppssh request has",
+    "pppd é": "characters no pppssh request has",
+    "x" * 100000: "'" + "x" * 40 + "' is not a pppssh request",
+    f"route add {'1' * 100000} via 192.168.77.1": "network 1111",
+}
+
+
+@pytest.mark.parametrize("request_", list(HOSTILE), ids=lambda r: repr(r)[:40])
+def test_helper_refuses_everything_else(helper: tuple[Path, Path], request_: str | None) -> None:
+    status, err, ran = ask(helper, request_)
+    assert status == REFUSED, err
+    assert ran == [], "a refused request reached sudo"
+    assert err.startswith("pppssh-helper: refused: ") and err.count("\n") == 1, err
+    assert HOSTILE[request_] in err
+
+
+def test_helper_without_policy_or_with_a_bad_site(helper: tuple[Path, Path]) -> None:
+    status, err, ran = ask(helper, "pppd", site="site-c")
+    assert (status, ran) == (1, []) and "no readable policy" in err and "site-c" in err
+    for site in ("", "../etc", ".hidden", "a b", "a;b"):
+        status, err, ran = ask(helper, "pppd", site=site)
+        assert (status, ran) == (1, []), (site, err)
+        assert "bad site name" in err
+
+
+def test_helper_refuses_a_broken_policy(helper: tuple[Path, Path]) -> None:
+    path, _ = helper
+    policy = path.parent / "policies" / "site-b.policy"
+    good = policy.read_text()
+    for bad in ("network 10.1.0.0/24 10.2.0.0/24\n", "shell /bin/sh\n", "peer\n"):
+        policy.write_text(good + bad)
+        status, err, ran = ask(helper, "pppd")
+        assert (status, ran) == (1, []), (bad, err)
+    policy.write_text(good.replace("peer 192.168.77.1\n", ""))
+    status, err, ran = ask(helper, "pppd")
+    assert (status, ran) == (1, []) and "are all required" in err
+
+
+# ---------------------------------------------------------------------------- --apply
+
+
+def test_apply_pipes_the_script_to_root_or_through_sudo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Over a real (in-process) SSH server: the command, the script on stdin, the status."""
+    got: list[bytes] = []
+
+    async def shell(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        got.append(await process.stdin.read())
+        process.stdout.write(b"pppssh remote-setup: site lab ready\n")
+        process.stderr.write(b"a warning\n")
+        process.exit(0 if process.command == "sh -s" else 3)
+
+    async def main(admin: str) -> tuple[int, list[str | None]]:
+        async with SSHTestServer(tmp_path, shell, user=admin) as srv:
+            cfg = srv.cfg(user="tunnel")  # the link account; the admin logs in
+            status = await apply(cfg, "echo set up\n", admin, str(srv.identity))
+            return status, [s.command for s in srv.rec.sessions]
+
+    assert asyncio.run(main("root")) == (0, ["sh -s"])
+    assert got == [b"echo set up\n"]
+    out = capsys.readouterr()
+    assert out.out == "pppssh remote-setup: site lab ready\n" and out.err == "a warning\n"
+    assert asyncio.run(main("alice")) == (3, ["sudo -n sh -s"])
+
+
+def test_apply_refusals_are_one_line(tmp_path: Path) -> None:
+    async def main() -> list[str]:
+        async with SSHTestServer(tmp_path, user="root") as srv:
+            cfg = srv.cfg(user="tunnel")  # the link account; the admin logs in
+            errors = []
+            for admin, key in (("root", srv.other_identity), ("bob", srv.identity)):
+                with pytest.raises(TunnelError) as info:
+                    await apply(cfg, "true\n", admin, str(key))
+                errors.append(str(info.value))
+            srv.known_hosts.write_text("")
+            with pytest.raises(TunnelError) as info:
+                await apply(cfg, "true\n", "root", str(srv.identity))
+            errors.append(str(info.value))
+            assert srv.rec.sessions == [], "nothing may run after a refused login"
+            return errors
+
+    port_errors = asyncio.run(main())
+    assert port_errors[0].startswith("root@127.0.0.1:") and "refused the login" in port_errors[0]
+    assert port_errors[1].startswith("bob@127.0.0.1:") and "refused the login" in port_errors[1]
+    assert port_errors[2].startswith("host key of 127.0.0.1:") and "not accepted" in port_errors[2]
+    assert all("\n" not in e for e in port_errors)
