@@ -30,6 +30,9 @@ def test_foreground_speaks_sd_notify(lab: Lab) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
+        connecting = sock.recv(4096).decode()
+        assert connecting == "STATUS=connecting to vpn@198.51.100.2:22", connecting
+        assert not [r for r in lab.routes("gw-a") if r.startswith("10.2.0.0/24")]
         ready = sock.recv(4096).decode()
         assert ready.splitlines()[0] == "READY=1", ready
         assert "STATUS=up: ppp" in ready
