@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,17 +14,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .backoff import delays
 from .config import ConfigError, SiteConfig, load
+from .plan import Command
 from .system import (
+    CommandFailed,
     SiteLock,
     State,
+    echo,
+    leftover_pppd,
     pid_alive,
     read_state,
     read_states,
     redirect_output,
     remove_state,
     run_dir,
+    run_local,
     sd_notify,
+    stop_process,
     write_state,
 )
 
@@ -95,12 +103,52 @@ def _start_background(cfg: SiteConfig) -> int:
         child.send_signal(signal.SIGTERM)
         child.wait()
         return 130
-    if b"READY" in said:
+    if said.startswith(b"READY"):
+        return 0
+    if said.startswith(b"RETRYING "):
+        why = said.decode(errors="replace")[len("RETRYING ") :].strip()
+        print(
+            f"pppssh: {cfg.name} is not up yet ({why}); it keeps trying in the background "
+            f"(retry_start = yes): pppssh status {cfg.name}; pppssh stop {cfg.name}",
+            flush=True,
+        )
         return 0
     status = child.wait()
     if status == 0:
         raise Fail(f"site '{cfg.name}' was stopped before it came up")
     return status
+
+
+def undo_leftovers(site: str, stale: State | None) -> None:
+    """Undo what a pppssh that died without its teardown (SIGKILL, a crash) left here.
+
+    Its local pppd is stopped (the interface and its routes go with it), then the routes its
+    state file recorded are removed. On the remote gateway the next start's cleanup step
+    stops the old remote pppd.
+    """
+    linkname = f"pppssh-{site}"
+    pids = leftover_pppd(stale, linkname)
+    routes = stale.local_routes if stale is not None else []
+    if stale is None and not pids:
+        return
+    who = f"an earlier pppssh (pid {stale.pid})" if stale else "an earlier pppssh"
+    print(f"pppssh: {site}: {who} ended without its teardown; undoing what it left", flush=True)
+    for pid in pids:
+        echo("[#]", f"kill -TERM {pid}  # its local pppd")
+        echo("", f"local pppd {pid} stopped ({stop_process(pid)})")
+    for shown in routes:
+        argv = shlex.split(shown)
+        if "add" not in argv:
+            continue
+        argv[argv.index("add")] = "del"
+        try:
+            run_local(Command(tuple(argv)))
+        except CommandFailed as exc:
+            if "No such process" in exc.stderr or "Cannot find device" in exc.stderr:
+                echo("", "already gone with its interface")
+            else:
+                echo("", f"note: {exc}")
+    remove_state(site)
 
 
 def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:
@@ -110,6 +158,7 @@ def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:
     lock = SiteLock(cfg.name)
     if not lock.acquire():
         raise Fail(_already_running(cfg.name))
+    undo_leftovers(cfg.name, read_state(cfg.name))
     log = run_dir() / f"{cfg.name}.log"
     state = State(site=cfg.name, config=str(cfg.path.absolute()), pid=os.getpid(), log=str(log))
     write_state(state)
@@ -118,7 +167,7 @@ def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:
 
     def ready(tunnel: object) -> None:
         """Routes are in place: tell systemd, or the waiting `pppssh start` (once)."""
-        nonlocal announced
+        nonlocal announced, ready_fd
         link = f"{state.interface} {state.local_address} -> {state.remote_address}"
         sd_notify("READY=1", f"STATUS=up: {link}")
         if announced:
@@ -131,30 +180,44 @@ def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:
             redirect_output(log)
             os.write(ready_fd, b"READY\n")
             os.close(ready_fd)
+            ready_fd = None
 
     async def hold() -> None:
-        """Run the tunnel; after a link that was up is lost, reconnect with backoff."""
-        delay = cfg.reconnect_delay
+        """Run the tunnel; after a failure, try again with backoff as the site file says."""
+        nonlocal ready_fd
+        waits = delays(cfg.reconnect_delay, cfg.reconnect_delay_max)
+        failures = 0
         while True:
             sd_notify(f"STATUS=connecting to {cfg.destination}")
             try:
                 await run_tunnel(cfg, state, ready)
+                return
             except TunnelError as exc:
-                if not announced or not cfg.reconnect:
+                if not (cfg.reconnect if announced else cfg.retry_start):
                     raise
                 if state.up_since is not None:  # this attempt had come up: start over
-                    delay = cfg.reconnect_delay
+                    waits = delays(cfg.reconnect_delay, cfg.reconnect_delay_max)
+                    failures = 0
+                failures += 1
+                if cfg.reconnect_tries and failures > cfg.reconnect_tries:
+                    raise TunnelError(
+                        f"{exc} (giving up after {cfg.reconnect_tries} failed attempts in a "
+                        "row: reconnect_tries)"
+                    ) from None
+                delay = next(waits)
                 state.reconnects += 1
                 state.state = "reconnecting"
                 state.last_error = str(exc)
                 state.up_since = None
                 write_state(state)
-                print(f"pppssh: {cfg.name}: {exc}; reconnecting in {delay:g}s", flush=True)
+                print(f"pppssh: {cfg.name}: {exc}; trying again in {delay:.1f}s", flush=True)
                 sd_notify(f"STATUS=reconnecting: {exc}")
+                if ready_fd is not None:  # `pppssh start` waits for the first outcome
+                    redirect_output(log)
+                    os.write(ready_fd, f"RETRYING {exc}\n".encode())
+                    os.close(ready_fd)
+                    ready_fd = None
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, cfg.reconnect_delay_max)
-            else:
-                return
 
     async def main() -> int:
         """Hold the site; signals cancel it, which unwinds the undo stack."""
@@ -228,9 +291,12 @@ def _stop_one(site: str, timeout: float) -> int:
     """SIGTERM one daemon and wait until it has undone everything and exited."""
     state = read_state(site)
     if state is None or not pid_alive(state.pid):
-        if state is not None:
-            remove_state(site)
-            print(f"pppssh: site '{site}' was not running (removed its stale state file)")
+        if SiteLock(site).held_elsewhere():
+            raise Fail(f"site '{site}' is starting or stopping; try again in a moment")
+        if state is not None or leftover_pppd(None, f"pppssh-{site}"):
+            _need_root("stop")
+            undo_leftovers(site, state)
+            print(f"pppssh: site '{site}' was not running (undid what it left)")
         else:
             print(f"pppssh: site '{site}' is not running")
         return 0

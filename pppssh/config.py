@@ -72,6 +72,8 @@ class SiteConfig:
     reconnect: bool
     reconnect_delay: float
     reconnect_delay_max: float
+    reconnect_tries: int
+    retry_start: bool
     host: str
     port: int
     user: str
@@ -351,7 +353,13 @@ SCHEMA: tuple[Key, ...] = (
     Key("site", "reconnect_delay", "reconnect_delay", "5", _as_seconds(0.1, 3600),
         "Seconds before the first reconnect attempt; doubled after each failure."),
     Key("site", "reconnect_delay_max", "reconnect_delay_max", "60", _as_seconds(0.1, 86400),
-        "Upper bound of the delay between reconnect attempts."),
+        "Upper bound of the delay between reconnect attempts. Each delay is drawn between "
+        "half and all of its value (jitter), so that sites do not retry in step."),
+    Key("site", "reconnect_tries", "reconnect_tries", "0", _as_int(0, 1000000),
+        "Failed attempts in a row after which the site gives up and exits 1 (0: never)."),
+    Key("site", "retry_start", "retry_start", "no", _yes_no,
+        "no: `start` fails at once when the first attempt fails. yes: the site keeps trying "
+        "like a reconnect; `start` returns after the first failure, saying it keeps trying."),
     Key("remote", "host", "host", None, _host, "The remote gateway's SSH address (name or IP)."),
     Key("remote", "port", "port", "22", _as_int(1, 65535), "Its SSH port."),
     Key("remote", "user", "user", None, _user,
@@ -376,10 +384,12 @@ SCHEMA: tuple[Key, ...] = (
         "iproute2's ip on the remote gateway (routes are changed as `<sudo> <ip> route ...`)."),
     Key("remote", "connect_timeout", "connect_timeout", "20", _as_seconds(1, 600),
         "Seconds allowed for the TCP connect and SSH handshake."),
-    Key("remote", "keepalive_interval", "keepalive_interval", "15", _as_int(0, 3600),
-        "Seconds between SSH keepalives (0: off)."),
-    Key("remote", "keepalive_count_max", "keepalive_count_max", "4", _as_int(1, 100),
-        "Unanswered SSH keepalives before the connection is declared dead."),
+    Key("remote", "keepalive_interval", "keepalive_interval", "10", _as_int(0, 3600),
+        "Seconds of silence from the server before an SSH keepalive is sent (0: off). Any "
+        "data received counts as an answer, so a saturated link never looks dead."),
+    Key("remote", "keepalive_count_max", "keepalive_count_max", "2", _as_int(1, 100),
+        "Keepalives left unanswered before the connection is declared dead: it is after "
+        "interval x (count + 1) seconds of silence, 30 with the defaults."),
     Key("ppp", "local_address", "local_address", None, _address,
         "This gateway's address on the PPP link."),
     Key("ppp", "remote_address", "remote_address", None, _address,
@@ -394,9 +404,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("ppp", "remote_options", "remote_options", "", _pppd_options,
         "Extra options for the remote pppd (same rules)."),
     Key("ppp", "lcp_echo_interval", "lcp_echo_interval", "10", _as_int(0, 3600),
-        "Seconds between LCP echo requests on both ends (0: off)."),
-    Key("ppp", "lcp_echo_failure", "lcp_echo_failure", "4", _as_int(1, 100),
-        "Unanswered LCP echoes before a pppd declares its peer dead."),
+        "Seconds between LCP echo requests on both ends (0: off). They are sent only when "
+        "nothing came from the peer meanwhile (`lcp-echo-adaptive`)."),
+    Key("ppp", "lcp_echo_failure", "lcp_echo_failure", "3", _as_int(1, 100),
+        "Unanswered LCP echoes before a pppd declares its peer dead (30 s with the defaults)."),
     Key("ppp", "up_timeout", "up_timeout", "60", _as_seconds(1, 3600),
         "Seconds allowed from the SSH login until IPCP is up."),
     Key("networks", "local", "local_networks", "", _networks,
@@ -416,6 +427,8 @@ SECTIONS = tuple(dict.fromkeys(k.section for k in SCHEMA))
 
 # --------------------------------------------------------------------------- INI reader
 
+MAX_FILE = 64 * 1024  # a site file is a few hundred bytes
+MAX_LINE = 4096
 _SECTION_RE = re.compile(r"^\[\s*([^\]\s]+)\s*\]$")
 _KEY_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
 
@@ -439,7 +452,20 @@ def parse(text: str, path: Path) -> SiteConfig:
     section_lines: dict[str, int] = {}
     section: str | None = None
     known = {(k.section, k.name) for k in SCHEMA}
-    for number, raw in enumerate(text.splitlines(), 1):
+    text = text.removeprefix("\ufeff")  # a byte order mark some editors write
+    # Lines end at \n only (and \r\n), as editors and grep count them; any other control
+    # character is refused rather than let it split or hide part of a line.
+    for number, raw in enumerate(text.split("\n"), 1):
+        raw = raw.removesuffix("\r")
+        bad = next((c for c in raw if (ord(c) < 32 and c != "\t") or 0x7F <= ord(c) < 0xA0), None)
+        if bad is None:
+            bad = next((c for c in raw if c in "\u2028\u2029\ufeff"), None)
+        if bad is not None:
+            raise ConfigError(
+                shown, number, "", f"control character U+{ord(bad):04X} in the line; remove it"
+            )
+        if len(raw) > MAX_LINE:
+            raise ConfigError(shown, number, "", f"line longer than {MAX_LINE} characters")
         line = _strip_comment(raw.strip())
         if not line:
             continue
@@ -534,6 +560,7 @@ def _check_networks(parsed: dict[str, Any], err: Callable[[str, str], ConfigErro
             f"proxyarp on the local gateway needs remote_address {parsed['remote_address']} "
             f"inside a local network ({', '.join(map(str, local)) or 'none set'})",
         )
+    _check_placement(parsed, err)
     for attr, nets in (("local_lan_gateways", local), ("remote_lan_gateways", remote)):
         seen: dict[Network, Address] = {}
         for gw in parsed[attr]:
@@ -547,15 +574,62 @@ def _check_networks(parsed: dict[str, Any], err: Callable[[str, str], ConfigErro
             seen[net] = gw
 
 
+def _lan_gateway(net: Network, gateways: tuple[Address, ...]) -> Address:
+    """This gateway's address on a LAN: the configured one, else the LAN's first host."""
+    return next((gw for gw in gateways if gw in net), net.network_address + 1)
+
+
+def _check_placement(parsed: dict[str, Any], err: Callable[[str, str], ConfigError]) -> None:
+    """PPP addresses must not land in the wrong LAN.
+
+    Inside its own side's LAN, a PPP address may only be that gateway's own LAN address (a
+    common, unnumbered-style choice); inside the far side's LAN, only with proxyarp there.
+    """
+    sides = (
+        ("local_address", parsed["local_networks"], "local_lan_gateways",
+         parsed["remote_networks"], parsed["proxyarp"].remote, "remote"),
+        ("remote_address", parsed["remote_networks"], "remote_lan_gateways",
+         parsed["local_networks"], parsed["proxyarp"].local, "local"),
+    )  # fmt: skip
+    for attr, own, gateways_attr, far, proxied, far_side in sides:
+        addr: Address = parsed[attr]
+        for net in own:
+            gateway = _lan_gateway(net, parsed[gateways_attr])
+            if addr in net and addr != gateway:
+                raise err(
+                    attr,
+                    f"{addr} is inside {net}, that gateway's own LAN, but is not its address "
+                    f"there ({gateway}); use that address or one outside the LAN",
+                )
+        for net in far:
+            if addr in net and not proxied:
+                raise err(
+                    attr,
+                    f"{addr} is inside {net}, a LAN on the other side of the link; that "
+                    f"needs proxyarp = {far_side} (or both), or an address outside it",
+                )
+
+
 def load(path: str | Path) -> SiteConfig:
     """Read and parse a site file; unreadable files are ConfigErrors too."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            data = f.read(MAX_FILE + 1)
     except FileNotFoundError:
         raise ConfigError(str(p), 0, "", "no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(p), 0, "", f"cannot read: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(str(p), 0, "", f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE:
+        raise ConfigError(str(p), 0, "", f"larger than {MAX_FILE // 1024} KiB; not a site file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            str(p), line, "", f"not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column})"
+        ) from None
     return parse(text, p)
 
 

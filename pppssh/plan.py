@@ -14,6 +14,9 @@ __all__ = [
     "local_pppd_argv",
     "local_routes",
     "remote_interface_command",
+    "remote_leftover_check",
+    "remote_leftover_kill",
+    "remote_pidfile",
     "remote_pppd_argv",
     "remote_pppd_options",
     "remote_routes",
@@ -66,6 +69,7 @@ def _common_pppd_options(cfg: SiteConfig, ours: str, peer: str, proxyarp: bool) 
         options += [
             "lcp-echo-interval", str(cfg.lcp_echo_interval),
             "lcp-echo-failure", str(cfg.lcp_echo_failure),
+            "lcp-echo-adaptive",  # no echoes while traffic flows: a full link is not dead
         ]  # fmt: skip
     else:
         options += ["lcp-echo-interval", "0"]
@@ -107,6 +111,26 @@ def remote_interface_command(cfg: SiteConfig) -> Command:
     if cfg.helper:
         return Command(("interface",))
     return Command((cfg.remote_ip, "-o", "-4", "addr", "show"))
+
+
+PKILL = "/usr/bin/pkill"
+
+
+def remote_pidfile(cfg: SiteConfig) -> str:
+    """Where the remote pppd (linkname pppssh-SITE) writes its pid."""
+    return f"/run/ppp-{cfg.linkname}.pid"
+
+
+def remote_leftover_check(cfg: SiteConfig) -> Command:
+    """Unprivileged: exit 0 if a pppd of this site still runs on the remote gateway."""
+    return Command(("pgrep", "-x", "-F", remote_pidfile(cfg), "pppd"))
+
+
+def remote_leftover_kill(cfg: SiteConfig, signal: str = "TERM") -> Command:
+    """Stop that pppd: the helper's `cleanup` request, or sudo pkill (pid file and name)."""
+    if cfg.helper:
+        return Command(("cleanup",))
+    return Command((*cfg.sudo, PKILL, f"-{signal}", "-x", "-F", remote_pidfile(cfg), "pppd"))
 
 
 def _route(prefix: Sequence[str], network: Network, via: str, dev: str) -> RouteChange:

@@ -16,7 +16,7 @@ from importlib import resources
 import asyncssh
 
 from .config import SiteConfig
-from .plan import remote_pppd_options
+from .plan import PKILL, remote_pidfile, remote_pppd_options
 from .ssh import TunnelError
 
 __all__ = [
@@ -113,7 +113,9 @@ def peers_text(cfg: SiteConfig) -> str:
 
 def sudo_commands(cfg: SiteConfig) -> list[str]:
     """Exactly the commands the helper runs as root."""
+    pidfile = remote_pidfile(cfg)
     commands = [f"{cfg.remote_pppd} call {cfg.linkname}"]
+    commands += [f"{PKILL} -{sig} -x -F {pidfile} pppd" for sig in ("TERM", "KILL")]
     for net in cfg.local_networks:
         for verb in ("add", "del"):
             commands.append(f"{cfg.remote_ip} route {verb} {net} via {cfg.local_address}")
@@ -176,6 +178,7 @@ def setup_script(cfg: SiteConfig, pubkey: str) -> str:
         f"[ -x '{cfg.remote_pppd}' ] || fail \"no {cfg.remote_pppd}: apt-get install ppp\"\n"
         f"[ -x '{cfg.remote_ip}' ] || fail \"no {cfg.remote_ip}: install iproute2\"\n"
         f"[ -x '{SUDO}' ] || fail \"no {SUDO}: install sudo\"\n"
+        f"[ -x '{PKILL}' ] || fail \"no {PKILL}: install procps\"\n"
         'command -v visudo >/dev/null || fail "no visudo: install sudo"\n'
         f"{_heredoc(staged, sudoers_text(cfg))}"
         f"chmod 440 '{staged}.new'\n"

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -24,8 +25,10 @@ __all__ = [
     "State",
     "echo",
     "interface_counters",
+    "leftover_pppd",
     "pid_alive",
     "plain_env",
+    "pppd_of_site",
     "read_state",
     "read_states",
     "redirect_output",
@@ -33,6 +36,7 @@ __all__ = [
     "run_dir",
     "run_local",
     "sd_notify",
+    "stop_process",
     "write_state",
 ]
 
@@ -202,6 +206,41 @@ class SiteLock:
                     self.path.unlink()
             os.close(self.fd)
             self.fd = None
+
+
+def pppd_of_site(pid: int, linkname: str) -> bool:
+    """True if pid is a live pppd started for this linkname (not a reused pid)."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return comm == "pppd" and linkname.encode() in argv
+
+
+def leftover_pppd(state: State | None, linkname: str) -> list[int]:
+    """Local pppds of a site whose pppssh died: from its state file and pppd's pid file."""
+    pids = set()
+    if state is not None and state.local_pppd_pid:
+        pids.add(state.local_pppd_pid)
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pids.add(int(Path(f"/run/ppp-{linkname}.pid").read_text().split()[0]))
+    return sorted(pid for pid in pids if pppd_of_site(pid, linkname))
+
+
+def stop_process(pid: int, grace: float = 5.0) -> str:
+    """SIGTERM, then SIGKILL after grace seconds; say which one ended it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return "gone"
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return sig.name
+            time.sleep(0.05)
+    return "still running"
 
 
 def interface_counters(ifname: str) -> tuple[int, int] | None:

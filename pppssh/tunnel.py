@@ -18,6 +18,8 @@ from .plan import (
     RouteChange,
     local_routes,
     remote_interface_command,
+    remote_leftover_check,
+    remote_leftover_kill,
     remote_pppd_argv,
     remote_routes,
     shell_join,
@@ -130,6 +132,8 @@ class Tunnel:
         stack.push_async_callback(self._close_connection)
         echo("", f"connected; server {self.conn.get_extra_info('server_version')}")
 
+        await self._until("cleaning up after an earlier session", self._cleanup_remote())
+
         command = shell_join(remote_pppd_argv(cfg))
         echo(self.remote_prefix, command)
         _chan, session = await self.conn.create_session(
@@ -171,6 +175,42 @@ class Tunnel:
         for route in remote_routes(cfg, self.remote_interface):
             await self._add_remote(stack, route)
         self.save(state="up", up_since=time.time())
+
+    async def _cleanup_remote(self) -> None:
+        """Stop a pppd an earlier, lost session of this site left on the remote gateway.
+
+        After a WAN outage sshd may not have noticed yet that the old connection is dead, and
+        its pppd still holds the old interface and routes; a new link beside it would clash.
+        """
+        assert self.conn is not None
+        cfg = self.cfg
+        if cfg.helper:
+            kill = remote_leftover_kill(cfg)
+            echo(self.remote_prefix, kill.shown)
+            said = (await run_remote(self.conn, kill, timeout=30)).strip()
+            if said:
+                echo("", said)
+            return
+        try:
+            await run_remote(self.conn, remote_leftover_check(cfg))
+        except RemoteFailed:
+            return  # no pppd of this site runs there (pgrep exit 1)
+        for signal in ("TERM", "KILL"):
+            kill = remote_leftover_kill(cfg, signal)
+            echo(self.remote_prefix, f"{kill.shown}  # left by an earlier session")
+            try:
+                await run_remote(self.conn, kill)
+            except RemoteFailed as exc:
+                echo("", f"note: cannot stop it ({exc}); it ends by itself within "
+                         f"lcp_echo_interval x lcp_echo_failure seconds")  # fmt: skip
+                return
+            for _ in range(20):
+                await asyncio.sleep(0.5)
+                try:
+                    await run_remote(self.conn, remote_leftover_check(cfg))
+                except RemoteFailed:
+                    echo("", "stopped the pppd an earlier session left on the remote gateway")
+                    return
 
     async def _remote_if(self) -> str:
         """Ask the remote gateway which interface carries our link (no privilege needed)."""

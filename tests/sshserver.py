@@ -193,7 +193,10 @@ class SSHTestServer:
             "known_hosts": self.known_hosts.name,
             "connect_timeout": "5",
             "keepalive_interval": "0",
+            "helper": "no",
         }
+        unknown = set(overrides) - set(values)
+        assert not unknown, f"site_text does not know {unknown}"
         values.update(overrides)
         return (
             "[site]\n"
@@ -206,6 +209,7 @@ class SSHTestServer:
             f"known_hosts = {values['known_hosts']}\n"
             f"connect_timeout = {values['connect_timeout']}\n"
             f"keepalive_interval = {values['keepalive_interval']}\n"
+            f"helper = {values['helper']}\n"
             "[ppp]\n"
             "local_address = 10.99.0.1\n"
             "remote_address = 10.99.0.2\n"

@@ -51,7 +51,7 @@ def test_local_pppd_typical() -> None:
         "10.99.0.1:10.99.0.2",
         "mtu", "1400", "mru", "1400",
         "nodefaultroute", "noccp",
-        "lcp-echo-interval", "10", "lcp-echo-failure", "4",
+        "lcp-echo-interval", "10", "lcp-echo-failure", "3", "lcp-echo-adaptive",
         "noproxyarp",
         "logfd", "7",
     ]  # fmt: skip
@@ -66,7 +66,7 @@ def test_remote_pppd_typical() -> None:
         "10.99.0.2:10.99.0.1",
         "mtu", "1400", "mru", "1400",
         "nodefaultroute", "noccp",
-        "lcp-echo-interval", "10", "lcp-echo-failure", "4",
+        "lcp-echo-interval", "10", "lcp-echo-failure", "3", "lcp-echo-adaptive",
         "noproxyarp",
     ]  # fmt: skip
 
@@ -75,7 +75,7 @@ def test_remote_pppd_command_string() -> None:
     assert shell_join(remote_pppd_argv(site())) == (
         "sudo -n /usr/sbin/pppd nodetach noauth local nocrtscts linkname pppssh-site-b "
         "ipparam pppssh-site-b 10.99.0.2:10.99.0.1 mtu 1400 mru 1400 nodefaultroute noccp "
-        "lcp-echo-interval 10 lcp-echo-failure 4 noproxyarp"
+        "lcp-echo-interval 10 lcp-echo-failure 3 lcp-echo-adaptive noproxyarp"
     )
 
 
@@ -103,7 +103,7 @@ def test_proxyarp_both_and_custom_sizes() -> None:
         "192.168.50.250:10.1.2.250",
         "mtu", "1280", "mru", "1500",
         "nodefaultroute", "noccp",
-        "lcp-echo-interval", "10", "lcp-echo-failure", "4",
+        "lcp-echo-interval", "10", "lcp-echo-failure", "3", "lcp-echo-adaptive",
         "proxyarp",
         "logfd", "7",
     ]  # fmt: skip
@@ -112,22 +112,23 @@ def test_proxyarp_both_and_custom_sizes() -> None:
         "10.1.2.250:192.168.50.250",
         "mtu", "1280", "mru", "1500",
         "nodefaultroute", "noccp",
-        "lcp-echo-interval", "10", "lcp-echo-failure", "4",
+        "lcp-echo-interval", "10", "lcp-echo-failure", "3", "lcp-echo-adaptive",
         "proxyarp",
     ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("proxyarp", "local_has", "remote_has"),
-    [("no", "noproxyarp", "noproxyarp"), ("local", "proxyarp", "noproxyarp"),
-     ("remote", "noproxyarp", "proxyarp")],
+    ("proxyarp", "networks", "local_has", "remote_has"),
+    [("no", "local = 10.1.0.0/24\nremote = 10.2.0.0/24\n", "noproxyarp", "noproxyarp"),
+     ("local", "local = 10.99.0.2/32\nremote = 10.2.0.0/24\n", "proxyarp", "noproxyarp"),
+     ("remote", "local = 10.1.0.0/24\nremote = 10.99.0.1/32\n", "noproxyarp", "proxyarp"),
+     ("both", "local = 10.99.0.2/32\nremote = 10.99.0.1/32\n", "proxyarp", "proxyarp")],
 )  # fmt: skip
-def test_proxyarp_goes_to_the_right_pppd(proxyarp: str, local_has: str, remote_has: str) -> None:
-    # the local LAN holds the remote PPP address and vice versa, so every choice is valid
-    cfg = site(
-        ppp=f"proxyarp = {proxyarp}\n",
-        networks="local = 10.99.0.2/32\nremote = 10.99.0.1/32\n",
-    )
+def test_proxyarp_goes_to_the_right_pppd(
+    proxyarp: str, networks: str, local_has: str, remote_has: str
+) -> None:
+    # with proxyarp on a side, the peer's PPP address sits inside that side's LAN
+    cfg = site(ppp=f"proxyarp = {proxyarp}\n", networks=networks)
     local, remote = local_pppd_argv(cfg, 7), remote_pppd_argv(cfg)
     assert [w for w in local if w.endswith("proxyarp")] == [local_has]
     assert [w for w in remote if w.endswith("proxyarp")] == [remote_has]

@@ -86,7 +86,7 @@ def test_peers_file_holds_the_remote_pppd_options() -> None:
     assert "linkname pppssh-site-b" in lines and "mtu 1400" in lines
     assert "noproxyarp" in lines and lines[-1] == "debug"
     proxy = SITE.replace("[networks]", "proxyarp = remote\n[networks]").replace(
-        "remote = 10.2.0.0/24", "remote = 10.2.0.0/24, 192.168.77.0/24"
+        "local_address = 192.168.77.1", "local_address = 10.2.0.77"
     )
     assert "proxyarp" in peers_text(cfg_of(proxy)).splitlines()
 
@@ -96,6 +96,8 @@ def test_sudoers_allows_exact_commands_and_visudo_accepts_it(tmp_path: Path) -> 
     rules = [x for x in text.splitlines() if x.startswith("tunnel ")]
     assert rules == [
         "tunnel ALL=(root) NOPASSWD: /usr/sbin/pppd call pppssh-site-b",
+        "tunnel ALL=(root) NOPASSWD: /usr/bin/pkill -TERM -x -F /run/ppp-pppssh-site-b.pid pppd",
+        "tunnel ALL=(root) NOPASSWD: /usr/bin/pkill -KILL -x -F /run/ppp-pppssh-site-b.pid pppd",
         "tunnel ALL=(root) NOPASSWD: /usr/sbin/ip route add 10.1.0.0/24 via 192.168.77.1",
         "tunnel ALL=(root) NOPASSWD: /usr/sbin/ip route del 10.1.0.0/24 via 192.168.77.1",
         "tunnel ALL=(root) NOPASSWD: /usr/sbin/ip route add 10.3.0.0/16 via 192.168.77.1",
@@ -202,7 +204,7 @@ def helper(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def ask(
-    helper: tuple[Path, Path], request: str | None, site: str = "site-b"
+    helper: tuple[Path, Path], request: str | None, site: str = "site-b", timeout: float = 10
 ) -> tuple[int, str, list[str]]:
     """Run the helper as sshd would; return status, stderr and what it gave sudo."""
     path, log = helper
@@ -211,7 +213,9 @@ def ask(
     if request is not None:
         env["SSH_ORIGINAL_COMMAND"] = request
     shell = shutil.which("dash") or "/bin/sh"
-    proc = subprocess.run([shell, str(path), site], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [shell, str(path), site], env=env, capture_output=True, text=True, timeout=timeout
+    )
     ran = log.read_text().splitlines() if log.exists() else []
     return proc.returncode, proc.stderr, ran
 
@@ -229,6 +233,34 @@ def test_helper_runs_what_the_policy_allows(
 ) -> None:
     status, err, ran = ask(helper, request_)
     assert (status, err, ran) == (0, "", [sudo_argv])
+
+
+def test_helper_cleanup_without_a_leftover_needs_no_sudo(helper: tuple[Path, Path]) -> None:
+    status, err, ran = ask(helper, "cleanup")
+    assert (status, err, ran) == (0, "", [])
+
+
+def test_helper_cleanup_stops_the_leftover_pppd(helper: tuple[Path, Path], tmp_path: Path) -> None:
+    """A process named pppd whose pid is in the site's pid file is stopped through sudo pkill."""
+    path, _ = helper
+    text = path.read_text().replace("\nRUN=/run\n", f"\nRUN={tmp_path}\n")
+    path.write_text(text)
+    fake = tmp_path / "pppd"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", fake)  # its comm is pppd
+    proc = subprocess.Popen([str(fake), "60"])
+    try:
+        (tmp_path / "ppp-pppssh-site-b.pid").write_text(f"{proc.pid}\nppp0\n")
+        status, err, ran = ask(helper, "cleanup", timeout=30)
+        # the recorder does not kill: the helper waits 10 s, then asks for SIGKILL
+        assert status == 0, err
+        pidfile = tmp_path / "ppp-pppssh-site-b.pid"
+        assert ran == [
+            f"-n|/usr/bin/pkill|-TERM|-x|-F|{pidfile}|pppd|",
+            f"-n|/usr/bin/pkill|-KILL|-x|-F|{pidfile}|pppd|",
+        ]
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_helper_interface_needs_no_sudo(helper: tuple[Path, Path]) -> None:
@@ -260,6 +292,7 @@ HOSTILE = {
     "route add 10.1.0.0/24 dev 192.168.77.1": "usage: route add|del NETWORK via",
     "route -6 add 10.1.0.0/24 via 192.168.77.1": "usage: route add|del NETWORK via",
     "interface ppp0": "interface takes no arguments",
+    "cleanup 1234": "cleanup takes no arguments",
     "route add 10.1.0.0/24 via 192.168.77.1; id": "characters no pppssh request has",
     "route add 10.1.0.0/24 via 192.168.77.1 && id": "characters no pppssh request has",
     "route add $(id) via 192.168.77.1": "characters no pppssh request has",

@@ -41,7 +41,7 @@ LIMIT = 20  # seconds: a bound on a hung test, never a synchronisation point
 LAB_REMOTE_COMMAND = (
     "sudo -n /usr/sbin/pppd nodetach noauth local nocrtscts linkname pppssh-lab "
     "ipparam pppssh-lab 10.99.0.2:10.99.0.1 mtu 1400 mru 1400 nodefaultroute noccp "
-    "lcp-echo-interval 10 lcp-echo-failure 4 noproxyarp"
+    "lcp-echo-interval 10 lcp-echo-failure 3 lcp-echo-adaptive noproxyarp"
 )
 
 # The eight modes that must be off for PPP frames to pass a remote pty unchanged.
@@ -344,6 +344,9 @@ def test_tunnel_starts_remote_pppd_on_a_raw_pty(
     release = asyncio.Event()
 
     async def remote_pppd(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        if process.command.startswith("pgrep "):
+            process.exit(1)  # no pppd of an earlier session
+            return
         process.stdout.write(b"\x7e\xff\x7d\x23\xc0\x21\x7d\x21\x7e")  # an LCP frame
         await release.wait()
         process.exit(0)
@@ -363,7 +366,9 @@ def test_tunnel_starts_remote_pppd_on_a_raw_pty(
     srv, tunnel = run(main)
     cfg = srv.cfg()
     assert shell_join(remote_pppd_argv(cfg)) == LAB_REMOTE_COMMAND
-    [session] = srv.rec.sessions
+    check, session = srv.rec.sessions
+    assert check.command == "pgrep -x -F /run/ppp-pppssh-lab.pid pppd"
+    assert check.term_type is None, "only pppd gets a pty"
     assert session.command == LAB_REMOTE_COMMAND
     assert session.username == USER
     assert session.term_type == "dumb"  # a pty was requested
@@ -378,6 +383,56 @@ def test_tunnel_starts_remote_pppd_on_a_raw_pty(
     assert tunnel.bridge.closed.done() and tunnel.bridge.closed.result() == 0
     out = capsys.readouterr().out
     assert f"[{USER}@127.0.0.1] {LAB_REMOTE_COMMAND}\n" in out
+
+
+@pytest.mark.parametrize("helper", [False, True])
+def test_tunnel_stops_a_remote_pppd_left_by_an_earlier_session(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    helper: bool,
+) -> None:
+    """Before a new remote pppd: pgrep finds the old one, pkill stops it, pgrep sees it gone."""
+    monkeypatch.setenv("PPPSSH_RUN_DIR", str(tmp_path / "run"))
+    old_running = [True]
+
+    async def remote(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        command = process.command or ""
+        if command.startswith("pgrep "):
+            process.exit(0 if old_running[0] else 1)
+        elif "pkill -TERM" in command:
+            old_running[0] = False
+            process.exit(0)
+        elif command == "cleanup":
+            process.stdout.write(b"stopped the pppd an earlier session of lab left\n")
+            process.exit(0)
+        else:
+            process.stderr.write(b"sudo: a password is required\r\n")
+            process.exit(1)
+
+    async def main() -> None:
+        async with SSHTestServer(tmp_path, remote) as srv:
+            cfg = srv.cfg(helper="yes" if helper else "no")
+            assert cfg.helper is helper
+            tunnel = Tunnel(cfg, State(site=cfg.name, config=str(cfg.path), pid=os.getpid()))
+            with pytest.raises(TunnelError, match="a password is required"):
+                async with AsyncExitStack() as stack:
+                    await tunnel.up(stack)
+            commands = [s.command for s in srv.rec.sessions]
+            if helper:
+                assert commands == ["cleanup", "pppd"]
+            else:
+                pgrep = "pgrep -x -F /run/ppp-pppssh-lab.pid pppd"
+                pkill = "sudo -n /usr/bin/pkill -TERM -x -F /run/ppp-pppssh-lab.pid pppd"
+                assert commands == [pgrep, pkill, pgrep, LAB_REMOTE_COMMAND]
+
+    run(main)
+    out = capsys.readouterr().out
+    if helper:
+        assert f"[{USER}@127.0.0.1] cleanup\n" in out
+        assert "stopped the pppd an earlier session of lab left\n" in out
+    else:
+        assert "stopped the pppd an earlier session left on the remote gateway\n" in out
 
 
 def test_tunnel_reports_sudo_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

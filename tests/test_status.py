@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pppssh import cli
 from pppssh.cli import main
 from pppssh.status import render_table, site_status
 from pppssh.system import State, write_state
@@ -101,11 +102,20 @@ def test_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert site["remote_routes"] == up_state().remote_routes
 
 
-def test_stop_not_running_says_so(capsys: pytest.CaptureFixture[str]) -> None:
-    """stop of a site that is not running: a message and exit 0; a stale file is cleaned."""
+def test_stop_not_running_says_so(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop of a site that is not running: a message and exit 0; what a dead pppssh left
+    (its state file says) is undone. Commands are recorded here, not run on this host."""
+    ran: list[tuple[str, ...]] = []
+    monkeypatch.setattr(cli, "run_local", lambda command: ran.append(command.argv) or "")
     assert main(["stop", "site-b"]) == 0
     assert capsys.readouterr().out == "pppssh: site 'site-b' is not running\n"
+    assert ran == []
     write_state(up_state(pid=2**22 + 1))
     assert main(["stop", "site-b"]) == 0
-    assert "stale state file" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "an earlier pppssh (pid 4194305) ended without its teardown" in out
+    assert "was not running (undid what it left)" in out
+    assert ran == [("ip", "route", "del", "10.2.0.0/24", "via", "192.168.77.2", "dev", "ppp0")]
     assert main(["status", "site-b"]) == 3

@@ -55,9 +55,12 @@ ADMIN = "lab-admin"  # an administrator with sudo, made on demand (make_admin)
 LINK_USER = "tunnel"  # the account `pppssh remote-setup` creates in the tests
 SUDOERS_DIR = Path("/etc/sudoers.d")
 DEFAULT_SUDOERS = (
-    "# pppssh lab: {user} may start pppd and add or remove routes, nothing else.\n"
+    "# pppssh lab: {user} may start pppd, add or remove routes, and stop a pppd of a pppssh\n"
+    "# site an earlier session left; nothing else (README.md, without the helper).\n"
     "{user} ALL=(root) NOPASSWD: /usr/sbin/pppd, "
-    "/usr/sbin/ip route add *, /usr/sbin/ip route del *\n"
+    "/usr/sbin/ip route add *, /usr/sbin/ip route del *, "
+    "/usr/bin/pkill -TERM -x -F /run/ppp-pppssh-* pppd, "
+    "/usr/bin/pkill -KILL -x -F /run/ppp-pppssh-* pppd\n"
 )
 SITE_CONF: dict[str, dict[str, str]] = {
     "site": {"name": "site-b"},
