@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import re
 import shlex
 from collections.abc import Callable
@@ -35,9 +36,24 @@ class ConfigError(Exception):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        """Render the one-line form users see."""
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        """Render the one-line form users see: printable, of bounded length."""
+        path = _printable(self.path)
+        where = f"{path}:{self.line}" if self.line else path
+        message = _printable(self.message)
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 3] + "..."
+        key = _printable(self.key)
+        return f"{where}: {key}: {message}" if key else f"{where}: {message}"
+
+
+MAX_MESSAGE = 300
+
+
+def _printable(text: str) -> str:
+    """Escape what a terminal would act on or hide (newlines, escapes, bidi controls)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class Proxyarp(Enum):
@@ -106,8 +122,14 @@ class SiteConfig:
 
     @property
     def linkname(self) -> str:
-        """The pppd linkname used on both gateways (pidfile /run/ppp-<linkname>.pid)."""
+        """The local pppd's linkname (pidfile /run/ppp-<linkname>.pid), also its ipparam."""
         return f"pppssh-{self.name}"
+
+    @property
+    def remote_linkname(self) -> str:
+        """The remote pppd's linkname: the site and this end's PPP address, which is unique
+        on the remote gateway even if another client uses the same site name there."""
+        return f"pppssh-{self.name}-{self.local_address}"
 
     @property
     def destination(self) -> str:
@@ -139,7 +161,7 @@ _FORBIDDEN_PPPD = {
     "ip-up-script", "ip-down-script", "ipv6-up-script", "ipv6-down-script", "auth-up-script",
     "auth-down-script", "notty", "record", "logfile", "logfd", "linkname", "ipparam",
     "nodetach", "detach", "updetach", "persist", "demand", "proxyarp", "noproxyarp", "mtu",
-    "mru", "ifname", "unit", "pidfile",
+    "mru", "ifname", "unit", "pidfile", "defaultroute", "replacedefaultroute", "nodefaultroute",
 }  # fmt: skip
 
 
@@ -148,6 +170,8 @@ def _as_int(lo: int, hi: int) -> Callable[[str], int]:
 
     def parse_int(value: str) -> int:
         try:
+            if not value.isascii():
+                raise ValueError
             number = int(value, 10)
         except ValueError:
             raise ValueError(f"'{value}' is not a whole number") from None
@@ -163,9 +187,13 @@ def _as_seconds(lo: float, hi: float) -> Callable[[str], float]:
 
     def parse_seconds(value: str) -> float:
         try:
+            if not value.isascii():
+                raise ValueError
             number = float(value)
         except ValueError:
-            raise ValueError(f"'{value}' is not a number of seconds") from None
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError(f"'{value}' is not a number of seconds")
         if not lo <= number <= hi:
             raise ValueError(f"{value} is out of range {lo:g}..{hi:g} seconds")
         return number
@@ -183,12 +211,24 @@ def _site_name(value: str) -> str:
 
 
 def _host(value: str) -> str:
-    """A DNS name or an IP address."""
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
-    if not _HOSTNAME.match(value) or value.replace(".", "").isdigit():
+    """A DNS name or a unicast IP address (no IPv6 scope: `%` is refused)."""
+    if "%" not in value:
+        try:
+            addr = ipaddress.ip_address(value)
+        except ValueError:
+            pass
+        else:
+            if (
+                addr.is_unspecified
+                or addr.is_multicast
+                or addr == ipaddress.IPv4Address("255.255.255.255")
+            ):
+                raise ValueError(f"'{value}' is not an address an SSH server can have")
+            return str(addr)
+    last = value.rstrip(".").rsplit(".", 1)[-1].lower()
+    # a numeric or hex last label would be read as an address (inet_aton: 0x7f.1 = 127.0.0.1)
+    numeric = last.isdigit() or (last.startswith("0x") and len(last) > 2)
+    if not _HOSTNAME.match(value) or numeric:
         raise ValueError(f"'{value}' is not a host name or IP address")
     return value
 
@@ -269,7 +309,7 @@ def _address(value: str) -> Address:
         raise ValueError(f"'{value}' is not an IP address") from None
     if not isinstance(addr, Address):
         raise ValueError(f"'{value}' is IPv6; the PPP link carries IPv4 (IPCP)")
-    if addr.is_unspecified or addr.is_multicast or addr.is_loopback:
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback or addr.is_reserved:
         raise ValueError(f"'{value}' cannot be a PPP address")
     return addr
 
@@ -292,6 +332,9 @@ def _networks(value: str) -> tuple[Network, ...]:
     for word in re.split(r"[,\s]+", value.strip()):
         if not word:
             continue
+        prefix = word.partition("/")[2]
+        if prefix and not (prefix.isascii() and prefix.isdigit() and prefix == str(int(prefix))):
+            raise ValueError(f"'{word}': write the prefix length, like 10.1.0.0/24") from None
         try:
             net = ipaddress.ip_network(word, strict=False)
         except ValueError:
@@ -460,12 +503,14 @@ def parse(text: str, path: Path) -> SiteConfig:
         bad = next((c for c in raw if (ord(c) < 32 and c != "\t") or 0x7F <= ord(c) < 0xA0), None)
         if bad is None:
             bad = next((c for c in raw if c in "\u2028\u2029\ufeff"), None)
+        named = _KEY_RE.match(raw.strip())
+        key = named.group(1).lower() if named else ""
         if bad is not None:
             raise ConfigError(
-                shown, number, "", f"control character U+{ord(bad):04X} in the line; remove it"
+                shown, number, key, f"control character U+{ord(bad):04X} in the line; remove it"
             )
         if len(raw) > MAX_LINE:
-            raise ConfigError(shown, number, "", f"line longer than {MAX_LINE} characters")
+            raise ConfigError(shown, number, key, f"line longer than {MAX_LINE} characters")
         line = _strip_comment(raw.strip())
         if not line:
             continue
@@ -485,11 +530,21 @@ def parse(text: str, path: Path) -> SiteConfig:
             continue
         m = _KEY_RE.match(line)
         if not m:
+            word = line.partition("=")[0].strip()
+            if "=" in line and word and " " not in word:
+                names = [k.name for k in SCHEMA]
+                hint = _suggest(word.replace("-", "_").lower(), names)
+                raise ConfigError(shown, number, "", f"'{word}' is not a key name{hint}")
             raise ConfigError(shown, number, "", f"cannot read line: {raw.strip()!r}")
         if section is None:
             raise ConfigError(shown, number, m.group(1), "key outside any [section]")
         key = m.group(1).lower()
         if (section, key) not in known:
+            elsewhere = [k.section for k in SCHEMA if k.name == key]
+            if elsewhere:
+                raise ConfigError(
+                    shown, number, key, f"belongs in [{elsewhere[0]}], not in [{section}]"
+                )
             names = [k.name for k in SCHEMA if k.section == section]
             raise ConfigError(shown, number, key, "unknown key" + _suggest(key, names))
         if (section, key) in values:

@@ -50,14 +50,16 @@ class RouteChange:
     delete: Command
 
 
-def _common_pppd_options(cfg: SiteConfig, ours: str, peer: str, proxyarp: bool) -> list[str]:
+def _common_pppd_options(
+    cfg: SiteConfig, linkname: str, ours: str, peer: str, proxyarp: bool
+) -> list[str]:
     """Options both pppds get; the device is the pty on stdin."""
     options = [
         "nodetach",
         "noauth",
         "local",  # a pty has no modem control lines
         "nocrtscts",
-        "linkname", cfg.linkname,
+        "linkname", linkname,
         "ipparam", cfg.linkname,
         f"{ours}:{peer}",
         "mtu", str(cfg.mtu),
@@ -82,7 +84,7 @@ def local_pppd_argv(cfg: SiteConfig, logfd: int) -> list[str]:
     return [
         cfg.local_pppd,
         *_common_pppd_options(
-            cfg, str(cfg.local_address), str(cfg.remote_address), cfg.proxyarp.local
+            cfg, cfg.linkname, str(cfg.local_address), str(cfg.remote_address), cfg.proxyarp.local
         ),
         "logfd", str(logfd),
         *cfg.local_options,
@@ -93,7 +95,11 @@ def remote_pppd_options(cfg: SiteConfig) -> list[str]:
     """Options of the remote pppd (with a helper, remote-setup fixes them in a peers file)."""
     return [
         *_common_pppd_options(
-            cfg, str(cfg.remote_address), str(cfg.local_address), cfg.proxyarp.remote
+            cfg,
+            cfg.remote_linkname,
+            str(cfg.remote_address),
+            str(cfg.local_address),
+            cfg.proxyarp.remote,
         ),
         *cfg.remote_options,
     ]
@@ -117,8 +123,8 @@ PKILL = "/usr/bin/pkill"
 
 
 def remote_pidfile(cfg: SiteConfig) -> str:
-    """Where the remote pppd (linkname pppssh-SITE) writes its pid."""
-    return f"/run/ppp-{cfg.linkname}.pid"
+    """Where the remote pppd (linkname pppssh-SITE-ADDRESS) writes its pid."""
+    return f"/run/ppp-{cfg.remote_linkname}.pid"
 
 
 def remote_leftover_check(cfg: SiteConfig) -> Command:

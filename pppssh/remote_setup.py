@@ -243,7 +243,7 @@ def removal_script(cfg: SiteConfig, pubkey: str) -> str:
     )
     out = [_PREAMBLE.format(title=title)]
     out.append(
-        f"\nif [ -f /run/ppp-{cfg.linkname}.pid ]; then\n"
+        f"\nif [ -f {remote_pidfile(cfg)} ]; then\n"
         f'\tsay "note: the link of site {name} may still be up; stop it first (pppssh stop)"\n'
         f"fi\n"
         f"rm -f '{SUDOERS_DIR}/{sudoers_name(cfg)}' '{SUDOERS_DIR}/.{sudoers_name(cfg)}.new'\n"

@@ -74,19 +74,20 @@ async def _host_key_refusal(cfg: SiteConfig, exc: Exception) -> TunnelError:
     except (OSError, ValueError, asyncssh.Error):
         known = False
     kh = shlex.quote(str(cfg.known_hosts))
+    name, quoted_line = shlex.quote(_known_hosts_name(cfg)), shlex.quote(line)
     if known:
         return TunnelError(
             f"HOST KEY CHANGED: {cfg.host}:{cfg.port} now presents {key.get_algorithm()} "
             f"{fingerprint}, which does not match {kh}; someone may be intercepting the "
             f"connection. Nothing was started. If the gateway's key really changed, check the "
             f"fingerprint on it (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then run: "
-            f"ssh-keygen -R '{_known_hosts_name(cfg)}' -f {kh} && echo '{line}' >> {kh}"
+            f"ssh-keygen -R {name} -f {kh} && echo {quoted_line} >> {kh}"
         )
     return TunnelError(
         f"unknown host key: {cfg.host}:{cfg.port} presents {key.get_algorithm()} {fingerprint}, "
         f"which is not in {kh}. Nothing was started. If that is the remote gateway's key "
         f"(check on it: ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), accept it with: "
-        f"echo '{line}' >> {kh}"
+        f"echo {quoted_line} >> {kh}"
     )
 
 

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(user-mode-linux kmod ppp openssh-server openssh-client sudo iproute2 iputils-ping
-          procps util-linux shellcheck systemd)
+          procps util-linux shellcheck systemd iperf3)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -12,6 +12,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "installing: ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
+	# The lab starts its own iperf3 servers inside UML: no daemon on the host.
+	echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections
 	apt-get update -qq
 	# Keep services from starting on the host: the lab starts its own sshd inside UML.
 	printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d.pppssh

@@ -580,3 +580,51 @@ def test_name_from_unusable_file_name(tmp_path: Path) -> None:
         "(letters, digits, '_', '.', '-'; at most 32)"
     )
     assert info.value.line == 0
+
+
+# ---------------------------------------------------------------------------- found by the corpus
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("host = 0x7f.1", "site-b.conf:4: host: '0x7f.1' is not a host name or IP address"),
+        ("host = 10.0.0.010", "site-b.conf:4: host: '10.0.0.010' is not a host name or IP address"),
+        ("host = ::", "site-b.conf:4: host: '::' is not an address an SSH server can have"),
+        ("host = 224.0.0.1", "site-b.conf:4: host: '224.0.0.1' is not an address an SSH server can have"),
+        ("host = fe80::1%eth0", "site-b.conf:4: host: 'fe80::1%eth0' is not a host name or IP address"),
+        ("port = \uff12\uff12", "site-b.conf:5: port: '\uff12\uff12' is not a whole number"),
+        ("connect_timeout = inf", "site-b.conf:5: connect_timeout: 'inf' is not a number of seconds"),
+    ],
+)  # fmt: skip
+def test_hosts_and_numbers_that_only_look_right(line: str, message: str) -> None:
+    key, _, value = line.partition(" = ")
+    text = with_line(BASE, key, value) if key == "host" else insert_after(BASE, 4, line)
+    assert error(text) == message
+
+
+def test_netmask_instead_of_prefix_length() -> None:
+    text = with_line(BASE, "local", "10.1.0.0/255.255.255.0")
+    assert error(text) == (
+        "site-b.conf:12: local: '10.1.0.0/255.255.255.0': write the prefix length, like 10.1.0.0/24"
+    )
+
+
+def test_defaultroute_is_pppssh_s_business() -> None:
+    text = insert_after(BASE, 8, "local_options = defaultroute")
+    assert error(text) == (
+        "site-b.conf:9: local_options: pppd option 'defaultroute' is not allowed here "
+        "(pppssh manages it)"
+    )
+
+
+def test_key_name_with_a_dash_gets_a_suggestion() -> None:
+    text = insert_after(BASE, 8, "lcp-echo-interval = 5")
+    assert error(text) == (
+        "site-b.conf:9: 'lcp-echo-interval' is not a key name (did you mean 'lcp_echo_interval'?)"
+    )
+
+
+def test_invisible_characters_are_shown_escaped() -> None:
+    message = error(with_line(BASE, "user", "pp\u202essh"))
+    assert "\u202e" not in message and "\\u202e" in message

@@ -61,7 +61,7 @@ def test_remote_pppd_typical() -> None:
     assert remote_pppd_argv(site()) == [
         "sudo", "-n", "/usr/sbin/pppd",
         "nodetach", "noauth", "local", "nocrtscts",
-        "linkname", "pppssh-site-b",
+        "linkname", "pppssh-site-b-10.99.0.1",  # unique on the remote gateway
         "ipparam", "pppssh-site-b",
         "10.99.0.2:10.99.0.1",
         "mtu", "1400", "mru", "1400",
@@ -73,7 +73,7 @@ def test_remote_pppd_typical() -> None:
 
 def test_remote_pppd_command_string() -> None:
     assert shell_join(remote_pppd_argv(site())) == (
-        "sudo -n /usr/sbin/pppd nodetach noauth local nocrtscts linkname pppssh-site-b "
+        "sudo -n /usr/sbin/pppd nodetach noauth local nocrtscts linkname pppssh-site-b-10.99.0.1 "
         "ipparam pppssh-site-b 10.99.0.2:10.99.0.1 mtu 1400 mru 1400 nodefaultroute noccp "
         "lcp-echo-interval 10 lcp-echo-failure 3 lcp-echo-adaptive noproxyarp"
     )
@@ -108,7 +108,9 @@ def test_proxyarp_both_and_custom_sizes() -> None:
         "logfd", "7",
     ]  # fmt: skip
     assert remote_pppd_argv(cfg) == [
-        "/usr/bin/sudo", "-n", "/usr/local/sbin/pppd", *COMMON_HEAD,
+        "/usr/bin/sudo", "-n", "/usr/local/sbin/pppd",
+        "nodetach", "noauth", "local", "nocrtscts",
+        "linkname", "pppssh-site-b-192.168.50.250", "ipparam", "pppssh-site-b",
         "10.1.2.250:192.168.50.250",
         "mtu", "1280", "mru", "1500",
         "nodefaultroute", "noccp",

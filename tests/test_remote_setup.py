@@ -83,7 +83,7 @@ def test_policy_lists_exactly_the_local_networks_and_the_peer() -> None:
 def test_peers_file_holds_the_remote_pppd_options() -> None:
     lines = [x for x in peers_text(cfg_of()).splitlines() if not x.startswith("#")]
     assert "192.168.77.2:192.168.77.1" in lines
-    assert "linkname pppssh-site-b" in lines and "mtu 1400" in lines
+    assert "linkname pppssh-site-b-192.168.77.1" in lines and "mtu 1400" in lines
     assert "noproxyarp" in lines and lines[-1] == "debug"
     proxy = SITE.replace("[networks]", "proxyarp = remote\n[networks]").replace(
         "local_address = 192.168.77.1", "local_address = 10.2.0.77"
@@ -96,8 +96,8 @@ def test_sudoers_allows_exact_commands_and_visudo_accepts_it(tmp_path: Path) -> 
     rules = [x for x in text.splitlines() if x.startswith("tunnel ")]
     assert rules == [
         "tunnel ALL=(root) NOPASSWD: /usr/sbin/pppd call pppssh-site-b",
-        "tunnel ALL=(root) NOPASSWD: /usr/bin/pkill -TERM -x -F /run/ppp-pppssh-site-b.pid pppd",
-        "tunnel ALL=(root) NOPASSWD: /usr/bin/pkill -KILL -x -F /run/ppp-pppssh-site-b.pid pppd",
+        "tunnel ALL=(root) NOPASSWD: /usr/bin/pkill -TERM -x -F /run/ppp-pppssh-site-b-192.168.77.1.pid pppd",
+        "tunnel ALL=(root) NOPASSWD: /usr/bin/pkill -KILL -x -F /run/ppp-pppssh-site-b-192.168.77.1.pid pppd",
         "tunnel ALL=(root) NOPASSWD: /usr/sbin/ip route add 10.1.0.0/24 via 192.168.77.1",
         "tunnel ALL=(root) NOPASSWD: /usr/sbin/ip route del 10.1.0.0/24 via 192.168.77.1",
         "tunnel ALL=(root) NOPASSWD: /usr/sbin/ip route add 10.3.0.0/16 via 192.168.77.1",
@@ -249,11 +249,11 @@ def test_helper_cleanup_stops_the_leftover_pppd(helper: tuple[Path, Path], tmp_p
     shutil.copy(shutil.which("sleep") or "/bin/sleep", fake)  # its comm is pppd
     proc = subprocess.Popen([str(fake), "60"])
     try:
-        (tmp_path / "ppp-pppssh-site-b.pid").write_text(f"{proc.pid}\nppp0\n")
+        (tmp_path / "ppp-pppssh-site-b-192.168.77.1.pid").write_text(f"{proc.pid}\nppp0\n")
         status, err, ran = ask(helper, "cleanup", timeout=30)
         # the recorder does not kill: the helper waits 10 s, then asks for SIGKILL
         assert status == 0, err
-        pidfile = tmp_path / "ppp-pppssh-site-b.pid"
+        pidfile = tmp_path / "ppp-pppssh-site-b-192.168.77.1.pid"
         assert ran == [
             f"-n|/usr/bin/pkill|-TERM|-x|-F|{pidfile}|pppd|",
             f"-n|/usr/bin/pkill|-KILL|-x|-F|{pidfile}|pppd|",

@@ -39,7 +39,7 @@ LIMIT = 20  # seconds: a bound on a hung test, never a synchronisation point
 
 # What the remote pppd command looks like for SSHTestServer.cfg() (site "lab", defaults).
 LAB_REMOTE_COMMAND = (
-    "sudo -n /usr/sbin/pppd nodetach noauth local nocrtscts linkname pppssh-lab "
+    "sudo -n /usr/sbin/pppd nodetach noauth local nocrtscts linkname pppssh-lab-10.99.0.1 "
     "ipparam pppssh-lab 10.99.0.2:10.99.0.1 mtu 1400 mru 1400 nodefaultroute noccp "
     "lcp-echo-interval 10 lcp-echo-failure 3 lcp-echo-adaptive noproxyarp"
 )
@@ -367,7 +367,7 @@ def test_tunnel_starts_remote_pppd_on_a_raw_pty(
     cfg = srv.cfg()
     assert shell_join(remote_pppd_argv(cfg)) == LAB_REMOTE_COMMAND
     check, session = srv.rec.sessions
-    assert check.command == "pgrep -x -F /run/ppp-pppssh-lab.pid pppd"
+    assert check.command == "pgrep -x -F /run/ppp-pppssh-lab-10.99.0.1.pid pppd"
     assert check.term_type is None, "only pppd gets a pty"
     assert session.command == LAB_REMOTE_COMMAND
     assert session.username == USER
@@ -422,8 +422,8 @@ def test_tunnel_stops_a_remote_pppd_left_by_an_earlier_session(
             if helper:
                 assert commands == ["cleanup", "pppd"]
             else:
-                pgrep = "pgrep -x -F /run/ppp-pppssh-lab.pid pppd"
-                pkill = "sudo -n /usr/bin/pkill -TERM -x -F /run/ppp-pppssh-lab.pid pppd"
+                pgrep = "pgrep -x -F /run/ppp-pppssh-lab-10.99.0.1.pid pppd"
+                pkill = "sudo -n /usr/bin/pkill -TERM -x -F /run/ppp-pppssh-lab-10.99.0.1.pid pppd"
                 assert commands == [pgrep, pkill, pgrep, LAB_REMOTE_COMMAND]
 
     run(main)

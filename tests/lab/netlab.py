@@ -242,6 +242,11 @@ class Lab:
         )
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
         _run(["/usr/sbin/sshd", "-t", "-f", str(config)])
+        self._launch_sshd()
+
+    def _launch_sshd(self) -> None:
+        """Run the listening sshd in gw-b and wait until it listens."""
+        config = self.dir / "sshd_config"
         sshd_log = self.dir / "sshd.log"
         self._sshd = subprocess.Popen(
             ["ip", "netns", "exec", self.ns("gw-b"),
@@ -258,6 +263,21 @@ class Lab:
 
         if not wait_for(listening, timeout=30):
             raise LabError(f"sshd does not listen on {GW_B_WAN}:22")
+
+    def restart_sshd(self, sessions: bool = False, down: float = 0.0) -> None:
+        """Restart gw-b's sshd: the listener only (sessions live on, as with `systemctl
+        restart ssh`), or with every session killed too; stay down `down` seconds."""
+        if self._sshd is not None and self._sshd.poll() is None:
+            self._sshd.terminate()
+            self._sshd.wait(10)
+        if sessions:
+            self._kill(self.pids("gw-b", "sshd"), "sshd sessions in gw-b", quiet=True)
+        time.sleep(down)
+        self._launch_sshd()
+
+    def added_routes(self, ns: str) -> list[str]:
+        """Routes of namespace ns that were not there when the lab was built."""
+        return [r for r in self.routes(ns) if r not in self._baseline.get(ns, [])]
 
     def make_admin(self) -> tuple[str, Path]:
         """An administrator gw-b's sshd lets in, with sudo for everything: (name, key file)."""
@@ -385,9 +405,13 @@ class Lab:
         return self.run(ns, argv, check=False, timeout=count * (wait + 1) + 10).returncode == 0
 
     def routes(self, ns: str | None) -> list[str]:
-        """Return the IPv4 routes of namespace ns as `ip -4 route show` lines."""
+        """Return the IPv4 routes of namespace ns as `ip -4 route show` lines.
+
+        The `linkdown` flag (a cable pulled, the WAN cut) is state, not part of the route.
+        """
         out = self.run(ns, ["ip", "-4", "route", "show"]).stdout
-        return [line.strip() for line in out.splitlines() if line.strip()]
+        lines = (line.strip().removesuffix(" linkdown") for line in out.splitlines())
+        return [line for line in lines if line]
 
     def ppp_links(self, ns: str | None) -> list[dict[str, str | None]]:
         """Return the ppp interfaces of namespace ns: name, local and peer IPv4 address."""
