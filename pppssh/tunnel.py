@@ -39,6 +39,7 @@ from .system import CommandFailed, State, echo, run_local, write_state
 __all__ = ["Tunnel", "TunnelError"]
 
 T = TypeVar("T")
+SETTLE = 0.5  # seconds to let the other parts of a dying link report, for the right reason
 
 
 class Tunnel:
@@ -309,6 +310,9 @@ class Tunnel:
     async def watch(self) -> str:
         """Wait until some part of the link dies; return why."""
         await asyncio.wait(self._failures(), return_when=asyncio.FIRST_COMPLETED)
+        # The first sign is often an echo of the cause: the pty closes a moment before the
+        # pidfd says the local pppd was killed, the channel before the connection says why.
+        await asyncio.wait(self._failures(), timeout=SETTLE)
         return self._why_down()
 
 

@@ -871,3 +871,28 @@ def test_find_ppp_interface() -> None:
     assert find_ppp_interface(IP_ADDR, "10.99.0.2", "10.88.0.1") is None
     assert find_ppp_interface(IP_ADDR, "10.2.0.1", "10.2.0.255") is None
     assert find_ppp_interface("", "10.99.0.2", "10.99.0.1") is None
+
+
+def test_link_down_names_the_cause_not_its_echo(tmp_path: Path) -> None:
+    """The pty closes a moment before the pidfd says the local pppd was killed: watch()
+    reports the kill, not the closed terminal."""
+    from types import SimpleNamespace
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        srv = SSHTestServer(tmp_path)
+        srv.port = 2222  # never listens: the link's parts are stand-ins
+        cfg = srv.cfg()
+        tunnel = Tunnel(cfg, State(site=cfg.name, config=str(cfg.path), pid=os.getpid()))
+        master_closed, exited = loop.create_future(), loop.create_future()
+        tunnel.bridge = SimpleNamespace(  # type: ignore[assignment]
+            closed=loop.create_future(), master_closed=master_closed
+        )
+        tunnel.local = SimpleNamespace(  # type: ignore[assignment]
+            exited=exited, last_lines=lambda: ""
+        )
+        loop.call_later(0.01, master_closed.set_result, None)
+        loop.call_later(0.2, exited.set_result, -9)
+        return await tunnel.watch()
+
+    assert run(main).startswith("local pppd exited, ")
