@@ -1,4 +1,4 @@
-"""Command line: pppssh start | stop | status | routes | remote-setup."""
+"""Command line: pppssh start | stop | status | routes | check | remote-setup."""
 
 from __future__ import annotations
 
@@ -368,6 +368,24 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- check
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Preflight: one line per check with its fix; exit 1 if any failed (2: bad site file)."""
+    from .check import Check, render, run_checks
+
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        sys.stdout.write(render([Check("site file valid", False, str(exc))]))
+        return EXIT_USAGE
+    checks = [Check("site file valid", True, f"{cfg.path} (site {cfg.name})")]
+    checks += asyncio.run(run_checks(cfg))
+    sys.stdout.write(render(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 # ---------------------------------------------------------------------------- remote-setup
 
 
@@ -442,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--gateways", action="store_true", help="print the gateway-side commands `start` runs"
     )
     routes.set_defaults(func=cmd_routes)
+
+    check = verbs.add_parser(
+        "check", help="preflight: what would stop the link, one line each, changing nothing"
+    )
+    check.add_argument("config", help="site file")
+    check.set_defaults(func=cmd_check)
 
     setup = verbs.add_parser(
         "remote-setup",

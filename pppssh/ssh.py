@@ -13,7 +13,16 @@ import asyncssh
 from .config import SiteConfig
 from .plan import Command
 
-__all__ = ["Connection", "RemoteFailed", "TunnelError", "connect", "run_remote"]
+__all__ = [
+    "Connection",
+    "HostKeyRefused",
+    "KeyRefused",
+    "RemoteFailed",
+    "TunnelError",
+    "Unreachable",
+    "connect",
+    "run_remote",
+]
 
 WINDOW = 8 * 1024 * 1024  # SSH receive window for the PPP channel
 MAX_PKTSIZE = 256 * 1024
@@ -21,6 +30,18 @@ MAX_PKTSIZE = 256 * 1024
 
 class TunnelError(Exception):
     """A failure explained in one line for the user."""
+
+
+class Unreachable(TunnelError):
+    """The remote gateway's SSH port did not answer."""
+
+
+class HostKeyRefused(TunnelError):
+    """The remote gateway's host key is unknown or has changed."""
+
+
+class KeyRefused(TunnelError):
+    """The remote account refused our key."""
 
 
 class RemoteFailed(TunnelError):
@@ -55,7 +76,7 @@ def _known_hosts_name(cfg: SiteConfig) -> str:
     return cfg.host if cfg.port == 22 else f"[{cfg.host}]:{cfg.port}"
 
 
-async def _host_key_refusal(cfg: SiteConfig, exc: Exception) -> TunnelError:
+async def _host_key_refusal(cfg: SiteConfig, exc: Exception) -> HostKeyRefused:
     """Explain an unknown or changed host key: fingerprint and how to accept it."""
     try:
         key = await asyncio.wait_for(
@@ -64,7 +85,7 @@ async def _host_key_refusal(cfg: SiteConfig, exc: Exception) -> TunnelError:
     except (OSError, asyncssh.Error, TimeoutError):
         key = None
     if key is None:
-        return TunnelError(f"host key of {cfg.host}:{cfg.port} not accepted: {exc}")
+        return HostKeyRefused(f"host key of {cfg.host}:{cfg.port} not accepted: {exc}")
     fingerprint = key.get_fingerprint("sha256")
     line = f"{_known_hosts_name(cfg)} {key.export_public_key('openssh').decode().strip()}"
     line = " ".join(line.split()[:3])  # drop the key comment
@@ -76,14 +97,14 @@ async def _host_key_refusal(cfg: SiteConfig, exc: Exception) -> TunnelError:
     kh = shlex.quote(str(cfg.known_hosts))
     name, quoted_line = shlex.quote(_known_hosts_name(cfg)), shlex.quote(line)
     if known:
-        return TunnelError(
+        return HostKeyRefused(
             f"HOST KEY CHANGED: {cfg.host}:{cfg.port} now presents {key.get_algorithm()} "
             f"{fingerprint}, which does not match {kh}; someone may be intercepting the "
             f"connection. Nothing was started. If the gateway's key really changed, check the "
             f"fingerprint on it (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then run: "
             f"ssh-keygen -R {name} -f {kh} && echo {quoted_line} >> {kh}"
         )
-    return TunnelError(
+    return HostKeyRefused(
         f"unknown host key: {cfg.host}:{cfg.port} presents {key.get_algorithm()} {fingerprint}, "
         f"which is not in {kh}. Nothing was started. If that is the remote gateway's key "
         f"(check on it: ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), accept it with: "
@@ -140,17 +161,17 @@ async def connect(cfg: SiteConfig) -> tuple[asyncssh.SSHClientConnection, Connec
     except asyncssh.HostKeyNotVerifiable as exc:
         raise await _host_key_refusal(cfg, exc) from None
     except asyncssh.PermissionDenied:
-        raise TunnelError(
+        raise KeyRefused(
             f"{cfg.destination} refused the key {cfg.identity} (is it in "
             f"~{cfg.user}/.ssh/authorized_keys there?)"
         ) from None
     except TimeoutError:
-        raise TunnelError(
+        raise Unreachable(
             f"cannot connect to {cfg.host}:{cfg.port}: timed out after {cfg.connect_timeout:g}s"
         ) from None
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
-        raise TunnelError(f"cannot connect to {cfg.host}:{cfg.port}: {reason}") from None
+        raise Unreachable(f"cannot connect to {cfg.host}:{cfg.port}: {reason}") from None
     except asyncssh.Error as exc:
         raise TunnelError(f"SSH to {cfg.destination} failed: {exc.reason}") from None
     return conn, client

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "pid_alive",
     "plain_env",
     "pppd_of_site",
+    "probe",
     "read_state",
     "read_states",
     "redirect_output",
@@ -71,6 +73,25 @@ def run_local(command: Command) -> str:
     except sh.CommandNotFound:
         raise CommandFailed(command.shown, None, f"{command.argv[0]}: not found") from None
     return str(result)
+
+
+def probe(argv: list[str], timeout: float = 10.0) -> tuple[int | None, str]:
+    """Run a read-only program quietly (no echo); return its exit status and all output.
+
+    The status is None when the program is missing or did not finish in time.
+    """
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, errors="replace", timeout=timeout,
+            stdin=subprocess.DEVNULL, env=plain_env(),
+        )  # fmt: skip
+    except FileNotFoundError:
+        return None, f"{argv[0]}: not found"
+    except PermissionError:
+        return None, f"{argv[0]}: permission denied"
+    except subprocess.TimeoutExpired:
+        return None, f"{argv[0]}: no answer within {timeout:g}s"
+    return done.returncode, (done.stdout + done.stderr).strip()
 
 
 def plain_env() -> dict[str, str]:

@@ -143,9 +143,16 @@ def test_remote_setup_helper_link_and_refusals(
     assert sudo("/usr/sbin/ip", "route", "add", "10.9.0.0/24", "via", PPP_LOCAL) != 0
     assert sudo("/usr/bin/id") != 0
 
+    # The preflight asks the helper (`check`), which asks sudo and changes nothing.
+    checked = pppssh(lab, "check", str(conf))
+    assert checked.returncode == 0 and "\u2717" not in checked.stdout, show(checked)
+    assert "\u2713 remote sudo allows pppd and the routes: 3 command(s)" in checked.stdout
+
     # The link, through the helper.
     started = pppssh(lab, "start", str(conf))
     assert started.returncode == 0, show(started)
+    checked = pppssh(lab, "check", str(conf))
+    assert checked.returncode == 0, f"the running link is not a clash: {show(checked)}"
     remote = f"[{LINK_USER}@{GW_B_WAN}]"
     assert f"{remote} pppd\n" in started.stdout, started.stdout
     assert f"{remote} route add {NET_A} via {PPP_LOCAL}\n" in started.stdout

@@ -1,0 +1,367 @@
+"""`pppssh check`: a preflight that changes nothing and says, one line each, what would fail.
+
+Local facts come from the system edge (files under /proc and /sys, `pppd --version`,
+`ip route`/`ip addr`); remote facts from unprivileged reads over the same SSH login `start`
+uses (host key checked), or from pppssh-helper's `check` request. Nothing starts pppd or
+changes a route on either side. The judging of those facts is pure and unit-tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from .config import Network, SiteConfig
+from .plan import Command, remote_pppd_argv, remote_routes
+from .ssh import (
+    HostKeyRefused,
+    KeyRefused,
+    RemoteFailed,
+    TunnelError,
+    Unreachable,
+    close_connection,
+    connect,
+    run_remote,
+)
+from .system import probe, read_state
+
+__all__ = [
+    "Check",
+    "addresses_of",
+    "clashes",
+    "kernel_ppp",
+    "parse_helper_check",
+    "render",
+    "routes_of",
+    "run_checks",
+]
+
+OK, FAIL = "\u2713", "\u2717"  # ✓ ✗
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the preflight: what was checked, whether it holds, and the fix if not."""
+
+    what: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+
+    def line(self) -> str:
+        """`✓ what: detail` or `✗ what: detail; fix: ...`."""
+        text = f"{OK if self.ok else FAIL} {self.what}"
+        if self.detail:
+            text += f": {self.detail}"
+        if not self.ok and self.fix:
+            text += f"; fix: {self.fix}"
+        return text
+
+
+def render(checks: Iterable[Check]) -> str:
+    """All lines, one per check."""
+    return "".join(c.line() + "\n" for c in checks)
+
+
+# --------------------------------------------------------------------------- pure judging
+
+_ROUTE_DST = re.compile(r"^(?:(?:unicast|local|broadcast|blackhole|unreachable|prohibit)\s+)?(\S+)")
+_ADDR = re.compile(r"^\d+:\s+(\S+)\s+inet\s+(\S+)")
+
+
+def routes_of(ip_route_output: str) -> list[tuple[Network, str]]:
+    """`ip -4 route show` lines as (destination, the whole line); `default` is left out."""
+    found: list[tuple[Network, str]] = []
+    for line in ip_route_output.splitlines():
+        m = _ROUTE_DST.match(line.strip())
+        if not m or m.group(1) == "default":
+            continue
+        try:
+            net = ipaddress.ip_network(m.group(1), strict=False)
+        except ValueError:
+            continue
+        if isinstance(net, Network):
+            found.append((net, " ".join(line.split())))
+    return found
+
+
+def addresses_of(ip_addr_output: str) -> list[tuple[str, Network]]:
+    """`ip -o -4 addr show` lines as (interface, the network of its address)."""
+    found: list[tuple[str, Network]] = []
+    for line in ip_addr_output.splitlines():
+        m = _ADDR.match(line.strip())
+        if not m:
+            continue
+        try:
+            iface = ipaddress.ip_interface(m.group(2))
+        except ValueError:
+            continue
+        if isinstance(iface, ipaddress.IPv4Interface):
+            found.append((m.group(1).split("@")[0], iface.network))
+    return found
+
+
+def clashes(
+    networks: Iterable[Network],
+    routes: list[tuple[Network, str]],
+    addresses: list[tuple[str, Network]],
+    own_interface: str | None = None,
+) -> list[str]:
+    """What already claims the networks the link would route: interfaces and routes.
+
+    A network that overlaps an interface's own network clashes; so does a route to the same
+    network or a part of it. A broader route (10.0.0.0/8 via a router) does not: the link's
+    more specific route wins there, as intended. Routes and addresses on own_interface (the
+    site's running link) are the site's own.
+    """
+    found: list[str] = []
+    for net in networks:
+        for ifname, ifnet in addresses:
+            if ifname != own_interface and ifnet.overlaps(net) and ifnet.prefixlen < 32:
+                found.append(f"{net} overlaps {ifnet} on {ifname}")
+        for dst, line in routes:
+            own = own_interface is not None and f" dev {own_interface}" in f" {line} "
+            if not own and dst.subnet_of(net):
+                found.append(f"{net}: a route exists already: {line}")
+    return found
+
+
+def kernel_ppp(dev: Path = Path("/dev/ppp"), sys_module: Path = Path("/sys/module"),
+               modules: Path | None = None) -> Check:  # fmt: skip
+    """PPP in this kernel: /dev/ppp, a loaded ppp_generic, or the module on disk."""
+    what = "kernel PPP support"
+    if dev.exists():
+        return Check(what, True, f"{dev} is there")
+    if (sys_module / "ppp_generic").exists():
+        return Check(what, True, "ppp_generic is loaded")
+    base = modules if modules is not None else Path("/lib/modules") / os.uname().release
+    if base.is_dir() and any(base.rglob("ppp_generic.ko*")):
+        return Check(what, True, "the ppp_generic module is available (loaded on first use)")
+    return Check(
+        what, False, f"no {dev} and no ppp_generic module in this kernel",
+        "load or install PPP: modprobe ppp_generic ppp_async (a kernel with CONFIG_PPP)",
+    )  # fmt: skip
+
+
+def forwarding(where: str, value: str) -> Check:
+    """net.ipv4.ip_forward must be 1 on a gateway."""
+    what = f"IP forwarding {where}"
+    if value.strip() == "1":
+        return Check(what, True, "net.ipv4.ip_forward = 1")
+    shown = value.strip() or "unknown"
+    return Check(
+        what, False, f"net.ipv4.ip_forward = {shown}",
+        f"sysctl -w net.ipv4.ip_forward=1 {where}, and set it in /etc/sysctl.d/ to keep it",
+    )  # fmt: skip
+
+
+def parse_helper_check(output: str) -> dict[str, list[str]]:
+    """pppssh-helper's `check` answer: lines `KEY VALUE...`, gathered per key."""
+    found: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        key, _, value = line.partition(" ")
+        if key:
+            found.setdefault(key, []).append(value.strip())
+    return found
+
+
+# --------------------------------------------------------------------------- local checks
+
+
+def _local_checks(cfg: SiteConfig) -> list[Check]:
+    """pppd, kernel PPP, forwarding and clashes on this gateway."""
+    checks: list[Check] = []
+    status, out = probe([cfg.local_pppd, "--version"])
+    version = next((line for line in out.splitlines() if "version" in line), out)
+    if status == 0:
+        checks.append(Check("local pppd", True, f"{cfg.local_pppd}: {version}"))
+    else:
+        checks.append(Check(
+            "local pppd", False, f"{cfg.local_pppd}: {out or f'exit status {status}'}",
+            "apt-get install ppp (or set local_pppd in [ppp])",
+        ))  # fmt: skip
+    checks.append(kernel_ppp())
+    try:
+        value = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    except OSError as exc:
+        value = f"unreadable ({exc.strerror})"
+    checks.append(forwarding("on this gateway", value))
+    state = read_state(cfg.name)
+    own = state.interface if state is not None and state.state == "up" else None
+    _, routes = probe(["ip", "-4", "route", "show"])
+    _, addrs = probe(["ip", "-o", "-4", "addr", "show"])
+    found = clashes(cfg.remote_networks, routes_of(routes), addresses_of(addrs), own)
+    checks.append(_clash_check("networks free on this gateway", cfg.remote_networks, found))
+    return checks
+
+
+def _clash_check(what: str, networks: tuple[Network, ...], found: list[str]) -> Check:
+    """One line for the clash check of one side."""
+    if not networks:
+        return Check(what, True, "no networks to route there")
+    if not found:
+        return Check(what, True, ", ".join(map(str, networks)))
+    return Check(
+        what, False, "; ".join(found),
+        "remove the clashing route or address, or change the networks in the site file",
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- remote checks
+
+
+async def _ssh_banner(cfg: SiteConfig) -> str:
+    """Open a TCP connection to the SSH port and read the server's version line."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(cfg.host, cfg.port), cfg.connect_timeout
+    )
+    try:
+        line = await asyncio.wait_for(reader.readline(), cfg.connect_timeout)
+    finally:
+        writer.close()
+    return line.decode("ascii", errors="replace").strip()
+
+
+async def _remote_checks(cfg: SiteConfig) -> list[Check]:
+    """SSH reachable, host key, key, then what the remote account may do (nothing started)."""
+    where = f"{cfg.host}:{cfg.port}"
+    checks: list[Check] = []
+    try:
+        banner = await _ssh_banner(cfg)
+    except (OSError, TimeoutError) as exc:
+        reason = (os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno
+                  else f"no answer within {cfg.connect_timeout:g}s")  # fmt: skip
+        checks.append(Check(
+            "SSH reachable", False, f"{where}: {reason}",
+            "check host and port in [remote], the route to it and firewalls on the way",
+        ))  # fmt: skip
+        return checks
+    if not banner.startswith("SSH-"):
+        checks.append(Check("SSH reachable", False, f"{where} answers, but not as SSH: "
+                            f"{banner[:60]!r}", "check port in [remote]"))  # fmt: skip
+        return checks
+    checks.append(Check("SSH reachable", True, f"{where} ({banner[:60]})"))
+    try:
+        conn, _client = await connect(cfg)
+    except HostKeyRefused as exc:
+        checks.append(Check("host key known", False, str(exc)))
+        return checks
+    except KeyRefused as exc:
+        checks.append(Check("host key known", True, f"in {cfg.known_hosts}"))
+        checks.append(Check(
+            "key accepted", False, str(exc),
+            f"put the public key of {cfg.identity} in ~{cfg.user}/.ssh/authorized_keys "
+            "there (pppssh remote-setup does it with helper = yes)",
+        ))  # fmt: skip
+        return checks
+    except (Unreachable, TunnelError) as exc:
+        checks.append(Check("SSH login", False, str(exc)))
+        return checks
+    checks.append(Check("host key known", True, f"in {cfg.known_hosts}"))
+    checks.append(Check("key accepted", True, f"{cfg.user}@{cfg.host} with {cfg.identity}"))
+    try:
+        if cfg.helper:
+            checks += await _remote_helper(cfg, conn)
+        else:
+            checks += await _remote_plain(cfg, conn)
+    finally:
+        await close_connection(conn)
+    return checks
+
+
+async def _answer(conn: asyncssh.SSHClientConnection, argv: tuple[str, ...]) -> tuple[bool, str]:
+    """Run one read-only command there: (succeeded, its stdout or its error)."""
+    try:
+        return True, await run_remote(conn, Command(argv), timeout=30)
+    except RemoteFailed as exc:
+        return False, exc.stderr or f"exit status {exc.status}"
+
+
+def _remote_clash(cfg: SiteConfig, routes: str, addrs: str) -> Check:
+    """The local networks against the remote gateway's routes and interfaces."""
+    state = read_state(cfg.name)
+    own = state.remote_interface if state is not None and state.state == "up" else None
+    found = clashes(cfg.local_networks, routes_of(routes), addresses_of(addrs), own)
+    return _clash_check("networks free on the remote gateway", cfg.local_networks, found)
+
+
+async def _remote_plain(cfg: SiteConfig, conn: asyncssh.SSHClientConnection) -> list[Check]:
+    """Without the helper: unprivileged reads, and `sudo -n -l` for exactly what start runs."""
+    checks: list[Check] = []
+    present, said = await _answer(conn, ("test", "-f", cfg.remote_pppd))
+    checks.append(Check(
+        "remote pppd", present, cfg.remote_pppd + ("" if present else " is missing"),
+        "apt-get install ppp on the remote gateway (or set pppd in [remote])",
+    ))  # fmt: skip
+    pppd = remote_pppd_argv(cfg)
+    ok, said = await _answer(conn, (*cfg.sudo, "-l", *pppd[len(cfg.sudo):]))
+    checks.append(Check(
+        "remote sudo allows pppd", ok,
+        f"{' '.join(cfg.sudo)} {cfg.remote_pppd} ..." + ("" if ok else f": {said or 'refused'}"),
+        f"a sudoers rule: {cfg.user} ALL=(root) NOPASSWD: {cfg.remote_pppd} (README.md)",
+    ))  # fmt: skip
+    refused = []
+    for route in remote_routes(cfg, "ppp0"):
+        for command in (route.add, route.delete):
+            ok, _ = await _answer(conn, (*cfg.sudo, "-l", *command.argv[len(cfg.sudo):]))
+            if not ok:
+                refused.append(" ".join(command.argv[len(cfg.sudo):]))
+    if cfg.local_networks:
+        checks.append(Check(
+            "remote sudo allows the routes", not refused,
+            "; ".join(refused) + " refused" if refused else
+            f"{cfg.remote_ip} route add|del for {len(cfg.local_networks)} network(s)",
+            f"a sudoers rule: {cfg.user} ALL=(root) NOPASSWD: {cfg.remote_ip} route add *, "
+            f"{cfg.remote_ip} route del *",
+        ))  # fmt: skip
+    _, value = await _answer(conn, ("cat", "/proc/sys/net/ipv4/ip_forward"))
+    checks.append(forwarding("on the remote gateway", value))
+    _, routes = await _answer(conn, (cfg.remote_ip, "-4", "route", "show"))
+    _, addrs = await _answer(conn, (cfg.remote_ip, "-o", "-4", "addr", "show"))
+    checks.append(_remote_clash(cfg, routes, addrs))
+    return checks
+
+
+async def _remote_helper(cfg: SiteConfig, conn: asyncssh.SSHClientConnection) -> list[Check]:
+    """With the helper: its `check` request answers for the policy it keeps there."""
+    ok, said = await _answer(conn, ("check",))
+    if not ok:
+        return [Check(
+            "remote helper answers check", False, said,
+            "install the current helper there: pppssh remote-setup --apply SITE.conf",
+        )]  # fmt: skip
+    facts = parse_helper_check(said)
+    checks = [Check("remote helper answers check", True, "pppssh-helper")]
+    pppd = (facts.get("pppd") or ["missing ?"])[0].split()
+    checks.append(Check(
+        "remote pppd", pppd[0] == "present", " ".join(pppd[1:]) + ("" if pppd[0] == "present"
+                                                                  else " is missing"),
+        "apt-get install ppp on the remote gateway",
+    ))  # fmt: skip
+    sudo = (facts.get("sudo") or ["unknown"])
+    refused = [s.removeprefix("refused ") for s in sudo if not s.startswith("allowed")]
+    checks.append(Check(
+        "remote sudo allows pppd and the routes", not refused,
+        "; ".join(refused) + " refused" if refused else f"{len(sudo)} command(s)",
+        "run pppssh remote-setup --apply SITE.conf again",
+    ))  # fmt: skip
+    checks.append(forwarding("on the remote gateway", (facts.get("ip_forward") or [""])[0]))
+    routes = "\n".join(facts.get("route", []))
+    addrs = "\n".join(facts.get("addr", []))
+    checks.append(_remote_clash(cfg, routes, addrs))
+    return checks
+
+
+async def run_checks(cfg: SiteConfig) -> list[Check]:
+    """Every check for a site whose file parsed, local first."""
+    checks = _local_checks(cfg)
+    checks += await _remote_checks(cfg)
+    return checks
+
