@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "SCHEMA",
+    "Compression",
     "ConfigError",
     "Key",
     "Proxyarp",
@@ -54,6 +55,14 @@ def _printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class Compression(Enum):
+    """Which PPP compression (CCP) both pppds ask for."""
+
+    NONE = "none"
+    DEFLATE = "deflate"
+    BSDCOMP = "bsdcomp"
 
 
 class Proxyarp(Enum):
@@ -108,6 +117,7 @@ class SiteConfig:
     mtu: int
     mru: int
     proxyarp: Proxyarp
+    compression: Compression
     local_pppd: str
     local_options: tuple[str, ...]
     remote_options: tuple[str, ...]
@@ -118,6 +128,11 @@ class SiteConfig:
     remote_networks: tuple[Network, ...]
     local_lan_gateways: tuple[Address, ...] = ()
     remote_lan_gateways: tuple[Address, ...] = ()
+    full_tunnel: bool = False
+    up_command: tuple[str, ...] = ()
+    down_command: tuple[str, ...] = ()
+    up_failure_aborts: bool = True
+    hook_timeout: float = 30.0
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -162,6 +177,7 @@ _FORBIDDEN_PPPD = {
     "auth-down-script", "notty", "record", "logfile", "logfd", "linkname", "ipparam",
     "nodetach", "detach", "updetach", "persist", "demand", "proxyarp", "noproxyarp", "mtu",
     "mru", "ifname", "unit", "pidfile", "defaultroute", "replacedefaultroute", "nodefaultroute",
+    "noccp", "deflate", "nodeflate", "bsdcomp", "nobsdcomp",
 }  # fmt: skip
 
 
@@ -354,6 +370,25 @@ def _networks(value: str) -> tuple[Network, ...]:
     return tuple(nets)
 
 
+def _hook(value: str) -> tuple[str, ...]:
+    """A command run as root without a shell: an absolute program and plain words."""
+    words = _words(value)
+    if words and not _ABS_PROGRAM.match(words[0]):
+        raise ValueError(
+            f"'{words[0]}' must be an absolute path to a program (the command runs without a "
+            "shell; write /bin/sh -c '...' to have one)"
+        )
+    return words
+
+
+def _up_failure(value: str) -> bool:
+    """abort (True) or continue (False)."""
+    word = value.lower()
+    if word not in ("abort", "continue"):
+        raise ValueError(f"'{value}' is not abort or continue")
+    return word == "abort"
+
+
 def _yes_no(value: str) -> bool:
     """yes/no (also true/false, on/off, 1/0)."""
     word = value.lower()
@@ -362,6 +397,14 @@ def _yes_no(value: str) -> bool:
     if word in ("no", "false", "off", "0"):
         return False
     raise ValueError(f"'{value}' is not yes or no")
+
+
+def _compression(value: str) -> Compression:
+    """One of none, deflate, bsdcomp."""
+    try:
+        return Compression(value.lower())
+    except ValueError:
+        raise ValueError(f"'{value}' is not one of: none, deflate, bsdcomp") from None
 
 
 def _proxyarp(value: str) -> Proxyarp:
@@ -437,8 +480,12 @@ SCHEMA: tuple[Key, ...] = (
         "This gateway's address on the PPP link."),
     Key("ppp", "remote_address", "remote_address", None, _address,
         "The remote gateway's address on the PPP link."),
-    Key("ppp", "mtu", "mtu", "1400", _as_int(128, 16384), "MTU asked of both pppds."),
+    Key("ppp", "mtu", "mtu", "1400", _as_int(128, 16384),
+        "MTU asked of both pppds (see \"MTU and compression\" below for the default)."),
     Key("ppp", "mru", "mru", "1400", _as_int(128, 16384), "MRU asked of both pppds."),
+    Key("ppp", "compression", "compression", "none", _compression,
+        "PPP compression (CCP) both pppds ask for: none, deflate or bsdcomp (window 15). "
+        "Each needs its kernel module (ppp_deflate, bsd_comp) on both gateways."),
     Key("ppp", "proxyarp", "proxyarp", "no", _proxyarp,
         "Which pppd answers ARP for its peer on its LAN: no, local, remote or both."),
     Key("ppp", "local_pppd", "local_pppd", "/usr/sbin/pppd", _program, "pppd on this gateway."),
@@ -463,6 +510,25 @@ SCHEMA: tuple[Key, ...] = (
         "network at most; a network without one gets its first host)."),
     Key("networks", "remote_lan_gateways", "remote_lan_gateways", "", _addresses,
         "The remote gateway's address on each remote LAN (same rules)."),
+    Key("networks", "full_tunnel", "full_tunnel", "no", _yes_no,
+        "yes: send all IPv4 traffic of this gateway (and the LANs it routes) through the "
+        "remote gateway: 0.0.0.0/1 and 128.0.0.0/1 via the link, and a host route to the SSH "
+        "server through the path it had before, so the link never carries itself."),
+    Key("hooks", "up", "up_command", "", _hook,
+        "Run on this gateway once routes are in place on both sides, before `start` returns "
+        "(like pppd's ip-up, wg-quick's PostUp): an absolute program and its arguments, run "
+        "as root without a shell, with SITE, IFNAME, LOCAL_IP, REMOTE_IP and REMOTE_IFNAME "
+        "in its environment. A site file with hooks must be owned by root and writable by "
+        "root only."),
+    Key("hooks", "down", "down_command", "", _hook,
+        "Run on the way down (stop, or a lost link before it reconnects), before the routes "
+        "are removed; same environment. Its failure is reported and never stops the "
+        "teardown."),
+    Key("hooks", "up_failure", "up_failure_aborts", "abort", _up_failure,
+        "When the up command fails: abort (undo everything; a start fails, a reconnect "
+        "tries again) or continue (report it and keep the link)."),
+    Key("hooks", "timeout", "hook_timeout", "30", _as_seconds(1, 3600),
+        "Seconds an up or down command may run before it is killed and counts as failed."),
 )  # fmt: skip
 
 SECTIONS = tuple(dict.fromkeys(k.section for k in SCHEMA))
@@ -685,7 +751,28 @@ def load(path: str | Path) -> SiteConfig:
         raise ConfigError(
             str(p), line, "", f"not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column})"
         ) from None
-    return parse(text, p)
+    cfg = parse(text, p)
+    _check_hook_owner(cfg, p)
+    return cfg
+
+
+def _check_hook_owner(cfg: SiteConfig, path: Path) -> None:
+    """Commands that root runs may only come from a file that only root can change."""
+    if not (cfg.up_command or cfg.down_command):
+        return
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ConfigError(str(path), 0, "", f"cannot stat: {exc.strerror or exc}") from None
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        attr = "up_command" if cfg.up_command else "down_command"
+        key = "up" if cfg.up_command else "down"
+        raise ConfigError(
+            str(path), cfg.lines.get(attr, 0), key,
+            f"this file makes root run commands, so only root may write it (owner uid "
+            f"{st.st_uid}, mode {st.st_mode & 0o777:o}): chown root {shlex.quote(str(path))}; "
+            f"chmod go-w {shlex.quote(str(path))}",
+        )  # fmt: skip
 
 
 def schema_markdown() -> str:

@@ -89,6 +89,7 @@ class LocalPppd:
         self.interface: str | None = None
         self.local: str | None = None
         self.remote: str | None = None
+        self.compression: str | None = None  # pppd's "... compression enabled" line
         loop = asyncio.get_event_loop()
         self._loop = loop
         self.connected = asyncio.Event()  # the tty is in PPP mode: safe to feed it
@@ -154,6 +155,8 @@ class LocalPppd:
             self.interface = m.group(1)
         elif line.startswith("Connect:"):
             self.connected.set()
+        elif "compression enabled" in line:
+            self.compression = line
         elif m := _LOCAL.search(line):
             self.local = m.group(1)
         elif m := _REMOTE.search(line):

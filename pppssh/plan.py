@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .config import Network, SiteConfig
+from .config import Compression, Network, SiteConfig
 
 __all__ = [
     "Command",
     "RouteChange",
+    "full_tunnel_routes",
     "local_pppd_argv",
     "local_routes",
     "remote_interface_command",
@@ -20,6 +23,7 @@ __all__ = [
     "remote_pppd_argv",
     "remote_pppd_options",
     "remote_routes",
+    "server_route",
     "shell_join",
 ]
 
@@ -50,6 +54,15 @@ class RouteChange:
     delete: Command
 
 
+def _compression_options(cfg: SiteConfig) -> list[str]:
+    """CCP: off (the default), or exactly one method with the largest window."""
+    if cfg.compression is Compression.DEFLATE:
+        return ["deflate", "15", "nobsdcomp", "nopredictor1"]
+    if cfg.compression is Compression.BSDCOMP:
+        return ["bsdcomp", "15", "nodeflate", "nopredictor1"]
+    return ["noccp"]
+
+
 def _common_pppd_options(
     cfg: SiteConfig, linkname: str, ours: str, peer: str, proxyarp: bool
 ) -> list[str]:
@@ -65,7 +78,7 @@ def _common_pppd_options(
         "mtu", str(cfg.mtu),
         "mru", str(cfg.mru),
         "nodefaultroute",
-        "noccp",  # compressing inside an SSH channel is wasted work
+        *_compression_options(cfg),
     ]  # fmt: skip
     if cfg.lcp_echo_interval:
         options += [
@@ -174,3 +187,35 @@ def remote_routes(cfg: SiteConfig, ifname: str) -> list[RouteChange]:
         _route(cfg.remote_ip_command(), net, str(cfg.local_address), ifname)
         for net in cfg.local_networks
     ]
+
+
+HALVES = (ipaddress.IPv4Network("0.0.0.0/1"), ipaddress.IPv4Network("128.0.0.0/1"))
+
+
+def full_tunnel_routes(cfg: SiteConfig, ifname: str, ip: str = "ip") -> list[RouteChange]:
+    """With full_tunnel: both halves of the IPv4 space via the link (they beat a default
+    route without replacing it, as wg-quick and OpenVPN do)."""
+    if not cfg.full_tunnel:
+        return []
+    return [_route((ip,), net, str(cfg.remote_address), ifname) for net in HALVES]
+
+
+_ROUTE_GET = re.compile(r"^(?:\S+)\s+(?:via\s+(\S+)\s+)?dev\s+(\S+)")
+
+
+def server_route(server: str, route_get: str, ip: str = "ip") -> RouteChange:
+    """The host route that keeps the SSH server on the path `ip -4 route get SERVER` showed
+    before the full tunnel took the rest: `SERVER/32 via GW dev IF onlink` or `dev IF`."""
+    first = route_get.strip().splitlines()[0] if route_get.strip() else ""
+    m = _ROUTE_GET.match(first)
+    if not m or first.startswith(("local ", "unreachable ", "blackhole ", "prohibit ")):
+        raise ValueError(f"cannot pin the route to the SSH server {server}: {first!r}")
+    via, dev = m.groups()
+    # onlink: the gateway is known to be reachable on dev, as the route it came from says
+    tail = ("via", via, "dev", dev, "onlink") if via else ("dev", dev)
+    host = f"{server}/32"
+    return RouteChange(
+        network=ipaddress.IPv4Network(host),
+        add=Command((ip, "route", "add", host, *tail)),
+        delete=Command((ip, "route", "del", host, *tail)),
+    )

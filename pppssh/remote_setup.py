@@ -40,7 +40,10 @@ SUDOERS_DIR = "/etc/sudoers.d"
 SUDO = "/usr/bin/sudo"
 EOF_MARK = "PPPSSH_EOF"
 # pppd options that take one argument (for one option per line in the peers file)
-_WITH_ARGUMENT = {"linkname", "ipparam", "mtu", "mru", "lcp-echo-interval", "lcp-echo-failure"}
+_WITH_ARGUMENT = {
+    "linkname", "ipparam", "mtu", "mru", "lcp-echo-interval", "lcp-echo-failure", "deflate",
+    "bsdcomp",
+}  # fmt: skip
 
 
 def helper_text() -> str:

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ __all__ = [
     "redirect_output",
     "remove_state",
     "run_dir",
+    "run_hook",
     "run_local",
     "sd_notify",
     "stop_process",
@@ -73,6 +75,34 @@ def run_local(command: Command) -> str:
     except sh.CommandNotFound:
         raise CommandFailed(command.shown, None, f"{command.argv[0]}: not found") from None
     return str(result)
+
+
+def run_hook(argv: tuple[str, ...], env: dict[str, str], timeout: float) -> None:
+    """Echo `[#] cmd`, run a site's up/down command with env added, relay its output.
+
+    Raises CommandFailed when it exits non-zero, is missing, or runs past timeout (killed).
+    """
+    shown = " ".join(shlex.quote(word) for word in argv)
+    echo("[#]", shown)
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors="replace", env={**plain_env(), **env}, start_new_session=True,
+        )  # fmt: skip
+    except (FileNotFoundError, PermissionError) as exc:
+        raise CommandFailed(shown, None, f"{argv[0]}: {exc.strerror}") from None
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its own group: children go too
+        proc.communicate()
+        raise CommandFailed(shown, None, f"still running after {timeout:g}s; killed") from None
+    for line in out.splitlines():
+        echo("", f"  {line}")
+    if proc.returncode != 0:
+        last = out.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        raise CommandFailed(shown, proc.returncode, last[0])
 
 
 def probe(argv: list[str], timeout: float = 10.0) -> tuple[int | None, str]:

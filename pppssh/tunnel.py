@@ -12,16 +12,19 @@ from typing import Any, TypeVar
 import asyncssh
 
 from .bridge import RAW_PTY_MODES, Bridge
-from .config import SiteConfig
+from .config import Compression, SiteConfig
 from .localppp import LinkInfo, LocalPppd, describe_exit
 from .plan import (
+    Command,
     RouteChange,
+    full_tunnel_routes,
     local_routes,
     remote_interface_command,
     remote_leftover_check,
     remote_leftover_kill,
     remote_pppd_argv,
     remote_routes,
+    server_route,
     shell_join,
 )
 from .ssh import (
@@ -34,7 +37,7 @@ from .ssh import (
     find_ppp_interface,
     run_remote,
 )
-from .system import CommandFailed, State, echo, run_local, write_state
+from .system import CommandFailed, State, echo, run_hook, run_local, write_state
 
 __all__ = ["Tunnel", "TunnelError"]
 
@@ -171,11 +174,62 @@ class Tunnel:
         )  # fmt: skip
         self.save(remote_interface=self.remote_interface)
 
-        for route in local_routes(cfg, link.interface):
+        if cfg.full_tunnel:
+            await self._pin_server_route(stack)
+        for route in local_routes(cfg, link.interface) + full_tunnel_routes(cfg, link.interface):
             await self._add_local(stack, route)
         for route in remote_routes(cfg, self.remote_interface):
             await self._add_remote(stack, route)
+        if cfg.compression is not Compression.NONE:
+            echo("", f"compression: {self.local.compression or 'CCP agreed on none'}")
+        if cfg.down_command:  # like pppd's ip-down: runs on the way down once up has run
+            stack.push_async_callback(self._run_down)
+        if cfg.up_command:
+            await self._run_up()
         self.save(state="up", up_since=time.time())
+
+    async def _pin_server_route(self, stack: AsyncExitStack) -> None:
+        """Before the full tunnel takes all IPv4 traffic: keep the SSH server where it is."""
+        assert self.conn is not None
+        server = str(self.conn.get_extra_info("peername")[0])
+        if ":" in server:
+            return  # an IPv6 SSH connection is not affected by IPv4 routes
+        try:
+            out = await asyncio.to_thread(run_local, Command(("ip", "-4", "route", "get", server)))
+            route = server_route(server, out)
+        except (CommandFailed, ValueError) as exc:
+            raise TunnelError(f"full tunnel: {exc}") from None
+        await self._add_local(stack, route)
+
+    def _hook_env(self) -> dict[str, str]:
+        """What the up and down commands learn about the link."""
+        assert self.link is not None
+        return {
+            "SITE": self.cfg.name,
+            "IFNAME": self.link.interface,
+            "LOCAL_IP": self.link.local,
+            "REMOTE_IP": self.link.remote,
+            "REMOTE_IFNAME": self.remote_interface or "",
+        }
+
+    async def _run_up(self) -> None:
+        """The site's up command; its failure aborts the start unless up_failure = continue."""
+        try:
+            await asyncio.to_thread(run_hook, self.cfg.up_command, self._hook_env(),
+                                    self.cfg.hook_timeout)  # fmt: skip
+        except CommandFailed as exc:
+            if self.cfg.up_failure_aborts:
+                raise TunnelError(f"up command failed: {exc}") from None
+            echo("", f"note: up command failed: {exc}; the link stays (up_failure = continue)")
+            self.save(last_error=f"up command failed: {exc}")
+
+    async def _run_down(self) -> None:
+        """The site's down command, before routes go; a failure is only reported."""
+        try:
+            await asyncio.to_thread(run_hook, self.cfg.down_command, self._hook_env(),
+                                    self.cfg.hook_timeout)  # fmt: skip
+        except CommandFailed as exc:
+            echo("", f"note: down command failed: {exc}")
 
     async def _cleanup_remote(self) -> None:
         """Stop a pppd an earlier, lost session of this site left on the remote gateway.

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
 from .config import Address, Network, SiteConfig
-from .plan import local_routes, remote_routes
+from .plan import full_tunnel_routes, local_routes, remote_routes
 
 __all__ = ["FORMATS", "Lan", "Route", "gateway_commands", "plan_lans", "render", "render_json"]
 
@@ -172,6 +172,12 @@ def gateway_commands(
 ) -> str:
     """The route commands `start` runs on the two gateways (interfaces: pppN if not known)."""
     local = [r.add.shown for r in local_routes(cfg, local_if or "pppN")]
+    if cfg.full_tunnel:
+        local += [
+            f"ip route add {cfg.host}/32 ...  # the SSH server, on the path "
+            f"`ip -4 route get {cfg.host}` shows before",
+            *(r.add.shown for r in full_tunnel_routes(cfg, local_if or "pppN")),
+        ]
     remote = [r.add.shown for r in remote_routes(cfg, remote_if or "pppN")]
     out = [f"# pppssh site {cfg.name}: routes `pppssh start` adds on the gateways"]
     if not (local_if and remote_if):

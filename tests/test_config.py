@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import shlex
 from pathlib import Path
 
 import pytest
 
-from pppssh.config import SCHEMA, ConfigError, Proxyarp, SiteConfig, load, parse
+from pppssh.config import SCHEMA, Compression, ConfigError, Proxyarp, SiteConfig, load, parse
 from pppssh.plan import (
     local_pppd_argv,
     local_routes,
@@ -52,6 +53,7 @@ remote_address = 10.1.2.250
 mtu = 1300
 mru = 1350
 proxyarp = BOTH
+compression = Deflate
 local_pppd = /opt/ppp/sbin/pppd
 local_options = debug kdebug 1
 remote_options = lock
@@ -64,6 +66,13 @@ local = 10.1.0.0/16, 10.1.2.0/24 10.3.0.0/24
 remote = 192.168.0.0/16,192.168.50.0/24
 local_lan_gateways = 10.1.2.1, 10.1.0.1 10.3.0.1
 remote_lan_gateways = 192.168.50.1
+full_tunnel = yes
+
+[hooks]
+up = /usr/local/sbin/firewall-open "site $SITE" --quiet
+down = /usr/local/sbin/firewall-close
+up_failure = Continue
+timeout = 12.5
 """
 
 # Only what is required (plus name, tested separately). Line numbers matter below.
@@ -156,6 +165,7 @@ def test_full_file_every_key() -> None:
     assert (cfg.mtu, cfg.mru) == (1300, 1350)
     assert cfg.proxyarp is Proxyarp.BOTH
     assert cfg.proxyarp.local and cfg.proxyarp.remote
+    assert cfg.compression is Compression.DEFLATE
     assert cfg.local_pppd == "/opt/ppp/sbin/pppd"
     assert cfg.local_options == ("debug", "kdebug", "1")
     assert cfg.remote_options == ("lock",)
@@ -168,6 +178,41 @@ def test_full_file_every_key() -> None:
     assert isinstance(cfg.local_networks, tuple) and isinstance(cfg.sudo, tuple)
     assert cfg.local_lan_gateways == (IP("10.1.2.1"), IP("10.1.0.1"), IP("10.3.0.1"))
     assert cfg.remote_lan_gateways == (IP("192.168.50.1"),)
+    assert cfg.up_command == ("/usr/local/sbin/firewall-open", "site $SITE", "--quiet")
+    assert cfg.down_command == ("/usr/local/sbin/firewall-close",)
+    assert cfg.full_tunnel is True
+    assert cfg.up_failure_aborts is False and cfg.hook_timeout == 12.5
+
+
+@pytest.mark.parametrize("line, message", [
+    ("up = firewall-open", "hooks.conf:15: up: 'firewall-open' must be an absolute path to a program"),
+    ("down = ./close", "hooks.conf:15: down: './close' must be an absolute path to a program"),
+    ("up = /bin/sh -c 'unclosed", "hooks.conf:15: up: cannot split"),
+    ("up_failure = ignore", "hooks.conf:15: up_failure: 'ignore' is not abort or continue"),
+    ("timeout = 0", "hooks.conf:15: timeout: 0 is out of range 1..3600 seconds"),
+])  # fmt: skip
+def test_bad_hooks(line: str, message: str, tmp_path: Path) -> None:
+    text = BASE + "[hooks]\n" + line + "\n"
+    assert error(text, tmp_path / "hooks.conf").startswith(str(tmp_path / message))
+
+
+def test_hooks_only_from_a_file_only_root_can_write(tmp_path: Path) -> None:
+    conf = tmp_path / "hooks.conf"
+    conf.write_text(BASE + "[hooks]\nup = /bin/true\n")
+    conf.chmod(0o644)
+    assert load(conf).up_command == ("/bin/true",)
+    conf.chmod(0o664)
+    with pytest.raises(ConfigError) as info:
+        load(conf)
+    assert str(info.value).startswith(f"{conf}:15: up: this file makes root run commands, so only root may write it (owner uid 0, mode 664): chown root {conf}; chmod go-w {conf}")
+    conf.chmod(0o644)
+    os.chown(conf, 65534, 0)
+    with pytest.raises(ConfigError, match="owner uid 65534"):
+        load(conf)
+    no_hooks = tmp_path / "plain.conf"
+    no_hooks.write_text(BASE)
+    os.chown(no_hooks, 65534, 0)
+    assert load(no_hooks).up_command == ()
 
 
 def _sections(text: str) -> list[tuple[str, str]]:

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from pppssh.config import SiteConfig, parse
+from pppssh.config import ConfigError, SiteConfig, parse
 from pppssh.plan import (
     Command,
+    full_tunnel_routes,
     local_pppd_argv,
     local_routes,
     remote_pppd_argv,
     remote_routes,
+    server_route,
     shell_join,
 )
 
@@ -257,3 +259,53 @@ def test_each_delete_is_the_exact_inverse_of_its_add(side: str) -> None:
         assert add[at + 1] == str(route.network)
     # every network once, no two routes the same
     assert len({r.network for r in routes}) == len(routes)
+
+
+@pytest.mark.parametrize("compression, expected", [
+    ("none", ["noccp"]),
+    ("deflate", ["deflate", "15", "nobsdcomp", "nopredictor1"]),
+    ("BSDcomp", ["bsdcomp", "15", "nodeflate", "nopredictor1"]),
+])  # fmt: skip
+def test_compression_reaches_both_pppds(compression: str, expected: list[str]) -> None:
+    cfg = site(ppp=f"compression = {compression}\n")
+    for argv in (local_pppd_argv(cfg, logfd=3), remote_pppd_argv(cfg)):
+        at = argv.index("nodefaultroute") + 1
+        assert argv[at : at + len(expected)] == expected
+        others = {"noccp", "deflate", "bsdcomp"} - {expected[0]}
+        assert not others & set(argv)
+
+
+@pytest.mark.parametrize("option", ["noccp", "deflate", "nobsdcomp"])
+def test_compression_options_are_managed_not_passed(option: str) -> None:
+    with pytest.raises(ConfigError, match=f"local_options: pppd option '{option}' is not allowed here"):
+        site(ppp=f"local_options = {option}\n")
+
+
+def test_full_tunnel_routes_both_halves_via_the_peer() -> None:
+    assert full_tunnel_routes(site(), "ppp0") == []
+    cfg = site(networks="local = 10.1.0.0/24\nremote = 10.2.0.0/24\nfull_tunnel = yes\n")
+    assert [(r.add.shown, r.delete.shown) for r in full_tunnel_routes(cfg, "ppp3")] == [
+        ("ip route add 0.0.0.0/1 via 10.99.0.2 dev ppp3", "ip route del 0.0.0.0/1 via 10.99.0.2 dev ppp3"),
+        ("ip route add 128.0.0.0/1 via 10.99.0.2 dev ppp3", "ip route del 128.0.0.0/1 via 10.99.0.2 dev ppp3"),
+    ]
+
+
+@pytest.mark.parametrize("route_get, add", [
+    ("203.0.113.9 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0 \n    cache \n",
+     "ip route add 203.0.113.9/32 via 192.0.2.1 dev eth0 onlink"),
+    ("198.51.100.2 dev wan0 src 198.51.100.1 uid 0 \n    cache \n",
+     "ip route add 198.51.100.2/32 dev wan0"),
+])  # fmt: skip
+def test_server_route_keeps_the_path_it_had(route_get: str, add: str) -> None:
+    server = add.split()[3].removesuffix("/32")
+    route = server_route(server, route_get)
+    assert route.add.shown == add
+    assert route.delete.shown == add.replace(" add ", " del ")
+
+
+@pytest.mark.parametrize("route_get", [
+    "", "local 127.0.0.1 dev lo table local src 127.0.0.1 uid 0", "unreachable 10.9.9.9",
+])  # fmt: skip
+def test_server_route_refuses_what_it_cannot_pin(route_get: str) -> None:
+    with pytest.raises(ValueError, match="cannot pin the route to the SSH server"):
+        server_route("10.9.9.9", route_get)

@@ -392,3 +392,9 @@ def test_apply_refusals_are_one_line(tmp_path: Path) -> None:
     assert port_errors[1].startswith("bob@127.0.0.1:") and "refused the login" in port_errors[1]
     assert port_errors[2].startswith("host key of 127.0.0.1:") and "not accepted" in port_errors[2]
     assert all("\n" not in e for e in port_errors)
+
+
+def test_peers_file_keeps_the_compression_window_on_its_line() -> None:
+    text = SITE.replace("[networks]", "compression = deflate\n[networks]")
+    lines = peers_text(cfg_of(text)).splitlines()
+    assert "deflate 15" in lines and "nobsdcomp" in lines and "noccp" not in lines

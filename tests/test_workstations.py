@@ -139,3 +139,21 @@ def test_cli_bad_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["routes", "--print", str(conf)]) == 2
     err = capsys.readouterr().err
     assert err == f"pppssh: {conf}:2: hots: unknown key (did you mean 'host'?)\n"
+
+
+
+def test_gateways_show_the_full_tunnel() -> None:
+    """The halves via the link, after the host route that keeps the SSH server's path."""
+    local_address, remote_address, proxyarp, local, remote, _ = CASES["plain"]
+    text = BASE.format(
+        local_address=local_address, remote_address=remote_address, proxyarp=proxyarp,
+        local=local, remote=remote, extra="full_tunnel = yes",
+    )  # fmt: skip
+    cfg = parse(text, Path("/etc/pppssh/site-b.conf"))
+    lines = gateway_commands(cfg, "ppp3", "ppp7").splitlines()
+    at = lines.index("ip route add 10.2.0.0/24 via 192.168.77.2 dev ppp3")
+    assert lines[at + 1].startswith(f"ip route add {cfg.host}/32 ...  # the SSH server")
+    assert lines[at + 2 : at + 4] == [
+        "ip route add 0.0.0.0/1 via 192.168.77.2 dev ppp3",
+        "ip route add 128.0.0.0/1 via 192.168.77.2 dev ppp3",
+    ]
