@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -149,6 +150,7 @@ class Lab:
         self._made_admin = False
         self._key_line = ""
         self._baseline: dict[str, list[str]] = {}
+        self.spokes: list[Spoke] = []
 
     # --- building -------------------------------------------------------------------------
 
@@ -348,10 +350,104 @@ class Lab:
         found["sudo ip link refused"] = not sudo("/usr/sbin/ip", "link", "show")
         return found
 
+    def add_spoke(self, index: int, workstation: bool = True) -> Spoke:
+        """One more remote gateway for gw-a, the hub: its own namespace, WAN, sshd, LAN.
+
+        Spoke i: namespace PREFIX+gw-sI with WAN 100.64.I.2/24 (gw-a: 100.64.I.1 on spI),
+        LAN 10.(10+I).0.0/24 (gateway .1, workstation PREFIX+ws-sI at .10 if asked), its
+        own sshd for the same vpn account and key, its host key in known_hosts, PPP link
+        192.168.(100+I).1 <-> .2. remove_spokes() (and close()) take them away again.
+        """
+        if not 1 <= index <= 200 or any(sp.index == index for sp in self.spokes):
+            raise ValueError(f"spoke index {index} is taken or out of range 1..200")
+        spoke = Spoke(index, self.prefix, workstation)
+        self.spokes.append(spoke)
+        for ns in spoke.namespaces:
+            _run(["ip", "netns", "add", ns])
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", self.ns("gw-a"), "link", "add", spoke.hub_if, "type", "veth",
+              "peer", "name", "wan0", "netns", spoke.gw])  # fmt: skip
+        ends = [(self.ns("gw-a"), spoke.hub_if, f"{spoke.hub_wan}/24"),
+                (spoke.gw, "wan0", f"{spoke.wan}/24")]  # fmt: skip
+        if workstation:
+            _run(["ip", "-n", spoke.gw, "link", "add", "lan0", "type", "veth",
+                  "peer", "name", "eth0", "netns", spoke.ws])  # fmt: skip
+            ends += [(spoke.gw, "lan0", f"{spoke.lan_gw}/24"), (spoke.ws, "eth0", f"{spoke.ws_addr}/24")]
+        else:
+            _run(["ip", "-n", spoke.gw, "link", "add", "lan0", "type", "dummy"])
+            ends.append((spoke.gw, "lan0", f"{spoke.lan_gw}/24"))
+        for ns, ifname, addr in ends:
+            _run(["ip", "-n", ns, "addr", "add", addr, "dev", ifname])
+            _run(["ip", "-n", ns, "link", "set", ifname, "up"])
+        _run(["ip", "netns", "exec", spoke.gw, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        if workstation:
+            _run(["ip", "-n", spoke.ws, "route", "add", "default", "via", spoke.lan_gw])
+        config = self.dir / f"sshd_config.s{index}"
+        text = SSHD_CONFIG.format(ns=spoke.gw, user=self.user, addr=spoke.wan, dir=self.dir,
+                                  admin=ADMIN, link_user=LINK_USER)  # fmt: skip
+        config.write_text(text.replace("sshd.pid", f"sshd.s{index}.pid"))
+        kind, blob = (self.dir / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        with self.known_hosts.open("a") as f:
+            f.write(f"{spoke.wan} {kind} {blob}\n")
+        spoke.sshd = subprocess.Popen(
+            ["ip", "netns", "exec", spoke.gw, "/usr/sbin/sshd", "-D", "-f", str(config),
+             "-E", str(self.dir / f"sshd.s{index}.log")],
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        sshd = spoke.sshd
+
+        def listening() -> bool:
+            """Tell whether the spoke's sshd listens (raise if it died)."""
+            if sshd.poll() is not None:
+                raise LabError(f"sshd of spoke {index} exited {sshd.returncode}")
+            out = _run(["ip", "netns", "exec", spoke.gw, "ss", "-Hltn", "sport = :22"]).stdout
+            return spoke.wan in out
+
+        if not wait_for(listening, timeout=30):
+            raise LabError(f"sshd of spoke {index} does not listen on {spoke.wan}:22")
+        return spoke
+
+    def spoke_site_conf(self, spoke: Spoke, **overrides: object) -> Path:
+        """A site file on gw-a for one spoke (name spoke-I), like write_site_conf's."""
+        sections: dict[str, dict[str, object]] = {
+            "remote": {"host": spoke.wan},
+            "ppp": {"local_address": spoke.ppp_local, "remote_address": spoke.ppp_remote},
+            "networks": {"remote": spoke.lan},
+        }
+        return self.write_site_conf(spoke.site, sections=sections, **overrides)
+
+    def remove_spokes(self) -> None:
+        """Stop the spokes' sshds and everything in their namespaces; delete them."""
+        for spoke in self.spokes:
+            if spoke.sshd is not None and spoke.sshd.poll() is None:
+                spoke.sshd.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    spoke.sshd.wait(5)
+            for ns in spoke.namespaces:
+                pids = self._pids_in(ns)
+                self._kill(pids, f"processes left in {ns}", quiet=True)
+                _run(["ip", "netns", "del", ns], check=False)
+        self.spokes = []
+
+    def _pids_in(self, full_ns: str) -> list[int]:
+        """Processes in a namespace given by its full name."""
+        want = _ns_inode(f"/run/netns/{full_ns}")
+        if want is None:
+            return []
+        found = []
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                with contextlib.suppress(OSError):
+                    if os.stat(f"{entry.path}/ns/net").st_ino == want:
+                        found.append(int(entry.name))
+        return found
+
     # --- using ----------------------------------------------------------------------------
 
     def ns(self, name: str) -> str:
         """Return the real namespace name for a short name (ws-a, gw-a, gw-b, ws-b)."""
+        if any(name in spoke.namespaces for spoke in self.spokes):
+            return name  # a spoke's namespace, already in full
         if name not in NAMESPACES:
             raise ValueError(f"unknown lab namespace {name!r}; known: {', '.join(NAMESPACES)}")
         return self.prefix + name
@@ -542,6 +638,7 @@ class Lab:
 
     def close(self) -> None:
         """Tear down: stop sshd and everything in the namespaces, delete them, undo files."""
+        self.remove_spokes()
         for proc in [p for p in (self._sshd, *self._spawned) if p is not None]:
             if proc.poll() is None:
                 proc.terminate()
@@ -602,3 +699,42 @@ def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str
     if check and proc.returncode:
         raise CommandError(proc.returncode, argv, proc.stdout, proc.stderr)
     return proc
+
+
+@dataclass
+class Spoke:
+    """One extra remote gateway (and maybe workstation) of the hub gw-a: see Lab.add_spoke."""
+
+    index: int
+    prefix: str
+    workstation: bool
+    sshd: subprocess.Popen[bytes] | None = None
+
+    @property
+    def gw(self) -> str:
+        """The spoke gateway's namespace."""
+        return f"{self.prefix}gw-s{self.index}"
+
+    @property
+    def ws(self) -> str:
+        """The spoke workstation's namespace."""
+        return f"{self.prefix}ws-s{self.index}"
+
+    @property
+    def namespaces(self) -> list[str]:
+        """Its namespaces, gateway first."""
+        return [self.gw, self.ws] if self.workstation else [self.gw]
+
+    @property
+    def site(self) -> str:
+        """The site name of the link from the hub."""
+        return f"spoke-{self.index}"
+
+    hub_if = property(lambda self: f"sp{self.index}", doc="The hub's WAN interface to it.")
+    hub_wan = property(lambda self: f"100.64.{self.index}.1", doc="The hub's WAN address.")
+    wan = property(lambda self: f"100.64.{self.index}.2", doc="Its WAN (SSH) address.")
+    lan = property(lambda self: f"10.{10 + self.index}.0.0/24", doc="Its LAN.")
+    lan_gw = property(lambda self: f"10.{10 + self.index}.0.1", doc="Its LAN address.")
+    ws_addr = property(lambda self: f"10.{10 + self.index}.0.10", doc="Its workstation.")
+    ppp_local = property(lambda self: f"192.168.{100 + self.index}.1", doc="Hub's PPP end.")
+    ppp_remote = property(lambda self: f"192.168.{100 + self.index}.2", doc="Its PPP end.")
