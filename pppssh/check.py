@@ -150,15 +150,21 @@ def kernel_ppp(dev: Path = Path("/dev/ppp"), sys_module: Path = Path("/sys/modul
     )  # fmt: skip
 
 
-def forwarding(where: str, value: str) -> Check:
-    """net.ipv4.ip_forward must be 1 on a gateway."""
-    what = f"IP forwarding {where}"
+FORWARD4 = ("IP forwarding", "net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward")
+FORWARD6 = ("IPv6 forwarding", "net.ipv6.conf.all.forwarding",
+            "/proc/sys/net/ipv6/conf/all/forwarding")  # fmt: skip
+
+
+def forwarding(where: str, value: str, kind: tuple[str, str, str] = FORWARD4) -> Check:
+    """net.ipv4.ip_forward (or IPv6's forwarding) must be 1 on a gateway."""
+    name, key, _ = kind
+    what = f"{name} {where}"
     if value.strip() == "1":
-        return Check(what, True, "net.ipv4.ip_forward = 1")
+        return Check(what, True, f"{key} = 1")
     shown = value.strip() or "unknown"
     return Check(
-        what, False, f"net.ipv4.ip_forward = {shown}",
-        f"sysctl -w net.ipv4.ip_forward=1 {where}, and set it in /etc/sysctl.d/ to keep it",
+        what, False, f"{key} = {shown}",
+        f"sysctl -w {key}=1 {where}, and set it in /etc/sysctl.d/ to keep it",
     )  # fmt: skip
 
 
@@ -188,11 +194,12 @@ def _local_checks(cfg: SiteConfig) -> list[Check]:
             "apt-get install ppp (or set local_pppd in [ppp])",
         ))  # fmt: skip
     checks.append(kernel_ppp())
-    try:
-        value = Path("/proc/sys/net/ipv4/ip_forward").read_text()
-    except OSError as exc:
-        value = f"unreadable ({exc.strerror})"
-    checks.append(forwarding("on this gateway", value))
+    for kind in (FORWARD4, FORWARD6) if cfg.ipv6 else (FORWARD4,):
+        try:
+            value = Path(kind[2]).read_text()
+        except OSError as exc:
+            value = f"unreadable ({exc.strerror})"
+        checks.append(forwarding("on this gateway", value, kind))
     state = read_state(cfg.name)
     own = state.interface if state is not None and state.state == "up" else None
     _, routes = probe(["ip", "-4", "route", "show"])
@@ -321,8 +328,9 @@ async def _remote_plain(cfg: SiteConfig, conn: asyncssh.SSHClientConnection) -> 
             f"a sudoers rule: {cfg.user} ALL=(root) NOPASSWD: {cfg.remote_ip} route add *, "
             f"{cfg.remote_ip} route del *",
         ))  # fmt: skip
-    _, value = await _answer(conn, ("cat", "/proc/sys/net/ipv4/ip_forward"))
-    checks.append(forwarding("on the remote gateway", value))
+    for kind in (FORWARD4, FORWARD6) if cfg.ipv6 else (FORWARD4,):
+        _, value = await _answer(conn, ("cat", kind[2]))
+        checks.append(forwarding("on the remote gateway", value, kind))
     _, routes = await _answer(conn, (cfg.remote_ip, "-4", "route", "show"))
     _, addrs = await _answer(conn, (cfg.remote_ip, "-o", "-4", "addr", "show"))
     checks.append(_remote_clash(cfg, routes, addrs))

@@ -85,6 +85,7 @@ class Proxyarp(Enum):
 
 
 Network = ipaddress.IPv4Network
+Network6 = ipaddress.IPv6Network
 Address = ipaddress.IPv4Address
 
 
@@ -129,6 +130,9 @@ class SiteConfig:
     local_lan_gateways: tuple[Address, ...] = ()
     remote_lan_gateways: tuple[Address, ...] = ()
     full_tunnel: bool = False
+    ipv6: bool = False
+    local_networks6: tuple[Network6, ...] = ()
+    remote_networks6: tuple[Network6, ...] = ()
     up_command: tuple[str, ...] = ()
     down_command: tuple[str, ...] = ()
     up_failure_aborts: bool = True
@@ -177,7 +181,8 @@ _FORBIDDEN_PPPD = {
     "auth-down-script", "notty", "record", "logfile", "logfd", "linkname", "ipparam",
     "nodetach", "detach", "updetach", "persist", "demand", "proxyarp", "noproxyarp", "mtu",
     "mru", "ifname", "unit", "pidfile", "defaultroute", "replacedefaultroute", "nodefaultroute",
-    "noccp", "deflate", "nodeflate", "bsdcomp", "nobsdcomp",
+    "noccp", "deflate", "nodeflate", "bsdcomp", "nobsdcomp", "+ipv6", "-ipv6", "ipv6",
+    "noipv6", "ipv6cp-use-ipaddr", "ipv6cp-use-persistent",
 }  # fmt: skip
 
 
@@ -342,9 +347,10 @@ def _addresses(value: str) -> tuple[Address, ...]:
     return tuple(found)
 
 
-def _networks(value: str) -> tuple[Network, ...]:
-    """A comma- or space-separated list of IPv4 networks, most specific first."""
-    nets: list[Network] = []
+def _networks(value: str) -> tuple[Network | Network6, ...]:
+    """A comma- or space-separated list of networks (IPv4, or IPv6 with ipv6 = yes), most
+    specific first."""
+    nets: list[Network | Network6] = []
     for word in re.split(r"[,\s]+", value.strip()):
         if not word:
             continue
@@ -355,18 +361,18 @@ def _networks(value: str) -> tuple[Network, ...]:
             net = ipaddress.ip_network(word, strict=False)
         except ValueError:
             raise ValueError(f"'{word}' is not a network like 10.1.0.0/24") from None
-        if not isinstance(net, Network):
-            raise ValueError(f"'{word}' is IPv6; the PPP link carries IPv4 (IPCP)")
-        if str(net) != word and "/" in word:
+        if "/" in word and (net.network_address != ipaddress.ip_interface(word).ip):
             raise ValueError(f"'{word}' has host bits set; did you mean {net}?")
         if "/" not in word:
-            raise ValueError(f"'{word}' needs a prefix length, e.g. {word}/32")
+            raise ValueError(f"'{word}' needs a prefix length, e.g. {net}")
         if net.prefixlen == 0:
-            raise ValueError("0.0.0.0/0 would send everything through the link; not supported")
+            raise ValueError(f"{net} would send everything through the link; not supported")
+        if isinstance(net, Network6) and (net.is_link_local or net.is_multicast):
+            raise ValueError(f"'{word}' is link-local or multicast; not a network to route")
         if net in nets:
             raise ValueError(f"'{word}' is listed twice")
         nets.append(net)
-    nets.sort(key=lambda n: (-n.prefixlen, n))
+    nets.sort(key=lambda n: (n.version, -n.prefixlen, int(n.network_address)))
     return tuple(nets)
 
 
@@ -488,6 +494,9 @@ SCHEMA: tuple[Key, ...] = (
         "Each needs its kernel module (ppp_deflate, bsd_comp) on both gateways."),
     Key("ppp", "proxyarp", "proxyarp", "no", _proxyarp,
         "Which pppd answers ARP for its peer on its LAN: no, local, remote or both."),
+    Key("ppp", "ipv6", "ipv6", "no", _yes_no,
+        "yes: carry IPv6 too (IPV6CP, link-local fe80::1 here and fe80::2 there) and route "
+        "the IPv6 networks in [networks] through the link on both sides."),
     Key("ppp", "local_pppd", "local_pppd", "/usr/sbin/pppd", _program, "pppd on this gateway."),
     Key("ppp", "local_options", "local_options", "", _pppd_options,
         "Extra options for the local pppd (plain words; options that run programs are refused)."),
@@ -501,8 +510,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("ppp", "up_timeout", "up_timeout", "60", _as_seconds(1, 3600),
         "Seconds allowed from the SSH login until IPCP is up."),
     Key("networks", "local", "local_networks", "", _networks,
-        "Networks behind this gateway (comma-separated); the remote gateway routes them "
-        "through the link."),
+        "Networks behind this gateway (comma-separated; IPv6 ones with ipv6 = yes); the "
+        "remote gateway routes them through the link."),
     Key("networks", "remote", "remote_networks", "", _networks,
         "Networks behind the remote gateway; this gateway routes them through the link."),
     Key("networks", "local_lan_gateways", "local_lan_gateways", "", _addresses,
@@ -656,8 +665,27 @@ def parse(text: str, path: Path) -> SiteConfig:
         parsed[attr] = (base / Path(parsed[attr]).expanduser()).absolute()
     if parsed["local_address"] == parsed["remote_address"]:
         raise err("remote_address", "must differ from local_address")
+    _split_ipv6(parsed, err)
+    if parsed["ipv6"] and parsed["helper"]:
+        raise err("ipv6", "not available with helper = yes: pppssh-helper routes IPv4 only")
     _check_networks(parsed, err)
     return SiteConfig(path=path, lines=lines, **parsed)
+
+
+def _split_ipv6(parsed: dict[str, Any], err: Callable[[str, str], ConfigError]) -> None:
+    """IPv4 networks stay in local/remote_networks; IPv6 ones go to *_networks6, with ipv6."""
+    for attr in ("local_networks", "remote_networks"):
+        nets = parsed[attr]
+        six = tuple(n for n in nets if isinstance(n, Network6))
+        if six and not parsed["ipv6"]:
+            raise err(attr, f"'{six[0]}' is IPv6; the link carries it only with ipv6 = yes "
+                            "in [ppp] (IPV6CP)")  # fmt: skip
+        parsed[attr] = tuple(n for n in nets if isinstance(n, Network))
+        parsed[attr + "6"] = six
+    for lnet in parsed["local_networks6"]:
+        for rnet in parsed["remote_networks6"]:
+            if lnet.overlaps(rnet):
+                raise err("remote_networks", f"{rnet} overlaps local network {lnet}")
 
 
 def _check_networks(parsed: dict[str, Any], err: Callable[[str, str], ConfigError]) -> None:

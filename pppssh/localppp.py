@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import re
 import signal
@@ -66,6 +67,16 @@ def _signame(number: int) -> str:
 _IFACE = re.compile(r"Using interface (\S+)")
 _LOCAL = re.compile(r"local\s+IP address (\S+)")
 _REMOTE = re.compile(r"remote IP address (\S+)")
+_LOCAL_LL = re.compile(r"local\s+LL address (\S+)")
+_REMOTE_LL = re.compile(r"remote LL address (\S+)")
+
+
+def _compact(address: str) -> str:
+    """fe80::1 for pppd's fe80::0000:0000:0000:0001 (unchanged if it is no address)."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
 
 
 @dataclass
@@ -94,6 +105,8 @@ class LocalPppd:
         self._loop = loop
         self.connected = asyncio.Event()  # the tty is in PPP mode: safe to feed it
         self.ipcp_up: asyncio.Future[LinkInfo] = loop.create_future()
+        self.ipv6cp_up: asyncio.Future[tuple[str, str]] = loop.create_future()  # (ours, peer)
+        self._local_ll: str | None = None
         self.exited: asyncio.Future[int | None] = loop.create_future()
         self._logr: int | None = None
         self._pidfd: int | None = None
@@ -157,6 +170,10 @@ class LocalPppd:
             self.connected.set()
         elif "compression enabled" in line:
             self.compression = line
+        elif m := _LOCAL_LL.search(line):
+            self._local_ll = _compact(m.group(1))
+        elif (m := _REMOTE_LL.search(line)) and self._local_ll and not self.ipv6cp_up.done():
+            self.ipv6cp_up.set_result((self._local_ll, _compact(m.group(1))))
         elif m := _LOCAL.search(line):
             self.local = m.group(1)
         elif m := _REMOTE.search(line):

@@ -8,7 +8,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .config import Compression, Network, SiteConfig
+from .config import Compression, Network, Network6, SiteConfig
 
 __all__ = [
     "Command",
@@ -49,7 +49,7 @@ class Command:
 class RouteChange:
     """A route to add on one side, and the command that removes it again."""
 
-    network: Network
+    network: Network | Network6
     add: Command
     delete: Command
 
@@ -92,6 +92,14 @@ def _common_pppd_options(
     return options
 
 
+LOCAL_IPV6_ID, REMOTE_IPV6_ID = "::1", "::2"  # link-local fe80::1 here, fe80::2 there
+
+
+def _ipv6_options(cfg: SiteConfig, ours: str, peer: str) -> list[str]:
+    """IPV6CP with fixed interface identifiers, so both link-local addresses are known."""
+    return ["+ipv6", "ipv6", f"{ours},{peer}"] if cfg.ipv6 else []
+
+
 def local_pppd_argv(cfg: SiteConfig, logfd: int) -> list[str]:
     """argv of the local pppd: it runs on our pty and logs to logfd."""
     return [
@@ -99,6 +107,7 @@ def local_pppd_argv(cfg: SiteConfig, logfd: int) -> list[str]:
         *_common_pppd_options(
             cfg, cfg.linkname, str(cfg.local_address), str(cfg.remote_address), cfg.proxyarp.local
         ),
+        *_ipv6_options(cfg, LOCAL_IPV6_ID, REMOTE_IPV6_ID),
         "logfd", str(logfd),
         *cfg.local_options,
     ]  # fmt: skip
@@ -114,6 +123,7 @@ def remote_pppd_options(cfg: SiteConfig) -> list[str]:
             str(cfg.local_address),
             cfg.proxyarp.remote,
         ),
+        *_ipv6_options(cfg, REMOTE_IPV6_ID, LOCAL_IPV6_ID),
         *cfg.remote_options,
     ]
 
@@ -162,9 +172,22 @@ def _route(prefix: Sequence[str], network: Network, via: str, dev: str) -> Route
     )
 
 
+def _route6(prefix: Sequence[str], network: Network6, dev: str) -> RouteChange:
+    """`ip route add NET dev IF` (ip knows the family from NET, and the sudo rule for
+    `ip route add *` covers it): the link is point-to-point, the device is the way."""
+    tail = (str(network), "dev", dev)
+    return RouteChange(
+        network=network,
+        add=Command((*prefix, "route", "add", *tail)),
+        delete=Command((*prefix, "route", "del", *tail)),
+    )
+
+
 def local_routes(cfg: SiteConfig, ifname: str, ip: str = "ip") -> list[RouteChange]:
-    """Routes on this gateway: every remote network via the remote PPP address."""
-    return [_route((ip,), net, str(cfg.remote_address), ifname) for net in cfg.remote_networks]
+    """Routes on this gateway: every remote network via the remote PPP address (IPv6 ones
+    through the interface)."""
+    routes = [_route((ip,), net, str(cfg.remote_address), ifname) for net in cfg.remote_networks]
+    return routes + [_route6((ip,), net, ifname) for net in cfg.remote_networks6]
 
 
 def remote_routes(cfg: SiteConfig, ifname: str) -> list[RouteChange]:
@@ -186,7 +209,7 @@ def remote_routes(cfg: SiteConfig, ifname: str) -> list[RouteChange]:
     return [
         _route(cfg.remote_ip_command(), net, str(cfg.local_address), ifname)
         for net in cfg.local_networks
-    ]
+    ] + [_route6(cfg.remote_ip_command(), net, ifname) for net in cfg.local_networks6]
 
 
 HALVES = (ipaddress.IPv4Network("0.0.0.0/1"), ipaddress.IPv4Network("128.0.0.0/1"))

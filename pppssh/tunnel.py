@@ -167,6 +167,10 @@ class Tunnel:
                 f"{cfg.local_address} -> {cfg.remote_address}"
             )
         self.save(interface=link.interface, local_address=link.local, remote_address=link.remote)
+        if cfg.ipv6:
+            ours, peer = await self._until("IPv6 negotiation (IPV6CP)",
+                                           asyncio.shield(self.local.ipv6cp_up))  # fmt: skip
+            echo("", f"IPv6 up: {ours} -> {peer}")
         self.remote_interface = await self._until("finding the remote interface", self._remote_if())
         echo(
             "", f"link up: {link.interface} {link.local} -> {link.remote} "

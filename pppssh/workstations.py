@@ -142,6 +142,14 @@ def render(cfg: SiteConfig, fmt: str = "ip") -> str:
             out.append(line(route))
         for skip in lan.skipped:
             out.append(f"{rem} {skip.destination.network_address}: {skip.reason}")
+    for side, own, far in (("local", cfg.local_networks6, cfg.remote_networks6),
+                           ("remote", cfg.remote_networks6, cfg.local_networks6)):  # fmt: skip
+        for net in own:
+            out.append("")
+            out.append(
+                f"{rem} on workstations in {net} ({side} side): {', '.join(map(str, far))} "
+                "via their gateway's IPv6 address on that LAN (or make it their default router)"
+            )
     out.append("")
     out.append(f"{rem} Not needed on a workstation whose default gateway is already that gateway.")
     return "\n".join(out) + "\n"

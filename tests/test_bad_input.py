@@ -210,7 +210,7 @@ CASES: list[Bad] = [
     Bad("networks-host-bits", 16, "local", "'10.1.0.1/24' has host bits set; did you mean 10.1.0.0/24?"),
     Bad("networks-no-prefix", 17, "remote", "'10.2.0.0' needs a prefix length, e.g. 10.2.0.0/32"),
     Bad("networks-default", 17, "remote", "0.0.0.0/0 would send everything through the link; not supported"),
-    Bad("networks-ipv6", 16, "local", "'fd00::/64' is IPv6; the PPP link carries IPv4 (IPCP)"),
+    Bad("networks-ipv6", 16, "local", "'fd00::/64' is IPv6; the link carries it only with ipv6 = yes in [ppp] (IPV6CP)"),
     Bad("networks-twice", 17, "remote", "'10.2.0.0/24' is listed twice"),
     # PPP addresses inside the wrong LAN, and proxyarp that does not fit the addresses.
     Bad("placement-own-lan", 12, "local_address", "10.1.0.7 is inside 10.1.0.0/24, that gateway's own LAN, but is not its address there (10.1.0.1); use that address or one outside the LAN"),

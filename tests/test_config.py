@@ -54,6 +54,7 @@ mtu = 1300
 mru = 1350
 proxyarp = BOTH
 compression = Deflate
+ipv6 = No
 local_pppd = /opt/ppp/sbin/pppd
 local_options = debug kdebug 1
 remote_options = lock
@@ -181,7 +182,21 @@ def test_full_file_every_key() -> None:
     assert cfg.up_command == ("/usr/local/sbin/firewall-open", "site $SITE", "--quiet")
     assert cfg.down_command == ("/usr/local/sbin/firewall-close",)
     assert cfg.full_tunnel is True
+    assert cfg.ipv6 is False and cfg.local_networks6 == cfg.remote_networks6 == ()
     assert cfg.up_failure_aborts is False and cfg.hook_timeout == 12.5
+
+
+def test_ipv6_networks_beside_ipv4_ones() -> None:
+    text = with_line(
+        insert_after(BASE, 10, "ipv6 = yes"), "remote", "10.2.0.0/24 2001:db8:b::/48, 2001:db8:b:1::/64"
+    )
+    cfg = parse(text, CONF)
+    assert cfg.ipv6 is True and cfg.remote_networks == (NET("10.2.0.0/24"),)
+    assert cfg.remote_networks6 == (
+        ipaddress.IPv6Network("2001:db8:b:1::/64"), ipaddress.IPv6Network("2001:db8:b::/48"),
+    )
+    overlap = with_line(text, "local", "2001:db8:b:1:1::/80")
+    assert error(overlap).endswith("remote: 2001:db8:b:1::/64 overlaps local network 2001:db8:b:1:1::/80")
 
 
 @pytest.mark.parametrize("line, message", [
@@ -375,7 +390,7 @@ def test_empty_required_value() -> None:
         ("remote", "10.2.3.4/16", "site-b.conf:13: remote: '10.2.3.4/16' has host bits set; did you mean 10.2.0.0/16?"),
         ("remote", "10.2.0.0", "site-b.conf:13: remote: '10.2.0.0' needs a prefix length, e.g. 10.2.0.0/32"),
         ("remote", "10.2.0.0/33", "site-b.conf:13: remote: '10.2.0.0/33' is not a network like 10.1.0.0/24"),
-        ("remote", "fd00::/64", "site-b.conf:13: remote: 'fd00::/64' is IPv6; the PPP link carries IPv4 (IPCP)"),
+        ("remote", "fd00::/64", "site-b.conf:13: remote: 'fd00::/64' is IPv6; the link carries it only with ipv6 = yes in [ppp] (IPV6CP)"),
         ("remote", "0.0.0.0/0", "site-b.conf:13: remote: 0.0.0.0/0 would send everything through the link; not supported"),
         ("remote", "10.2.0.0/24, 10.2.0.0/24", "site-b.conf:13: remote: '10.2.0.0/24' is listed twice"),
         ("local", "10.0.0.0/8", "site-b.conf:13: remote: 10.2.0.0/24 overlaps local network 10.0.0.0/8"),

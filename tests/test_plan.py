@@ -150,11 +150,11 @@ def test_lcp_echo_off() -> None:
 
 
 def test_extra_options_come_last_in_order() -> None:
-    cfg = site(ppp="local_options = debug kdebug 1\nremote_options = lock +ipv6 ms-dns=x\n")
+    cfg = site(ppp="local_options = debug kdebug 1\nremote_options = lock nopcomp ms-dns=x\n")
     assert local_pppd_argv(cfg, logfd=9)[-5:] == ["logfd", "9", "debug", "kdebug", "1"]
     remote = remote_pppd_argv(cfg)
-    assert remote[-4:] == ["noproxyarp", "lock", "+ipv6", "ms-dns=x"]
-    assert shell_join(remote).endswith(" noproxyarp lock +ipv6 ms-dns=x")
+    assert remote[-4:] == ["noproxyarp", "lock", "nopcomp", "ms-dns=x"]
+    assert shell_join(remote).endswith(" noproxyarp lock nopcomp ms-dns=x")
 
 
 def test_pppd_options_appear_once() -> None:
@@ -309,3 +309,32 @@ def test_server_route_keeps_the_path_it_had(route_get: str, add: str) -> None:
 def test_server_route_refuses_what_it_cannot_pin(route_get: str) -> None:
     with pytest.raises(ValueError, match="cannot pin the route to the SSH server"):
         server_route("10.9.9.9", route_get)
+
+
+def test_ipv6_options_and_routes_both_sides() -> None:
+    cfg = site(
+        ppp="ipv6 = yes\n",
+        networks="local = 10.1.0.0/24, 2001:db8:a::/64\nremote = 2001:db8:b::/48, 10.2.0.0/24\n",
+    )
+    local, remote = local_pppd_argv(cfg, logfd=4), remote_pppd_argv(cfg)
+    assert local[local.index("+ipv6") :][:3] == ["+ipv6", "ipv6", "::1,::2"]
+    assert remote[remote.index("+ipv6") :][:3] == ["+ipv6", "ipv6", "::2,::1"]
+    assert [r.add.shown for r in local_routes(cfg, "ppp0")] == [
+        "ip route add 10.2.0.0/24 via 10.99.0.2 dev ppp0",
+        "ip route add 2001:db8:b::/48 dev ppp0",
+    ]
+    assert [r.delete.shown for r in remote_routes(cfg, "ppp5")] == [
+        "sudo -n /usr/sbin/ip route del 10.1.0.0/24 via 10.99.0.1 dev ppp5",
+        "sudo -n /usr/sbin/ip route del 2001:db8:a::/64 dev ppp5",
+    ]
+    plain = site()
+    assert "+ipv6" not in local_pppd_argv(plain, logfd=4) + remote_pppd_argv(plain)
+
+
+def test_ipv6_not_with_the_helper() -> None:
+    with pytest.raises(ConfigError, match="ipv6: not available with helper = yes"):
+        parse(
+            "[remote]\nhost = h\nuser = u\nidentity = i\nknown_hosts = k\nhelper = yes\n"
+            "[ppp]\nlocal_address = 10.99.0.1\nremote_address = 10.99.0.2\nipv6 = yes\n",
+            Path("/etc/pppssh/x.conf"),
+        )
