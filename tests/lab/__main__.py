@@ -21,14 +21,16 @@ def have_ppp() -> bool:
     return os.path.exists("/dev/ppp") and os.geteuid() == 0
 
 
-def in_uml(argv: list[str], kind: str, timeout: float) -> int:
+def in_uml(argv: list[str], kind: str, timeout: float, mem: str = "1G") -> int:
     """Run argv inside UML, echo its console, keep the log in lab-results; return its status."""
     results = uml.results_dir(kind)
     console = results / "console.log"
     print(f"lab: booting UML; console log: {console}", file=sys.stderr)
     start = time.monotonic()
     try:
-        status = uml.boot(argv, results=results, timeout=timeout, console=console, echo=True)
+        status = uml.boot(
+            argv, results=results, timeout=timeout, console=console, echo=True, mem=mem
+        )
     except uml.UmlError as e:
         print(f"lab: {e}", file=sys.stderr)
         return 125
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--timeout", type=float, default=1800, help="UML time limit, seconds")
+    parser.add_argument("--mem", default="1G", help="UML memory, e.g. 4G (default 1G)")
     verbs = parser.add_subparsers(dest="verb", required=True)
     verbs.add_parser("shell-check", help="build the lab, print its facts, tear it down")
     run = verbs.add_parser("run", help="run CMD inside UML (after --)")
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("run needs a command: python3 -m tests.lab run -- CMD ...")
-    return in_uml(cmd, "run", args.timeout)
+    return in_uml(cmd, "run", args.timeout, args.mem)
 
 
 if __name__ == "__main__":

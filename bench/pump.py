@@ -1,0 +1,298 @@
+"""The pump alone, at native speed: bytes through one pty and one SSH channel.
+
+    python3 -m bench.pump [--mib 256] [--rounds 5] [--json FILE]
+
+No PPP is involved, so this runs on the host itself. A throw-away sshd listens on 127.0.0.1
+(its own host key, its own authorized_keys, root by key only, gone afterwards); the far end
+is a raw pty running `head -c N >/dev/null` (upstream) or `head -c N /dev/zero` (downstream),
+exactly what sshd gives the remote pppd. The near end is a pty as well:
+
+  pppssh   the Bridge of pppssh.bridge on the pty master, over asyncssh (this process);
+           a separate writer (or reader) process on the slave plays the local pppd
+  OpenSSH  `ssh -tt` with the pty slave as its terminal, as pppd's `pty "ssh ..."` runs it;
+           the writer (or reader) works on the master
+
+Both use the same cipher and start timing only when the far end has printed READY, so the
+numbers are the pump's: MB/s, and CPU seconds of the pumping process (this process for
+pppssh, the ssh client for OpenSSH) per GB moved. Rounds alternate; medians are reported with
+the ratios pppssh / OpenSSH. Timings are only compared within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tty
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import asyncssh
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pppssh.bridge import RAW_PTY_MODES, Bridge  # noqa: E402
+from pppssh.ssh import MAX_PKTSIZE, WINDOW  # noqa: E402
+
+CIPHER = "aes128-gcm@openssh.com"
+MIB = 1024 * 1024
+READY = b"READY\n"
+SSHD_CONFIG = """\
+ListenAddress 127.0.0.1:{port}
+HostKey {dir}/host_key
+PidFile {dir}/sshd.pid
+AuthorizedKeysFile {dir}/authorized_keys
+AllowUsers root
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+StrictModes no
+Ciphers {cipher}
+"""
+# The far end: raw mode is asked for by both clients; stty makes sure, then READY.
+UP = "stty raw -echo 2>/dev/null; printf 'READY\\n'; exec head -c {n} >/dev/null"
+DOWN = "stty raw -echo 2>/dev/null; printf 'READY\\n'; exec head -c {n} /dev/zero"
+# Plays the local pppd: writes N bytes to fd F, or reads N bytes from it.
+WRITER = (
+    "import os,sys\n"
+    "n,fd=int(sys.argv[1]),int(sys.argv[2]); b=os.urandom(1<<20); v=memoryview(b)\n"
+    "while n>0:\n"
+    "    n-=os.write(fd, v[:min(n, len(b))])\n"
+)
+READER = (
+    "import os,sys\n"
+    "n,fd=int(sys.argv[1]),int(sys.argv[2])\n"
+    "while n>0:\n"
+    "    d=os.read(fd, 1<<20)\n"
+    "    if not d: sys.exit('short read: %d left' % n)\n"
+    "    n-=len(d)\n"
+)
+
+
+@dataclass
+class Sample:
+    """One transfer."""
+
+    client: str
+    direction: str
+    seconds: float
+    cpu_seconds: float
+
+    def mb_per_s(self, nbytes: int) -> float:
+        """Throughput in MB/s (10^6 bytes)."""
+        return nbytes / self.seconds / 1e6
+
+    def cpu_per_gb(self, nbytes: int) -> float:
+        """CPU seconds of the pumping process per GB (10^9 bytes)."""
+        return self.cpu_seconds / (nbytes / 1e9)
+
+
+@contextlib.contextmanager
+def sshd() -> Iterator[tuple[int, Path]]:
+    """A throw-away sshd on 127.0.0.1 that lets root in with a fresh key: (port, key file)."""
+    if os.geteuid() != 0:
+        raise SystemExit("bench.pump: run as root (the throw-away sshd lets root in by key)")
+    binary = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(binary):
+        raise SystemExit("bench.pump: no sshd; apt-get install openssh-server")
+    made_run_dir = not os.path.isdir("/run/sshd")
+    with tempfile.TemporaryDirectory(prefix="pppssh-pump-") as tmp:
+        d = Path(tmp)
+        os.chmod(d, 0o700)
+        for name in ("host_key", "id_ed25519"):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
+            )
+        (d / "authorized_keys").write_text((d / "id_ed25519.pub").read_text())
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        (d / "sshd_config").write_text(SSHD_CONFIG.format(port=port, dir=d, cipher=CIPHER))
+        (d / "known_hosts").write_text(
+            f"[127.0.0.1]:{port} " + " ".join((d / "host_key.pub").read_text().split()[:2]) + "\n"
+        )
+        if made_run_dir:
+            os.mkdir("/run/sshd", 0o755)
+        proc = subprocess.Popen(
+            [binary, "-D", "-e", "-f", str(d / "sshd_config")],
+            stdin=subprocess.DEVNULL, stderr=open(d / "sshd.log", "wb"),  # noqa: SIM115
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"bench.pump: sshd did not start: {(d / 'sshd.log').read_text()}"
+                    )
+                time.sleep(0.05)
+            yield port, d
+        finally:
+            proc.terminate()
+            proc.wait()
+            if made_run_dir:
+                with contextlib.suppress(OSError):
+                    os.rmdir("/run/sshd")
+
+
+def _wait_ready(fd: int) -> int:
+    """Read the near end of the pty until the far end's READY line has come through; return
+    how many bytes after it were read too (downstream data may follow at once)."""
+    seen = b""
+    deadline = time.monotonic() + 30
+    while READY not in seen:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench.pump: no READY from the far end, got {seen[-200:]!r}")
+        seen += os.read(fd, 4096)
+    return len(seen) - (seen.index(READY) + len(READY))
+
+
+def _helper(code: str, fd: int, nbytes: int) -> subprocess.Popen[bytes]:
+    """The writer or reader process on fd."""
+    return subprocess.Popen([sys.executable, "-c", code, str(nbytes), str(fd)], pass_fds=(fd,))
+
+
+def run_openssh(port: int, d: Path, direction: str, nbytes: int) -> Sample:
+    """`ssh -tt` on a pty slave; the writer/reader on the master."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    command = (UP if direction == "up" else DOWN).format(n=nbytes)
+    argv = [
+        "ssh", "-F", "/dev/null", "-tt", "-q", "-p", str(port), "-c", CIPHER,
+        "-i", str(d / "id_ed25519"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        "-o", f"UserKnownHostsFile={d / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+        "root@127.0.0.1", command,
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=subprocess.DEVNULL)
+    os.close(slave)
+    try:
+        early = _wait_ready(master)
+        start = time.monotonic()
+        helper = _helper(WRITER if direction == "up" else READER, master, nbytes - early)
+        if helper.wait() != 0:
+            raise SystemExit("bench.pump: the near end failed")
+        if direction == "up":
+            _, status, usage = os.wait4(proc.pid, 0)
+        else:
+            elapsed = time.monotonic() - start
+            _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if direction == "up":
+            elapsed = time.monotonic() - start
+    finally:
+        os.close(master)
+    # ssh's own CPU for the whole session (login included, the same for both clients below)
+    return Sample("OpenSSH", direction, elapsed, usage.ru_utime + usage.ru_stime)
+
+
+async def _run_pppssh(port: int, d: Path, direction: str, nbytes: int) -> Sample:
+    """pppssh's Bridge on the pty master; the writer/reader on the slave."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    command = (UP if direction == "up" else DOWN).format(n=nbytes)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    async with asyncssh.connect(
+        "127.0.0.1", port, username="root", known_hosts=str(d / "known_hosts"),
+        client_keys=[str(d / "id_ed25519")], config=None, agent_path=None,
+        encryption_algs=[CIPHER],
+    ) as conn:  # fmt: skip
+        _chan, session = await conn.create_session(
+            Bridge, command, term_type="dumb", term_modes=RAW_PTY_MODES, encoding=None,
+            window=WINDOW, max_pktsize=MAX_PKTSIZE,
+        )  # fmt: skip
+        assert isinstance(session, Bridge)
+        session.attach(master)
+        early = await asyncio.to_thread(_wait_ready, slave)
+        start = time.monotonic()
+        helper = _helper(WRITER if direction == "up" else READER, slave, nbytes - early)
+        if direction == "up":
+            await session.closed
+            elapsed = time.monotonic() - start
+            await asyncio.to_thread(helper.wait)
+        else:
+            code = await asyncio.to_thread(helper.wait)
+            elapsed = time.monotonic() - start
+            if code != 0:
+                raise SystemExit("bench.pump: the near end failed")
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    session.detach()
+    os.close(master)
+    os.close(slave)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return Sample("pppssh", direction, elapsed, cpu)
+
+
+def run_pppssh(port: int, d: Path, direction: str, nbytes: int) -> Sample:
+    """Synchronous wrapper."""
+    return asyncio.run(_run_pppssh(port, d, direction, nbytes))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Alternate the two clients for each direction; print medians and ratios."""
+    parser = argparse.ArgumentParser(prog="python3 -m bench.pump", description=__doc__)
+    parser.add_argument("--mib", type=int, default=256, help="MiB per transfer (256)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per client (5)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    nbytes = args.mib * MIB
+    samples: list[Sample] = []
+    with sshd() as (port, d):
+        for rnd in range(args.rounds):
+            for direction in ("up", "down"):
+                order = (run_pppssh, run_openssh) if rnd % 2 == 0 else (run_openssh, run_pppssh)
+                for run in order:
+                    samples.append(run(port, d, direction, nbytes))
+    rows = []
+    for direction in ("up", "down"):
+        med = {}
+        for client in ("pppssh", "OpenSSH"):
+            mine = [s for s in samples if s.client == client and s.direction == direction]
+            med[client] = (
+                statistics.median(s.mb_per_s(nbytes) for s in mine),
+                statistics.median(s.cpu_per_gb(nbytes) for s in mine),
+            )
+        rows.append(
+            {
+                "direction": direction,
+                "pppssh_MBps": round(med["pppssh"][0], 1),
+                "openssh_MBps": round(med["OpenSSH"][0], 1),
+                "throughput_ratio": round(med["pppssh"][0] / med["OpenSSH"][0], 2),
+                "pppssh_cpu_s_per_GB": round(med["pppssh"][1], 2),
+                "openssh_cpu_s_per_GB": round(med["OpenSSH"][1], 2),
+                "cpu_ratio": round(med["pppssh"][1] / med["OpenSSH"][1], 2),
+            }
+        )
+    print(f"pump: {args.mib} MiB per transfer, {args.rounds} rounds alternating, cipher {CIPHER}")
+    print(f"{'direction':<10}{'pppssh MB/s':>13}{'OpenSSH MB/s':>14}{'ratio':>7}"
+          f"{'pppssh CPU s/GB':>17}{'OpenSSH CPU s/GB':>18}{'ratio':>7}")  # fmt: skip
+    for r in rows:
+        print(f"{r['direction']:<10}{r['pppssh_MBps']:>13}{r['openssh_MBps']:>14}"
+              f"{r['throughput_ratio']:>7}{r['pppssh_cpu_s_per_GB']:>17}"
+              f"{r['openssh_cpu_s_per_GB']:>18}{r['cpu_ratio']:>7}")  # fmt: skip
+    if args.json:
+        data = {"mib": args.mib, "rounds": args.rounds, "cipher": CIPHER, "results": rows,
+                "samples": [asdict(s) for s in samples]}  # fmt: skip
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
