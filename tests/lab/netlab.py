@@ -424,23 +424,10 @@ class Lab:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     spoke.sshd.wait(5)
             for ns in spoke.namespaces:
-                pids = self._pids_in(ns)
+                pids = self.pids(ns, None)
                 self._kill(pids, f"processes left in {ns}", quiet=True)
                 _run(["ip", "netns", "del", ns], check=False)
         self.spokes = []
-
-    def _pids_in(self, full_ns: str) -> list[int]:
-        """Processes in a namespace given by its full name."""
-        want = _ns_inode(f"/run/netns/{full_ns}")
-        if want is None:
-            return []
-        found = []
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit() and int(entry.name) != os.getpid():
-                with contextlib.suppress(OSError):
-                    if os.stat(f"{entry.path}/ns/net").st_ino == want:
-                        found.append(int(entry.name))
-        return found
 
     # --- using ----------------------------------------------------------------------------
 
