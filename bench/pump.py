@@ -171,12 +171,13 @@ def _helper(code: str, fd: int, nbytes: int) -> subprocess.Popen[bytes]:
 
 
 def run_openssh(port: int, d: Path, direction: str, nbytes: int) -> Sample:
-    """`ssh -tt` on a pty slave; the writer/reader on the master."""
+    """`ssh -tt -e none` on a pty slave; the writer/reader on the master. Without `-e none`
+    a CR followed by ~C (or ~., ~^Z) in the stream is taken as an escape and the pump stalls."""
     master, slave = os.openpty()
     tty.setraw(slave)
     command = (UP if direction == "up" else DOWN).format(n=nbytes)
     argv = [
-        "ssh", "-F", "/dev/null", "-tt", "-q", "-p", str(port), "-c", CIPHER,
+        "ssh", "-F", "/dev/null", "-tt", "-e", "none", "-q", "-p", str(port), "-c", CIPHER,
         "-i", str(d / "id_ed25519"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
         "-o", f"UserKnownHostsFile={d / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
         "root@127.0.0.1", command,

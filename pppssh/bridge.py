@@ -105,11 +105,13 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         self._set_master_reader(True)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """The channel is gone (remote exit, our close, or a dead connection)."""
+        """The channel is gone (remote exit, our close, or a dead connection).
+
+        What it delivered before it closed still goes to the pty (the peer's last LCP
+        Terminate-Ack may be in it); the writer stays until that is written or detach().
+        """
         self.close_reason = exc
         self._set_master_reader(False)
-        if self.master is not None:
-            self._loop.remove_writer(self.master)
         if not self.closed.done():
             self.closed.set_result(self.exit_status)
 
@@ -198,7 +200,8 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
                 self._loop.add_writer(self.master, self._flush_to_master)
             else:
                 self._loop.remove_writer(self.master)
-                self.chan.resume_reading()
+                if not self.closed.done():
+                    self.chan.resume_reading()
 
     # ------------------------------------------------------------------ reporting
 

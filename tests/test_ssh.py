@@ -715,6 +715,51 @@ def test_bridge_delivers_frames_received_before_attach(tmp_path: Path) -> None:
     run(main)
 
 
+class _FakeChannel:
+    """Just what the Bridge calls on its channel."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_bridge_writes_everything_received_before_the_channel_closed() -> None:
+    """More than the pty holds arrives, then the channel closes: none of it is lost."""
+    payload = _payload(256 * 1024)
+
+    async def main() -> None:
+        bridge = Bridge()
+        chan = _FakeChannel()
+        bridge.connection_made(chan)  # type: ignore[arg-type]
+        master, slave = os.openpty()
+        try:
+            tty.setraw(slave)
+            os.set_blocking(slave, False)
+            bridge.attach(master)
+            bridge.data_received(payload, None)
+            assert chan.paused and len(bridge._outbuf) > 0  # the pty master is full
+            bridge.connection_lost(None)
+            assert await _read_exactly(slave, len(payload)) == payload
+            assert not bridge._outbuf and chan.paused  # a closed channel is not resumed
+        finally:
+            bridge.detach()
+            os.close(slave)
+            os.close(master)
+
+    run(main)
+
+
 def test_bridge_notices_local_pppd_closing_its_tty(tmp_path: Path) -> None:
     async def main() -> None:
         async with SSHTestServer(tmp_path, _echo) as srv:
