@@ -98,8 +98,11 @@ def run_step(lab: Lab, n: int) -> Step:
 
 def main(argv: list[str] | None = None) -> int:
     """Build the hub, run each step, print the table."""
-    parser = argparse.ArgumentParser(prog="python3 -m bench.scale", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python3 -m bench.scale",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--steps", default="4,8,16,32", help="tunnel counts (4,8,16,32)")
     args = parser.parse_args(argv)
     steps = [int(x) for x in args.steps.split(",")]

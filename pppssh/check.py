@@ -308,7 +308,7 @@ async def _remote_plain(cfg: SiteConfig, conn: asyncssh.SSHClientConnection) -> 
         "apt-get install ppp on the remote gateway (or set pppd in [remote])",
     ))  # fmt: skip
     pppd = remote_pppd_argv(cfg)
-    ok, said = await _answer(conn, (*cfg.sudo, "-l", *pppd[len(cfg.sudo):]))
+    ok, said = await _answer(conn, (*cfg.sudo, "-l", *pppd[len(cfg.sudo) :]))
     checks.append(Check(
         "remote sudo allows pppd", ok,
         f"{' '.join(cfg.sudo)} {cfg.remote_pppd} ..." + ("" if ok else f": {said or 'refused'}"),
@@ -317,9 +317,9 @@ async def _remote_plain(cfg: SiteConfig, conn: asyncssh.SSHClientConnection) -> 
     refused = []
     for route in remote_routes(cfg, "ppp0"):
         for command in (route.add, route.delete):
-            ok, _ = await _answer(conn, (*cfg.sudo, "-l", *command.argv[len(cfg.sudo):]))
+            ok, _ = await _answer(conn, (*cfg.sudo, "-l", *command.argv[len(cfg.sudo) :]))
             if not ok:
-                refused.append(" ".join(command.argv[len(cfg.sudo):]))
+                refused.append(" ".join(command.argv[len(cfg.sudo) :]))
     if cfg.local_networks:
         checks.append(Check(
             "remote sudo allows the routes", not refused,
@@ -353,7 +353,7 @@ async def _remote_helper(cfg: SiteConfig, conn: asyncssh.SSHClientConnection) ->
                                                                   else " is missing"),
         "apt-get install ppp on the remote gateway",
     ))  # fmt: skip
-    sudo = (facts.get("sudo") or ["unknown"])
+    sudo = facts.get("sudo") or ["unknown"]
     refused = [s.removeprefix("refused ") for s in sudo if not s.startswith("allowed")]
     checks.append(Check(
         "remote sudo allows pppd and the routes", not refused,
@@ -372,4 +372,3 @@ async def run_checks(cfg: SiteConfig) -> list[Check]:
     checks = _local_checks(cfg)
     checks += await _remote_checks(cfg)
     return checks
-

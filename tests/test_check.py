@@ -65,7 +65,10 @@ def test_clashes_name_interfaces_and_narrower_routes_not_broader_ones() -> None:
         "10.2.0.0/24: a route exists already: 10.2.0.128/25 via 192.0.2.9 dev eth0 proto static",
         "10.2.0.0/24: a route exists already: unreachable 10.2.0.7",
     ]
-    assert clashes([ipaddress.IPv4Network("10.9.0.0/16")], routes_of(ROUTES), addresses_of(ADDRS)) == []
+    assert (
+        clashes([ipaddress.IPv4Network("10.9.0.0/16")], routes_of(ROUTES), addresses_of(ADDRS))
+        == []
+    )
 
 
 def test_the_sites_own_running_link_is_not_a_clash() -> None:
@@ -157,7 +160,9 @@ def test_remote_checks_all_pass_and_run_nothing_privileged(tmp_path: Path) -> No
             commands = [s.command or "" for s in srv.rec.sessions]
             # sudo only ever asked (-l), never told to run anything
             assert all(c.startswith("sudo -n -l ") for c in commands if c.startswith("sudo"))
-            assert "sudo -n -l /usr/sbin/ip route add 10.1.0.0/24 via 10.99.0.1 dev ppp0" in commands
+            assert (
+                "sudo -n -l /usr/sbin/ip route add 10.1.0.0/24 via 10.99.0.1 dev ppp0" in commands
+            )
             assert all(s.term_type is None for s in srv.rec.sessions)
 
     run(main_)

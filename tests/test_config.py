@@ -188,15 +188,20 @@ def test_full_file_every_key() -> None:
 
 def test_ipv6_networks_beside_ipv4_ones() -> None:
     text = with_line(
-        insert_after(BASE, 10, "ipv6 = yes"), "remote", "10.2.0.0/24 2001:db8:b::/48, 2001:db8:b:1::/64"
+        insert_after(BASE, 10, "ipv6 = yes"),
+        "remote",
+        "10.2.0.0/24 2001:db8:b::/48, 2001:db8:b:1::/64",
     )
     cfg = parse(text, CONF)
     assert cfg.ipv6 is True and cfg.remote_networks == (NET("10.2.0.0/24"),)
     assert cfg.remote_networks6 == (
-        ipaddress.IPv6Network("2001:db8:b:1::/64"), ipaddress.IPv6Network("2001:db8:b::/48"),
+        ipaddress.IPv6Network("2001:db8:b:1::/64"),
+        ipaddress.IPv6Network("2001:db8:b::/48"),
     )
     overlap = with_line(text, "local", "2001:db8:b:1:1::/80")
-    assert error(overlap).endswith("remote: 2001:db8:b:1::/64 overlaps local network 2001:db8:b:1:1::/80")
+    assert error(overlap).endswith(
+        "remote: 2001:db8:b:1::/64 overlaps local network 2001:db8:b:1:1::/80"
+    )
 
 
 @pytest.mark.parametrize("line, message", [
@@ -219,7 +224,9 @@ def test_hooks_only_from_a_file_only_root_can_write(tmp_path: Path) -> None:
     conf.chmod(0o664)
     with pytest.raises(ConfigError) as info:
         load(conf)
-    assert str(info.value).startswith(f"{conf}:15: up: this file makes root run commands, so only root may write it (owner uid 0, mode 664): chown root {conf}; chmod go-w {conf}")
+    assert str(info.value).startswith(
+        f"{conf}:15: up: this file makes root run commands, so only root may write it (owner uid 0, mode 664): chown root {conf}; chmod go-w {conf}"
+    )
     conf.chmod(0o644)
     os.chown(conf, 65534, 0)
     with pytest.raises(ConfigError, match="owner uid 65534"):

@@ -277,7 +277,9 @@ def test_compression_reaches_both_pppds(compression: str, expected: list[str]) -
 
 @pytest.mark.parametrize("option", ["noccp", "deflate", "nobsdcomp"])
 def test_compression_options_are_managed_not_passed(option: str) -> None:
-    with pytest.raises(ConfigError, match=f"local_options: pppd option '{option}' is not allowed here"):
+    with pytest.raises(
+        ConfigError, match=f"local_options: pppd option '{option}' is not allowed here"
+    ):
         site(ppp=f"local_options = {option}\n")
 
 
@@ -285,8 +287,14 @@ def test_full_tunnel_routes_both_halves_via_the_peer() -> None:
     assert full_tunnel_routes(site(), "ppp0") == []
     cfg = site(networks="local = 10.1.0.0/24\nremote = 10.2.0.0/24\nfull_tunnel = yes\n")
     assert [(r.add.shown, r.delete.shown) for r in full_tunnel_routes(cfg, "ppp3")] == [
-        ("ip route add 0.0.0.0/1 via 10.99.0.2 dev ppp3", "ip route del 0.0.0.0/1 via 10.99.0.2 dev ppp3"),
-        ("ip route add 128.0.0.0/1 via 10.99.0.2 dev ppp3", "ip route del 128.0.0.0/1 via 10.99.0.2 dev ppp3"),
+        (
+            "ip route add 0.0.0.0/1 via 10.99.0.2 dev ppp3",
+            "ip route del 0.0.0.0/1 via 10.99.0.2 dev ppp3",
+        ),
+        (
+            "ip route add 128.0.0.0/1 via 10.99.0.2 dev ppp3",
+            "ip route del 128.0.0.0/1 via 10.99.0.2 dev ppp3",
+        ),
     ]
 
 

@@ -141,7 +141,6 @@ def test_cli_bad_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert err == f"pppssh: {conf}:2: hots: unknown key (did you mean 'host'?)\n"
 
 
-
 def test_gateways_show_the_full_tunnel() -> None:
     """The halves via the link, after the host route that keeps the SSH server's path."""
     local_address, remote_address, proxyarp, local, remote, _ = CASES["plain"]

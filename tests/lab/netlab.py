@@ -372,7 +372,10 @@ class Lab:
         if workstation:
             _run(["ip", "-n", spoke.gw, "link", "add", "lan0", "type", "veth",
                   "peer", "name", "eth0", "netns", spoke.ws])  # fmt: skip
-            ends += [(spoke.gw, "lan0", f"{spoke.lan_gw}/24"), (spoke.ws, "eth0", f"{spoke.ws_addr}/24")]
+            ends += [
+                (spoke.gw, "lan0", f"{spoke.lan_gw}/24"),
+                (spoke.ws, "eth0", f"{spoke.ws_addr}/24"),
+            ]
         else:
             _run(["ip", "-n", spoke.gw, "link", "add", "lan0", "type", "dummy"])
             ends.append((spoke.gw, "lan0", f"{spoke.lan_gw}/24"))

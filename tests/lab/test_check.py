@@ -136,7 +136,9 @@ def test_pppd_missing_on_either_side(lab: Lab) -> None:
     )
     proc = pppssh(lab, "check", str(conf))
     assert proc.returncode == 1, show(proc)
-    assert failed(proc.stdout) == ["local pppd", "remote pppd", "remote sudo allows pppd"], show(proc)
+    assert failed(proc.stdout) == ["local pppd", "remote pppd", "remote sudo allows pppd"], show(
+        proc
+    )
     assert "apt-get install ppp" in proc.stdout
 
 

@@ -56,9 +56,9 @@ def test_failing_up_hook_aborts_and_undoes(lab: Lab, tmp_path: Path) -> None:
     )  # fmt: skip
     started = pppssh(lab, "start", str(conf))
     assert started.returncode == 1, show(started)
-    assert "up command failed: " in started.stderr and "no firewall rule for ppp" in started.stderr, (
-        show(started)
-    )
+    assert (
+        "up command failed: " in started.stderr and "no firewall rule for ppp" in started.stderr
+    ), show(started)
     assert (tmp_path / "down.env").exists(), "down runs once up has run, as pppd's ip-down"
     assert no_leftovers(lab) == []
 

@@ -59,8 +59,12 @@ def test_ipv6_across_the_link(lab: Lab, stop_all: None, ipv6_lans: None) -> None
     if_b = ppp_link(lab, "gw-b", PPP_REMOTE, PPP_LOCAL)
     addrs = json.loads(lab.run("gw-a", ["ip", "-j", "-6", "addr", "show", if_a]).stdout)
     assert "fe80::1" in [a["local"] for a in addrs[0]["addr_info"]], addrs
-    assert any(r.startswith(f"{NET6_B} dev {if_a}") for r in routes6(lab, "gw-a")), routes6(lab, "gw-a")
-    assert any(r.startswith(f"{NET6_A} dev {if_b}") for r in routes6(lab, "gw-b")), routes6(lab, "gw-b")
+    assert any(r.startswith(f"{NET6_B} dev {if_a}") for r in routes6(lab, "gw-a")), routes6(
+        lab, "gw-a"
+    )
+    assert any(r.startswith(f"{NET6_A} dev {if_b}") for r in routes6(lab, "gw-b")), routes6(
+        lab, "gw-b"
+    )
     ping = ["ping", "-6", "-n", "-c", "3", "-i", "0.2", "-W", "3", WS6_B]
     done = lab.run("ws-a", ping, check=False, timeout=30)
     assert done.returncode == 0, f"ws-a cannot reach {WS6_B}: {done.stdout}{done.stderr}"
