@@ -56,6 +56,7 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         self._outbuf = bytearray()  # channel -> pty, not yet written
         self._reading_master = False
         self._channel_blocked = False
+        self._flush_pending = False
         self.preamble = bytearray()  # what the remote printed before its first PPP frame
         self.first_frame = asyncio.Event()
         self.closed: asyncio.Future[int | None] = self._loop.create_future()
@@ -86,6 +87,15 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         if self.master is None and len(self._outbuf) > 1 << 20:
             return  # nobody is listening yet; pppd retransmits what matters
         self._outbuf += data
+        # One pty write for all the packets of one socket read: asyncssh hands them over in
+        # a row, and the flush runs right after (same loop turn, no added latency).
+        if not self._flush_pending and not self._channel_blocked:
+            self._flush_pending = True
+            self._loop.call_soon(self._merged_flush)
+
+    def _merged_flush(self) -> None:
+        """The flush data_received scheduled."""
+        self._flush_pending = False
         self._flush_to_master()
 
     def exit_status_received(self, status: int) -> None:
@@ -192,6 +202,8 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
                     return
                 raise
             del self._outbuf[:n]
+            if self._outbuf:
+                break  # a short write: the pty is full, the next write would say so (EAGAIN)
         blocked = bool(self._outbuf)
         if blocked != self._channel_blocked and self.chan is not None:
             self._channel_blocked = blocked

@@ -748,6 +748,7 @@ def test_bridge_writes_everything_received_before_the_channel_closed() -> None:
             os.set_blocking(slave, False)
             bridge.attach(master)
             bridge.data_received(payload, None)
+            await asyncio.sleep(0)  # the merged write runs in the same loop turn
             assert chan.paused and len(bridge._outbuf) > 0  # the pty master is full
             bridge.connection_lost(None)
             assert await _read_exactly(slave, len(payload)) == payload
