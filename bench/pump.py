@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pppssh.bridge import RAW_PTY_MODES, Bridge  # noqa: E402
-from pppssh.ssh import MAX_PKTSIZE, WINDOW  # noqa: E402
+from pppssh.ssh import MAX_PKTSIZE, WINDOW, skip_ignore_packets  # noqa: E402
 
 CIPHER = "aes128-gcm@openssh.com"
 MIB = 1024 * 1024
@@ -68,6 +68,8 @@ Ciphers {cipher}
 # The far end: raw mode is asked for by both clients; stty makes sure, then READY.
 UP = "stty raw -echo 2>/dev/null; printf 'READY\\n'; exec head -c {n} >/dev/null"
 DOWN = "stty raw -echo 2>/dev/null; printf 'READY\\n'; exec head -c {n} /dev/zero"
+ECHO = "stty raw -echo 2>/dev/null; printf 'READY\\n'; exec cat"
+FRAME = 84  # bytes per ping-pong frame: an idle ping's ICMP echo in a PPP frame, roughly
 # Plays the local pppd: writes N bytes to fd F, or reads N bytes from it.
 WRITER = (
     "import os,sys\n"
@@ -83,6 +85,98 @@ READER = (
     "    if not d: sys.exit('short read: %d left' % n)\n"
     "    n-=len(d)\n"
 )
+
+
+PINGPONG = (
+    "import os,sys,time\n"
+    "n,fd,size=int(sys.argv[1]),int(sys.argv[2]),int(sys.argv[3]); frame=os.urandom(size)\n"
+    "out=[]\n"
+    "for _ in range(n):\n"
+    "    t=time.perf_counter(); os.write(fd, frame); got=0\n"
+    "    while got<size: got+=len(os.read(fd, size-got))\n"
+    "    out.append(time.perf_counter()-t)\n"
+    "print(' '.join(map(repr, out)))\n"
+)
+
+
+def _pingpong(fd: int, count: int) -> list[float]:
+    """In a process of its own (as the local pppd would be): send one frame, wait for all
+    of it to come back; count times. RTTs in seconds."""
+    out = subprocess.run(
+        [sys.executable, "-c", PINGPONG, str(count), str(fd), str(FRAME)],
+        pass_fds=(fd,), capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    return [float(x) for x in out.stdout.split()]
+
+
+def rtt_openssh(port: int, d: Path, count: int) -> list[float]:
+    """Frame RTTs through `ssh -tt -e none` to `cat` on the far pty."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    argv = [
+        "ssh", "-F", "/dev/null", "-tt", "-e", "none", "-q", "-p", str(port), "-c", CIPHER,
+        "-i", str(d / "id_ed25519"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        "-o", f"UserKnownHostsFile={d / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+        "root@127.0.0.1", ECHO,
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=subprocess.DEVNULL)
+    os.close(slave)
+    try:
+        _wait_ready(master)
+        rtts = _pingpong(master, count)
+    finally:
+        proc.terminate()
+        proc.wait()
+        os.close(master)
+    return rtts
+
+
+async def _rtt_pppssh(port: int, d: Path, count: int) -> list[float]:
+    """Frame RTTs through pppssh's Bridge to `cat` on the far pty."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    async with asyncssh.connect(
+        "127.0.0.1", port, username="root", known_hosts=str(d / "known_hosts"),
+        client_keys=[str(d / "id_ed25519")], config=None, agent_path=None,
+        encryption_algs=[CIPHER],
+    ) as conn:  # fmt: skip
+        skip_ignore_packets(conn)  # as pppssh.ssh.connect does
+        _chan, session = await conn.create_session(
+            Bridge, ECHO, term_type="dumb", term_modes=RAW_PTY_MODES, encoding=None,
+            window=WINDOW, max_pktsize=MAX_PKTSIZE,
+        )  # fmt: skip
+        assert isinstance(session, Bridge)
+        session.attach(master)
+        await asyncio.to_thread(_wait_ready, slave)
+        rtts = await asyncio.to_thread(_pingpong, slave, count)
+        session.close()
+    session.detach()
+    os.close(master)
+    os.close(slave)
+    return rtts
+
+
+def run_rtt(port: int, d: Path, count: int, rounds: int) -> list[dict[str, object]]:
+    """Alternate the clients; median and p99 frame RTT in microseconds for each."""
+    got: dict[str, list[float]] = {"pppssh": [], "OpenSSH": []}
+    for rnd in range(rounds):
+        for client in ("pppssh", "OpenSSH") if rnd % 2 == 0 else ("OpenSSH", "pppssh"):
+            if client == "pppssh":
+                rtts = asyncio.run(_rtt_pppssh(port, d, count))
+            else:
+                rtts = rtt_openssh(port, d, count)
+            got[client] += rtts[count // 10 :]  # the first tenth warms up
+    rows: list[dict[str, object]] = []
+    for client, rtts in got.items():
+        rtts.sort()
+        rows.append(
+            {
+                "client": client,
+                "median_us": round(statistics.median(rtts) * 1e6, 1),
+                "p99_us": round(rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))] * 1e6, 1),
+            }
+        )
+    return rows
 
 
 @dataclass
@@ -215,6 +309,7 @@ async def _run_pppssh(port: int, d: Path, direction: str, nbytes: int) -> Sample
         client_keys=[str(d / "id_ed25519")], config=None, agent_path=None,
         encryption_algs=[CIPHER],
     ) as conn:  # fmt: skip
+        skip_ignore_packets(conn)  # as pppssh.ssh.connect does
         _chan, session = await conn.create_session(
             Bridge, command, term_type="dumb", term_modes=RAW_PTY_MODES, encoding=None,
             window=WINDOW, max_pktsize=MAX_PKTSIZE,
@@ -251,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m bench.pump", description=__doc__)
     parser.add_argument("--mib", type=int, default=256, help="MiB per transfer (256)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per client (5)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=2000,
+        help=f"{FRAME}-byte frames per round for the frame RTT (2000)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     nbytes = args.mib * MIB
@@ -261,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                 order = (run_pppssh, run_openssh) if rnd % 2 == 0 else (run_openssh, run_pppssh)
                 for run in order:
                     samples.append(run(port, d, direction, nbytes))
+        frame_rtt = run_rtt(port, d, args.frames, args.rounds)
     rows = []
     for direction in ("up", "down"):
         med = {}
@@ -288,9 +390,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['direction']:<10}{r['pppssh_MBps']:>13}{r['openssh_MBps']:>14}"
               f"{r['throughput_ratio']:>7}{r['pppssh_cpu_s_per_GB']:>17}"
               f"{r['openssh_cpu_s_per_GB']:>18}{r['cpu_ratio']:>7}")  # fmt: skip
+    ours, theirs = frame_rtt
+    print(f"\nframe RTT ({FRAME} bytes there and back, {args.frames} per round): median / p99 us")
+    print(f"pppssh {ours['median_us']} / {ours['p99_us']}   OpenSSH {theirs['median_us']} / "
+          f"{theirs['p99_us']}   ratio {ours['median_us'] / theirs['median_us']:.2f} / "  # type: ignore[operator]
+          f"{ours['p99_us'] / theirs['p99_us']:.2f}")  # type: ignore[operator]  # fmt: skip
     if args.json:
         data = {"mib": args.mib, "rounds": args.rounds, "cipher": CIPHER, "results": rows,
-                "samples": [asdict(s) for s in samples]}  # fmt: skip
+                "frame_rtt": frame_rtt, "samples": [asdict(s) for s in samples]}  # fmt: skip
         args.json.write_text(json.dumps(data, indent=2) + "\n")
     return 0
 

@@ -653,6 +653,44 @@ def test_bridge_passes_every_byte_value_unchanged(tmp_path: Path) -> None:
     assert bridge.exit_status is None or bridge.exit_status == 0
 
 
+def test_one_ssh_packet_per_write_with_aes_gcm(tmp_path: Path) -> None:
+    """asyncssh's empty MSG_IGNORE before every packet is not sent: one packet, one send()."""
+
+    async def main() -> None:
+        async with SSHTestServer(tmp_path, _echo) as srv:
+            conn, bridge = await _open_bridge(srv)
+            try:
+                assert conn.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"
+                sent: list[int] = []
+                send = conn._send  # type: ignore[attr-defined]
+
+                def counted(data: bytes) -> None:
+                    sent.append(len(data))
+                    send(data)
+
+                conn._send = counted  # type: ignore[attr-defined]
+                master, slave = os.openpty()
+                try:
+                    tty.setraw(slave)
+                    os.set_blocking(slave, False)
+                    bridge.attach(master)
+                    for n in range(1, 6):
+                        frame = b"\x7e" + bytes([n]) * 40 + b"\x7e"
+                        os.write(slave, frame)
+                        assert await _read_exactly(slave, len(frame)) == frame
+                        assert len(sent) == n  # the echo's window adjust aside: one each
+                finally:
+                    bridge.detach()
+                    os.close(slave)
+                    os.close(master)
+            finally:
+                bridge.close()
+                conn.close()
+                await conn.wait_closed()
+
+    run(main)
+
+
 def test_bridge_pumps_2mb_with_flow_control(tmp_path: Path) -> None:
     payload = _payload(2 * 1024 * 1024)
     bridge = _pump_through(tmp_path, payload, window=64 * 1024)
