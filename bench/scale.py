@@ -6,7 +6,8 @@ From the host: `bash scripts/bench.sh` runs it after bench.lab, or on its own:
 For each step N: N spoke gateways (own namespace, WAN veth to gw-a, own sshd, the same
 non-root account), N site files; all N `pppssh start` commands are launched together and the
 time until the last one has returned (every link up, routes on both sides) is the start
-time. Memory: the sum of the pppssh daemons' RSS (VmRSS) once all are up, and per tunnel.
+time. Memory once all are up: the pppssh daemons' RSS (VmRSS), summed and per tunnel; their
+PSS per tunnel (shared library pages split among the daemons); the largest peak RSS (VmHWM).
 Then `pppssh stop --all`, and the hub must be as built (no pppd, no ppp link, no route).
 Prints a table and writes bench-scale.json to the results folder.
 """
@@ -43,19 +44,36 @@ class Step:
     failed: int = 0
     rss_total_mb: float = 0.0
     rss_per_tunnel_mb: float = 0.0
+    pss_per_tunnel_mb: float = 0.0  # shared pages split between the daemons sharing them
+    hwm_max_mb: float = 0.0  # the largest peak RSS (VmHWM) of one daemon
     stop_seconds: float = 0.0
     left: int = 0
 
 
-def rss_mb(pid: int) -> float:
-    """VmRSS of a process in MB (10^6 bytes), 0 if it is gone."""
+def _kb_field(path: str, field: str) -> float:
+    """A `Field:  N kB` line of a /proc file, in MB (10^6 bytes); 0 if it is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024 / 1e6
     except OSError:
         pass
     return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS of a process."""
+    return _kb_field(f"/proc/{pid}/status", "VmRSS")
+
+
+def hwm_mb(pid: int) -> float:
+    """VmHWM (peak RSS) of a process."""
+    return _kb_field(f"/proc/{pid}/status", "VmHWM")
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: each shared page counted once across the processes sharing it."""
+    return _kb_field(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def run_step(lab: Lab, n: int) -> Step:
@@ -64,6 +82,7 @@ def run_step(lab: Lab, n: int) -> Step:
     while len(lab.spokes) < n:
         lab.add_spoke(len(lab.spokes) + 1, workstation=False)
     confs = [lab.spoke_site_conf(sp, **TIMEOUTS) for sp in lab.spokes[:n]]
+    routes_before = set(lab.routes("gw-a"))  # the spokes' WAN routes included
     argv = [sys.executable, "-m", "pppssh", "start"]
     start = time.monotonic()
     procs = [
@@ -86,12 +105,15 @@ def run_step(lab: Lab, n: int) -> Step:
     rss = [rss_mb(pid) for pid in pids]
     step.rss_total_mb = sum(rss)
     step.rss_per_tunnel_mb = statistics.fmean(rss) if rss else 0.0
+    step.pss_per_tunnel_mb = statistics.fmean(pss_mb(p) for p in pids) if pids else 0.0
+    step.hwm_max_mb = max((hwm_mb(p) for p in pids), default=0.0)
     t = time.monotonic()
     lab.run("gw-a", [*argv[:-1], "stop", "--all"], check=False, timeout=1800, env=ENV)
     step.stop_seconds = time.monotonic() - t
     wait_for(lambda: not lab.ppp_links("gw-a") and not lab.pids("gw-a", "pppd"), timeout=60)
     step.left = len(lab.ppp_links("gw-a")) + len(lab.pids("gw-a", "pppd"))
-    step.left += len(lab.added_routes("gw-a")) + len(list(STATE_DIR.glob("*.json")))
+    step.left += len([r for r in lab.routes("gw-a") if r not in routes_before])
+    step.left += len(list(STATE_DIR.glob("*.json")))
     print(f"  {asdict(step)}", flush=True)
     return step
 
@@ -112,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         for n in steps:
             print(f"\n### {n} tunnels", flush=True)
             results.append(run_step(lab, n))
-    lines = ["tunnels  start (all up)  per tunnel  daemons' RSS  per tunnel  stop --all  failed",
-             "-" * 82]  # fmt: skip
+    lines = ["tunnels  start (all up)  per tunnel  RSS sum  RSS/tunnel  PSS/tunnel  peak RSS"
+             "  stop --all  failed", "-" * 100]  # fmt: skip
     for s in results:
         per = s.start_seconds / s.tunnels
         lines.append(f"{s.tunnels:>7}  {s.start_seconds:>12.1f} s  {per:>8.2f} s"
-                     f"  {s.rss_total_mb:>9.0f} MB  {s.rss_per_tunnel_mb:>7.1f} MB"
+                     f"  {s.rss_total_mb:>4.0f} MB  {s.rss_per_tunnel_mb:>7.1f} MB"
+                     f"  {s.pss_per_tunnel_mb:>7.1f} MB  {s.hwm_max_mb:>5.1f} MB"
                      f"  {s.stop_seconds:>8.1f} s  {s.failed:>6}")  # fmt: skip
     text = "\n".join(lines)
     print(f"\n{text}", flush=True)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
@@ -281,14 +282,29 @@ def cmd_stop(args: argparse.Namespace) -> int:
                 EXIT_USAGE,
             )
         names = running
+    # SIGTERM to every daemon first: they take their links down side by side (a hub with
+    # dozens of sites stops in the time of the slowest, not the sum); then wait for each.
+    stopping = [_begin_stop(name) for name in names]
+    deadline = time.monotonic() + args.timeout
     status = 0
-    for name in names:
-        status = max(status, _stop_one(name, args.timeout))
+    for one in stopping:
+        if one is not None:
+            status = max(status, _finish_stop(one, deadline, args.timeout))
     return status
 
 
-def _stop_one(site: str, timeout: float) -> int:
-    """SIGTERM one daemon and wait until it has undone everything and exited."""
+@dataclass
+class _Stopping:
+    """A daemon that was sent SIGTERM, and where its log stood then."""
+
+    site: str
+    pid: int
+    log: Path | None
+    offset: int
+
+
+def _begin_stop(site: str) -> _Stopping | None:
+    """SIGTERM one daemon; None when it was not running (what it left is undone here)."""
     state = read_state(site)
     if state is None or not pid_alive(state.pid):
         if SiteLock(site).held_elsewhere():
@@ -299,21 +315,26 @@ def _stop_one(site: str, timeout: float) -> int:
             print(f"pppssh: site '{site}' was not running (undid what it left)")
         else:
             print(f"pppssh: site '{site}' is not running")
-        return 0
+        return None
     _need_root("stop")
     log = Path(state.log) if state.log else None
     offset = log.stat().st_size if log and log.exists() else 0
     os.kill(state.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(state.pid):
-        offset = _relay(log, offset)
+    return _Stopping(site, state.pid, log, offset)
+
+
+def _finish_stop(one: _Stopping, deadline: float, timeout: float) -> int:
+    """Relay a stopping daemon's teardown until it has undone everything and exited."""
+    offset = one.offset
+    while pid_alive(one.pid):
+        offset = _relay(one.log, offset)
         if time.monotonic() > deadline:
-            raise Fail(f"site '{site}' (pid {state.pid}) did not stop within {timeout:g}s")
+            raise Fail(f"site '{one.site}' (pid {one.pid}) did not stop within {timeout:g}s")
         time.sleep(0.05)
-    _relay(log, offset)
-    if read_state(site) is not None:
-        remove_state(site)
-        raise Fail(f"site '{site}' (pid {state.pid}) exited without finishing its teardown")
+    _relay(one.log, offset)
+    if read_state(one.site) is not None:
+        remove_state(one.site)
+        raise Fail(f"site '{one.site}' (pid {one.pid}) exited without finishing its teardown")
     return 0
 
 

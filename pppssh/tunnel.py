@@ -180,10 +180,11 @@ class Tunnel:
 
         if cfg.full_tunnel:
             await self._pin_server_route(stack)
-        for route in local_routes(cfg, link.interface) + full_tunnel_routes(cfg, link.interface):
-            await self._add_local(stack, route)
-        for route in remote_routes(cfg, self.remote_interface):
-            await self._add_remote(stack, route)
+        await self._add_routes(
+            stack,
+            local_routes(cfg, link.interface) + full_tunnel_routes(cfg, link.interface),
+            remote_routes(cfg, self.remote_interface),
+        )
         if cfg.compression is not Compression.NONE:
             echo("", f"compression: {self.local.compression or 'CCP agreed on none'}")
         if cfg.down_command:  # like pppd's ip-down: runs on the way down once up has run
@@ -288,6 +289,29 @@ class Tunnel:
                 return name
             await asyncio.sleep(delay)  # remote IPCP finishes a moment after ours
             delay = min(delay * 2, 1.0)
+
+    async def _add_routes(
+        self, stack: AsyncExitStack, local: list[RouteChange], remote: list[RouteChange]
+    ) -> None:
+        """Both gateways at once, each in order: the slower side sets the time, not the sum.
+
+        Both sides run to their end even when one fails, so every route that was added has
+        its removal on the stack before the failure is raised.
+        """
+
+        async def side(
+            add: Callable[[AsyncExitStack, RouteChange], Awaitable[None]],
+            routes: list[RouteChange],
+        ) -> None:
+            for route in routes:
+                await add(stack, route)
+
+        results = await asyncio.gather(
+            side(self._add_local, local), side(self._add_remote, remote), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _add_local(self, stack: AsyncExitStack, route: RouteChange) -> None:
         """Add one local route and push its removal."""

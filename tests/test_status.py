@@ -119,3 +119,15 @@ def test_stop_not_running_says_so(
     assert "was not running (undid what it left)" in out
     assert ran == [("ip", "route", "del", "10.2.0.0/24", "via", "192.168.77.2", "dev", "ppp0")]
     assert main(["status", "site-b"]) == 3
+
+
+def test_run_local_returns_stdout_and_explains_failures() -> None:
+    from pppssh.plan import Command
+    from pppssh.system import CommandFailed, run_local
+
+    assert run_local(Command(("printf", "%s\\n", "a b"))) == "a b\n"
+    with pytest.raises(CommandFailed, match=r"`sh -c 'echo no >&2; exit 3'` failed: no$") as info:
+        run_local(Command(("sh", "-c", "echo no >&2; exit 3")))
+    assert info.value.status == 3
+    with pytest.raises(CommandFailed, match="pppssh-no-such-program: not found"):
+        run_local(Command(("pppssh-no-such-program",)))
