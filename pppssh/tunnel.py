@@ -36,6 +36,7 @@ from .ssh import (
     connect,
     find_ppp_interface,
     run_remote,
+    skip_packet_logging,
 )
 from .system import CommandFailed, State, echo, run_hook, run_local, write_state
 
@@ -146,6 +147,7 @@ class Tunnel:
             window=WINDOW, max_pktsize=MAX_PKTSIZE,
         )  # fmt: skip
         assert isinstance(session, Bridge)
+        skip_packet_logging(_chan)  # its PPP data packets: the bulk of all packets
         self.bridge = session
         stack.push_async_callback(self._close_channel)
         await self._until("starting the remote pppd", self.bridge.first_frame.wait())

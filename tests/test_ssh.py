@@ -28,6 +28,7 @@ from pppssh.ssh import (
     connect,
     find_ppp_interface,
     run_remote,
+    skip_packet_logging,
 )
 from pppssh.system import State
 from pppssh.tunnel import Tunnel
@@ -683,6 +684,27 @@ def test_one_ssh_packet_per_write_with_aes_gcm(tmp_path: Path) -> None:
                     bridge.detach()
                     os.close(slave)
                     os.close(master)
+            finally:
+                bridge.close()
+                conn.close()
+                await conn.wait_closed()
+
+    run(main)
+
+
+def test_packet_logging_is_skipped_below_debug_level_3(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with SSHTestServer(tmp_path, _echo) as srv:
+            conn, bridge = await _open_bridge(srv)
+            try:
+                assert "log_received_packet" in vars(conn)  # connect() turned it off
+                assert bridge.chan is not None and skip_packet_logging(bridge.chan)
+                asyncssh.set_debug_level(3)
+                try:
+                    assert not skip_packet_logging(bridge.chan)  # kept when asked for
+                finally:
+                    asyncssh.set_debug_level(1)
+                assert not skip_packet_logging(object())
             finally:
                 bridge.close()
                 conn.close()
