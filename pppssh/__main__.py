@@ -1,5 +1,5 @@
 """python -m pppssh."""
 
-from .cli import _entry
+from .cli import entry
 
-_entry()
+entry()

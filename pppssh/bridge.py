@@ -7,7 +7,7 @@ import contextlib
 import errno
 import os
 
-import asyncssh
+from ._asyncssh import asyncssh
 
 __all__ = ["RAW_PTY_MODES", "Bridge"]
 

@@ -16,8 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
-
+from ._asyncssh import asyncssh
 from .config import Network, SiteConfig
 from .plan import Command, remote_pppd_argv, remote_routes
 from .ssh import (

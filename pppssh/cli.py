@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -36,7 +36,7 @@ from .system import (
     write_state,
 )
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]
 
 EXIT_USAGE = 2  # bad config or arguments (RestartPreventExitStatus=2 in the unit)
 
@@ -72,10 +72,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     _need_root("start")
     if args.foreground:
-        return _run_foreground(cfg, args.ready_fd)
+        return _run_foreground(cfg, None)
     if SiteLock(cfg.name).held_elsewhere():
         raise Fail(_already_running(cfg.name))
-    return _start_background(cfg)
+    return _start_background(cfg, args.verbose)
 
 
 def _already_running(site: str) -> str:
@@ -85,24 +85,26 @@ def _already_running(site: str) -> str:
     return f"site '{site}' is already running{pid}; stop it first: pppssh stop {site}"
 
 
-def _start_background(cfg: SiteConfig) -> int:
-    """Run the daemon detached; relay its progress until it says READY or exits."""
+def _start_background(cfg: SiteConfig, verbose: bool = False) -> int:
+    """Fork the daemon; relay its progress until it says READY or exits.
+
+    A fork, not a second interpreter: the daemon starts with the modules this process has
+    already imported (a fresh `python3 -m pppssh` is most of a second on a slow gateway).
+    """
     r, w = os.pipe()
-    argv = [
-        sys.executable, "-m", "pppssh", "start", "--foreground",
-        "--ready-fd", str(w), str(cfg.path.absolute()),
-    ]  # fmt: skip
-    with open(os.devnull, "rb") as devnull:
-        child = subprocess.Popen(
-            argv, stdin=devnull, pass_fds=(w,), start_new_session=True, close_fds=True
-        )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the daemon: its own session, no terminal input; never returns
+        os.close(r)
+        os._exit(_daemon(cfg, w, verbose))
     os.close(w)
     try:
         with os.fdopen(r, "rb") as ready:
             said = ready.read()
     except KeyboardInterrupt:  # Ctrl-C while starting: the daemon undoes what it did
-        child.send_signal(signal.SIGTERM)
-        child.wait()
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
         return 130
     if said.startswith(b"READY"):
         return 0
@@ -114,9 +116,37 @@ def _start_background(cfg: SiteConfig) -> int:
             flush=True,
         )
         return 0
-    status = child.wait()
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     if status == 0:
         raise Fail(f"site '{cfg.name}' was stopped before it came up")
+    return status if status > 0 else 128 - status
+
+
+def _daemon(cfg: SiteConfig, ready_fd: int, verbose: bool) -> int:
+    """The forked daemon: a session of its own, then the foreground run; its exit status."""
+    status = 1
+    try:
+        os.setsid()
+        with open(os.devnull, "rb") as devnull:
+            os.dup2(devnull.fileno(), 0)
+        status = _run_foreground(cfg, ready_fd)
+    except Fail as exc:
+        print(f"pppssh: {exc}", file=sys.stderr)
+        status = exc.status
+    except KeyboardInterrupt:
+        status = 130
+    except BaseException as exc:  # the daemon ends here, never back in main()
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        else:
+            print(f"pppssh: {type(exc).__name__}: {exc} (run with -v for details)",
+                  file=sys.stderr)  # fmt: skip
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
     return status
 
 
@@ -455,7 +485,6 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--foreground", action="store_true", help="stay attached (for systemd Type=notify)"
     )
-    start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     start.set_defaults(func=cmd_start)
 
     stop = verbs.add_parser("stop", help="take a site's link down and wait until it is gone")
@@ -529,6 +558,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-def _entry() -> None:
-    """For `python -m pppssh`."""
-    sys.exit(main())
+def entry() -> None:
+    """For `python -m pppssh` and the pppssh script: exit without tearing the interpreter
+    down (nothing is left to flush but stdout and stderr). `pppssh start` returns to its
+    caller that much sooner: a third of a second on a slow gateway (the lab kernel)."""
+    status = main()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)

@@ -13,8 +13,7 @@ import asyncio
 import sys
 from importlib import resources
 
-import asyncssh
-
+from ._asyncssh import asyncssh
 from .config import SiteConfig
 from .plan import PKILL, remote_pidfile, remote_pppd_options
 from .ssh import TunnelError

@@ -8,9 +8,7 @@ import os
 import re
 import shlex
 
-import asyncssh
-from asyncssh.constants import MSG_IGNORE
-
+from ._asyncssh import asyncssh
 from .config import SiteConfig
 from .plan import Command
 
@@ -39,6 +37,7 @@ CIPHERS = (
     "aes256-ctr",
 )
 MAX_PKTSIZE = 256 * 1024
+MSG_IGNORE = 2  # RFC 4253, section 11.2
 
 
 class TunnelError(Exception):

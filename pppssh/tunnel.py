@@ -9,8 +9,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
-import asyncssh
-
+from ._asyncssh import asyncssh
 from .bridge import RAW_PTY_MODES, Bridge
 from .config import Compression, SiteConfig
 from .localppp import LinkInfo, LocalPppd, describe_exit
