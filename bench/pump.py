@@ -153,6 +153,7 @@ async def _rtt_pppssh(port: int, d: Path, count: int) -> list[float]:
         )  # fmt: skip
         assert isinstance(session, Bridge)
         skip_packet_logging(_chan)  # as Tunnel.up does
+        session.flush_per_read(conn)
         session.attach(master)
         await asyncio.to_thread(_wait_ready, slave)
         rtts = await asyncio.to_thread(_pingpong, slave, count)
@@ -324,6 +325,7 @@ async def _run_pppssh(port: int, d: Path, direction: str, nbytes: int) -> Sample
         )  # fmt: skip
         assert isinstance(session, Bridge)
         skip_packet_logging(_chan)  # as Tunnel.up does
+        session.flush_per_read(conn)
         session.attach(master)
         early = await asyncio.to_thread(_wait_ready, slave)
         start = time.monotonic()
@@ -352,7 +354,11 @@ def run_pppssh(port: int, d: Path, direction: str, nbytes: int) -> Sample:
 
 def main(argv: list[str] | None = None) -> int:
     """Alternate the two clients for each direction; print medians and ratios."""
-    parser = argparse.ArgumentParser(prog="python3 -m bench.pump", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python3 -m bench.pump",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--mib", type=int, default=256, help="MiB per transfer (256)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per client (5)")
     parser.add_argument(

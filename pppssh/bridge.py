@@ -57,6 +57,7 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         self._reading_master = False
         self._channel_blocked = False
         self._flush_pending = False
+        self._in_socket_read = False  # inside the connection's data_received (see per_read)
         self.preamble = bytearray()  # what the remote printed before its first PPP frame
         self.first_frame = asyncio.Event()
         self.closed: asyncio.Future[int | None] = self._loop.create_future()
@@ -88,10 +89,36 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
             return  # nobody is listening yet; pppd retransmits what matters
         self._outbuf += data
         # One pty write for all the packets of one socket read: asyncssh hands them over in
-        # a row, and the flush runs right after (same loop turn, no added latency).
+        # a row; the connection's data_received flushes when it returns (flush_per_read),
+        # or, for data handed over any other way, the next turn of the loop does.
+        if self._in_socket_read:
+            return
         if not self._flush_pending and not self._channel_blocked:
             self._flush_pending = True
             self._loop.call_soon(self._merged_flush)
+
+    def flush_per_read(self, conn: object) -> bool:
+        """Write to the pty as soon as conn has handed over all packets of one socket read.
+
+        Without this the write waits for the next turn of the event loop: one more epoll
+        call and loop turn for every frame received. Only conn (an asyncio protocol) is
+        changed: its data_received is wrapped. False, and nothing changed, if it has none.
+        """
+        receive = getattr(conn, "data_received", None)
+        if receive is None:
+            return False
+
+        def data_received(data: bytes, *args: object) -> None:
+            self._in_socket_read = True
+            try:
+                receive(data, *args)
+            finally:
+                self._in_socket_read = False
+            if self._outbuf and not self._channel_blocked and not self._flush_pending:
+                self._flush_to_master()
+
+        conn.data_received = data_received  # type: ignore[attr-defined]
+        return True
 
     def _merged_flush(self) -> None:
         """The flush data_received scheduled."""

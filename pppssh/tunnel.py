@@ -147,6 +147,7 @@ class Tunnel:
         )  # fmt: skip
         assert isinstance(session, Bridge)
         skip_packet_logging(_chan)  # its PPP data packets: the bulk of all packets
+        session.flush_per_read(self.conn)
         self.bridge = session
         stack.push_async_callback(self._close_channel)
         await self._until("starting the remote pppd", self.bridge.first_frame.wait())

@@ -479,6 +479,7 @@ async def _open_bridge(
         **options,
     )
     assert isinstance(session, Bridge)
+    assert session.flush_per_read(conn)
     return conn, session
 
 
@@ -817,6 +818,57 @@ def test_bridge_writes_everything_received_before_the_channel_closed() -> None:
             bridge.detach()
             os.close(slave)
             os.close(master)
+
+    run(main)
+
+
+class _FakeConnection:
+    """An asyncio protocol whose socket reads each carry the given SSH packets' data."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    def data_received(self, data: bytes, datatype: object = None) -> None:
+        for packet in data.split(b"|"):  # asyncssh hands over each packet in a row
+            self.bridge.data_received(packet, None)
+
+
+def test_bridge_writes_once_per_socket_read_without_a_loop_turn() -> None:
+    """All packets of one socket read go to the pty when the read is handled, in one write;
+    data handed over outside a socket read is written on the next loop turn."""
+
+    async def main() -> None:
+        bridge = Bridge()
+        bridge.connection_made(_FakeChannel())  # type: ignore[arg-type]
+        conn = _FakeConnection(bridge)
+        assert bridge.flush_per_read(conn)
+        assert not bridge.flush_per_read(object())  # no data_received: left alone
+        master, slave = os.openpty()
+        writes: list[bytes] = []
+        real_write = os.write
+
+        def counting_write(fd: int, data: bytes) -> int:
+            if fd == master:
+                writes.append(bytes(data))
+            return real_write(fd, data)
+
+        try:
+            tty.setraw(slave)
+            os.set_blocking(slave, False)
+            bridge.attach(master)
+            os.write = counting_write  # type: ignore[assignment]
+            conn.data_received(b"~frame one~|~frame two~")
+            assert writes == [b"~frame one~~frame two~"]  # at once, in one write
+            bridge.data_received(b"~late~", None)  # e.g. delivered when reading resumes
+            assert len(writes) == 1
+            await asyncio.sleep(0)
+            assert writes[1:] == [b"~late~"]
+        finally:
+            os.write = real_write  # type: ignore[assignment]
+            bridge.detach()
+            os.close(slave)
+            os.close(master)
+        assert len(writes) == 2
 
     run(main)
 
