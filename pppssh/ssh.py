@@ -36,6 +36,14 @@ CIPHERS = (
     "aes128-ctr",
     "aes256-ctr",
 )
+# Only SHA-2 MACs, encrypt-then-MAC first; with the AEAD ciphers above none is used at all.
+# No UMAC: its library (nettle) is then never loaded (see _asyncssh.py).
+MACS = (
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+    "hmac-sha2-256",
+    "hmac-sha2-512",
+)
 MAX_PKTSIZE = 256 * 1024
 MSG_IGNORE = 2  # RFC 4253, section 11.2
 
@@ -165,6 +173,7 @@ async def connect(cfg: SiteConfig) -> tuple[asyncssh.SSHClientConnection, Connec
             gss_auth=False,
             host_based_auth=False,
             encryption_algs=list(CIPHERS),
+            mac_algs=list(MACS),
             connect_timeout=cfg.connect_timeout,
             keepalive_interval=cfg.keepalive_interval,
             keepalive_count_max=cfg.keepalive_count_max,

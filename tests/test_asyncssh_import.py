@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 LISTING = """\
 742 libs found in cache `/etc/ld.so.cache'
+\tlibffi.so.8 (libc6,x86-64) => /lib/x86_64-linux-gnu/libffi.so.8
 \tlibnettle.so.8 (libc6,x86-64) => /lib/x86_64-linux-gnu/libnettle.so.8
 \tlibnettle.so.6 (libc6) => /lib/i386-linux-gnu/libnettle.so.6
 \tliboqs.so.5 (libc6) => /usr/lib/i386-linux-gnu/liboqs.so.5
@@ -24,7 +25,8 @@ LISTING = """\
 
 def test_lookup_answers_from_the_listing_for_this_abi() -> None:
     find = ld_cache_lookup(LISTING, "libc6,x86-64")
-    assert find("nettle") == "libnettle.so.8"
+    assert find("ffi") == "libffi.so.8"
+    assert find("nettle") is None  # listed, but UMAC's library is not wanted
     assert find("oqs") is None  # listed, but for another ABI
     assert find("liboqs") is None
     assert ld_cache_lookup(LISTING, "libc6")("oqs") == "liboqs.so.5"
@@ -56,4 +58,12 @@ def test_importing_pppssh_runs_no_linker(tmp_path: Path) -> None:
         pytest.skip("liboqs is in the ld.so cache: no find_library here reaches gcc or ld")
     plain = _linkers_run(tmp_path, "import asyncssh")
     assert plain, "asyncssh alone should have tried gcc or ld for liboqs here"
-    assert _linkers_run(tmp_path, "import pppssh.tunnel, pppssh.check, pppssh.remote_setup") == []
+    code = "import pppssh.tunnel, pppssh.check, pppssh.remote_setup"
+    assert _linkers_run(tmp_path, code) == []
+
+
+def test_nettle_is_not_loaded(tmp_path: Path) -> None:
+    code = "import pppssh.tunnel; print(any('nettle' in line for line in open('/proc/self/maps')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout  # fmt: skip
+    assert out.split() == ["False"]

@@ -693,6 +693,30 @@ def test_one_ssh_packet_per_write_with_aes_gcm(tmp_path: Path) -> None:
     run(main)
 
 
+def test_ctr_cipher_gets_a_sha2_mac(tmp_path: Path) -> None:
+    """Against a server with CTR ciphers only: an encrypt-then-MAC SHA-2 MAC; a server with
+    nothing better than SHA-1 is refused."""
+
+    async def main() -> None:
+        async with SSHTestServer(tmp_path, _echo, encryption_algs=["aes256-ctr"]) as srv:
+            conn, bridge = await _open_bridge(srv)
+            try:
+                assert conn.get_extra_info("send_cipher") == "aes256-ctr"
+                assert conn.get_extra_info("send_mac") == "hmac-sha2-256-etm@openssh.com"
+                assert conn.get_extra_info("recv_mac") == "hmac-sha2-256-etm@openssh.com"
+            finally:
+                bridge.close()
+                conn.close()
+                await conn.wait_closed()
+        sha1_only = {"encryption_algs": ["aes256-ctr"], "mac_algs": ["hmac-sha1"]}
+        (tmp_path / "sha1").mkdir()
+        async with SSHTestServer(tmp_path / "sha1", _echo, **sha1_only) as srv:
+            with pytest.raises(TunnelError, match="MAC"):
+                await connect(srv.cfg())
+
+    run(main)
+
+
 def test_packet_logging_is_skipped_below_debug_level_3(tmp_path: Path) -> None:
     async def main() -> None:
         async with SSHTestServer(tmp_path, _echo) as srv:
