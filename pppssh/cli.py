@@ -90,7 +90,11 @@ def _start_background(cfg: SiteConfig, verbose: bool = False) -> int:
 
     A fork, not a second interpreter: the daemon starts with the modules this process has
     already imported (a fresh `python3 -m pppssh` is most of a second on a slow gateway).
+    The tunnel code (asyncssh, cryptography) is imported here, before the fork: the daemon
+    then maps only the pages of those libraries it uses, not all that loading them touched.
     """
+    from . import tunnel  # noqa: F401
+
     r, w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
