@@ -50,7 +50,7 @@ from tests.lab.netlab import (
     wait_for,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("PPPSSH_LAB_RESULTS") or tempfile.gettempdir())
 PPPSSH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO)}
 STATE_DIR = Path("/run/pppssh")
