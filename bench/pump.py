@@ -43,10 +43,8 @@ import asyncssh
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pppssh.bridge import RAW_PTY_MODES, Bridge  # noqa: E402
 from pppssh.ssh import (  # noqa: E402
-    MAX_PKTSIZE,
-    WINDOW,
+    open_bridge,
     skip_ignore_packets,
     skip_packet_logging,
 )
@@ -147,13 +145,7 @@ async def _rtt_pppssh(port: int, d: Path, count: int) -> list[float]:
     ) as conn:  # fmt: skip
         skip_ignore_packets(conn)  # as pppssh.ssh.connect does
         skip_packet_logging(conn)
-        _chan, session = await conn.create_session(
-            Bridge, ECHO, term_type="dumb", term_modes=RAW_PTY_MODES, encoding=None,
-            window=WINDOW, max_pktsize=MAX_PKTSIZE,
-        )  # fmt: skip
-        assert isinstance(session, Bridge)
-        skip_packet_logging(_chan)  # as Tunnel.up does
-        session.flush_per_read(conn)
+        session = await open_bridge(conn, ECHO)  # as Tunnel.up does
         session.attach(master)
         await asyncio.to_thread(_wait_ready, slave)
         rtts = await asyncio.to_thread(_pingpong, slave, count)
@@ -319,13 +311,7 @@ async def _run_pppssh(port: int, d: Path, direction: str, nbytes: int) -> Sample
     ) as conn:  # fmt: skip
         skip_ignore_packets(conn)  # as pppssh.ssh.connect does
         skip_packet_logging(conn)
-        _chan, session = await conn.create_session(
-            Bridge, command, term_type="dumb", term_modes=RAW_PTY_MODES, encoding=None,
-            window=WINDOW, max_pktsize=MAX_PKTSIZE,
-        )  # fmt: skip
-        assert isinstance(session, Bridge)
-        skip_packet_logging(_chan)  # as Tunnel.up does
-        session.flush_per_read(conn)
+        session = await open_bridge(conn, command)  # as Tunnel.up does
         session.attach(master)
         early = await asyncio.to_thread(_wait_ready, slave)
         start = time.monotonic()

@@ -7,8 +7,10 @@ import contextlib
 import os
 import re
 import shlex
+from collections.abc import Callable
 
 from ._asyncssh import asyncssh
+from .bridge import RAW_PTY_MODES, Bridge
 from .config import SiteConfig
 from .plan import Command
 
@@ -20,6 +22,7 @@ __all__ = [
     "TunnelError",
     "Unreachable",
     "connect",
+    "open_bridge",
     "run_remote",
 ]
 
@@ -241,6 +244,26 @@ def skip_ignore_packets(conn: asyncssh.SSHClientConnection) -> bool:
 
     conn.send_packet = send_packet  # type: ignore[method-assign]
     return True
+
+
+async def open_bridge(
+    conn: asyncssh.SSHClientConnection,
+    command: str,
+    factory: Callable[[], Bridge] = Bridge,
+    window: int = WINDOW,
+    max_pktsize: int = MAX_PKTSIZE,
+) -> Bridge:
+    """Run command on a raw remote pty; return the Bridge that pumps its channel (attach a
+    local pty master to it). The session Tunnel.up opens for the remote pppd, and the one
+    bench.pump measures."""
+    chan, session = await conn.create_session(
+        factory, command, term_type="dumb", term_modes=RAW_PTY_MODES, encoding=None,
+        window=window, max_pktsize=max_pktsize,
+    )  # fmt: skip
+    assert isinstance(session, Bridge)
+    skip_packet_logging(chan)  # its PPP data packets: the bulk of all packets
+    session.flush_per_read(conn)
+    return session
 
 
 async def run_remote(

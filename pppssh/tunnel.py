@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
 from ._asyncssh import asyncssh
-from .bridge import RAW_PTY_MODES, Bridge
+from .bridge import Bridge
 from .config import Compression, SiteConfig
 from .localppp import LinkInfo, LocalPppd, describe_exit
 from .plan import (
@@ -27,15 +27,13 @@ from .plan import (
     shell_join,
 )
 from .ssh import (
-    MAX_PKTSIZE,
-    WINDOW,
     RemoteFailed,
     TunnelError,
     close_connection,
     connect,
     find_ppp_interface,
+    open_bridge,
     run_remote,
-    skip_packet_logging,
 )
 from .system import CommandFailed, State, echo, run_hook, run_local, write_state
 
@@ -140,15 +138,7 @@ class Tunnel:
 
         command = shell_join(remote_pppd_argv(cfg))
         echo(self.remote_prefix, command)
-        _chan, session = await self.conn.create_session(
-            Bridge, command,
-            term_type="dumb", term_modes=RAW_PTY_MODES, encoding=None,
-            window=WINDOW, max_pktsize=MAX_PKTSIZE,
-        )  # fmt: skip
-        assert isinstance(session, Bridge)
-        skip_packet_logging(_chan)  # its PPP data packets: the bulk of all packets
-        session.flush_per_read(self.conn)
-        self.bridge = session
+        self.bridge = await open_bridge(self.conn, command)
         stack.push_async_callback(self._close_channel)
         await self._until("starting the remote pppd", self.bridge.first_frame.wait())
         echo("", "remote pppd started (first PPP frame received)")

@@ -18,7 +18,7 @@ import asyncssh
 import pytest
 
 import pppssh.tunnel
-from pppssh.bridge import RAW_PTY_MODES, Bridge
+from pppssh.bridge import Bridge
 from pppssh.localppp import describe_exit
 from pppssh.plan import Command, remote_pppd_argv, shell_join
 from pppssh.ssh import (
@@ -27,6 +27,7 @@ from pppssh.ssh import (
     _known_hosts_name,
     connect,
     find_ppp_interface,
+    open_bridge,
     run_remote,
     skip_packet_logging,
 )
@@ -468,18 +469,11 @@ def test_tunnel_reports_sudo_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyP
 async def _open_bridge(
     srv: SSHTestServer, factory: Callable[[], Bridge] = Bridge, **options: Any
 ) -> tuple[asyncssh.SSHClientConnection, Bridge]:
-    """Connect and open the remote pppd session the way Tunnel.up does."""
+    """Connect and open the remote pppd session as Tunnel.up does (open_bridge)."""
     conn, _client = await connect(srv.cfg())
-    _chan, session = await conn.create_session(
-        factory,
-        shell_join(remote_pppd_argv(srv.cfg())),
-        term_type="dumb",
-        term_modes=RAW_PTY_MODES,
-        encoding=None,
-        **options,
-    )
+    session = await open_bridge(conn, shell_join(remote_pppd_argv(srv.cfg())), factory, **options)
     assert isinstance(session, Bridge)
-    assert session.flush_per_read(conn)
+    assert "data_received" in vars(conn)  # flush_per_read wrapped the connection's reads
     return conn, session
 
 
@@ -723,6 +717,7 @@ def test_packet_logging_is_skipped_below_debug_level_3(tmp_path: Path) -> None:
             conn, bridge = await _open_bridge(srv)
             try:
                 assert "log_received_packet" in vars(conn)  # connect() turned it off
+                assert "log_received_packet" in vars(bridge.chan)  # and open_bridge
                 assert bridge.chan is not None and skip_packet_logging(bridge.chan)
                 asyncssh.set_debug_level(3)
                 try:
