@@ -10,9 +10,11 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .backoff import delays
@@ -99,9 +101,13 @@ def _start_background(cfg: SiteConfig, verbose: bool = False) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
-    if pid == 0:  # the daemon: its own session, no terminal input; never returns
+    if pid == 0:  # the daemon: never returns into this caller, whatever happens
         os.close(r)
-        os._exit(_daemon(cfg, w, verbose))
+        status = 1
+        try:
+            status = _daemon(cfg, w, verbose)
+        finally:
+            _exit(status)
     os.close(w)
     try:
         with os.fdopen(r, "rb") as ready:
@@ -127,31 +133,12 @@ def _start_background(cfg: SiteConfig, verbose: bool = False) -> int:
 
 
 def _daemon(cfg: SiteConfig, ready_fd: int, verbose: bool) -> int:
-    """The forked daemon: a session of its own, then the foreground run; its exit status."""
-    status = 1
-    try:
-        os.setsid()
-        with open(os.devnull, "rb") as devnull:
-            os.dup2(devnull.fileno(), 0)
-        status = _run_foreground(cfg, ready_fd)
-    except Fail as exc:
-        print(f"pppssh: {exc}", file=sys.stderr)
-        status = exc.status
-    except KeyboardInterrupt:
-        status = 130
-    except BaseException as exc:  # the daemon ends here, never back in main()
-        if verbose:
-            import traceback
-
-            traceback.print_exc()
-        else:
-            print(f"pppssh: {type(exc).__name__}: {exc} (run with -v for details)",
-                  file=sys.stderr)  # fmt: skip
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-    return status
+    """The forked daemon: a session of its own, no terminal input, then the foreground run;
+    its exit status, failures reported as main() reports them."""
+    os.setsid()
+    with open(os.devnull, "rb") as devnull:
+        os.dup2(devnull.fileno(), 0)
+    return _reported(lambda: _run_foreground(cfg, ready_fd), verbose)
 
 
 def undo_leftovers(site: str, stale: State | None) -> None:
@@ -547,27 +534,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run a verb, turn failures into one-line errors."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    return _reported(lambda: args.func(args), args.verbose)
+
+
+def _reported(run: Callable[[], int], verbose: bool) -> int:
+    """run()'s exit status; a failure becomes one line on stderr (with -v, its traceback)."""
     try:
-        status: int = args.func(args)
+        return run()
     except Fail as exc:
         print(f"pppssh: {exc}", file=sys.stderr)
         return exc.status
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        if args.verbose:
-            raise
-        print(f"pppssh: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
+        if verbose:
+            traceback.print_exc()
+        else:
+            print(f"pppssh: {type(exc).__name__}: {exc} (run with -v for details)",
+                  file=sys.stderr)  # fmt: skip
         return 1
-    return status
 
 
-def entry() -> None:
-    """For `python -m pppssh` and the pppssh script: exit without tearing the interpreter
-    down (nothing is left to flush but stdout and stderr). `pppssh start` returns to its
-    caller that much sooner: a third of a second on a slow gateway (the lab kernel)."""
-    status = main()
+def _exit(status: int) -> NoReturn:
+    """End the process without tearing the interpreter down: nothing is left to flush but
+    stdout and stderr."""
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(status)
+
+
+def entry() -> None:
+    """For `python -m pppssh` and the pppssh script: `pppssh start` returns to its caller
+    without interpreter teardown, a third of a second sooner on a slow gateway (the lab
+    kernel)."""
+    _exit(main())

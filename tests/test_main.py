@@ -1,10 +1,12 @@
-"""The pppssh command runs without the ssl module (pppssh/__main__.py)."""
+"""The pppssh command: no ssl module (__main__.py), and how failures are reported (cli.py)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,3 +49,32 @@ def test_ssl_is_there_without_it() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout.split()  # fmt: skip
     assert out == ["True"]
+
+
+def test_failures_are_reported_one_line_or_with_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """How main() and the forked daemon report a failure: Fail as its own line, anything
+    else as one line naming it, or its traceback with -v; Ctrl-C is 130."""
+    from pppssh.cli import Fail, _reported
+
+    def boom() -> int:
+        raise ValueError("no such thing")
+
+    def refused() -> int:
+        raise Fail("site 'x' is already running")
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    assert _reported(lambda: 7, verbose=False) == 7
+    assert _reported(refused, verbose=False) == 1
+    assert capsys.readouterr().err == "pppssh: site 'x' is already running\n"
+    assert _reported(boom, verbose=False) == 1
+    assert capsys.readouterr().err == (
+        "pppssh: ValueError: no such thing (run with -v for details)\n"
+    )
+    assert _reported(boom, verbose=True) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and err.endswith("ValueError: no such thing\n")
+    assert _reported(interrupted, verbose=False) == 130
