@@ -1,0 +1,159 @@
+"""Trust on this gateway: what root reads or runs must be root's alone, checked by descriptor.
+
+pppssh runs as root. A site file, the identity and known_hosts it names, the local pppd and
+the hook programs decide what root does, so each must be as safe as OpenSSH (safe_path) and
+sudo require of their own files: a regular file owned by root (or by the user running pppssh,
+when that is not root), not writable by group or others, in directories that are all the
+same. The check walks the path one component at a time with openat(O_NOFOLLOW) from `/`, and
+the file's content is read from the very descriptor that was checked: a symlink, FIFO or
+rename swapped in between is never followed, and nothing is looked up by path twice.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["TOP", "Trusted", "Untrusted", "check_program", "read_trusted"]
+
+# Components above TOP are taken as trusted. Always "/" in pppssh; the unit tests point it at a
+# private directory of their own, since /tmp (mode 1777) is rightly trusted by nobody.
+TOP = "/"
+MAX_READ = 1024 * 1024
+
+
+class Untrusted(Exception):
+    """A file root would trust fails the ownership or permission check (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Trusted:
+    """A checked file: its resolved path, its stat result and (when read) its bytes."""
+
+    path: Path
+    st: os.stat_result
+    data: bytes = b""
+
+
+def _owners() -> frozenset[int]:
+    """Who may own a trusted file: root, and the user running pppssh."""
+    return frozenset({0, os.geteuid()})
+
+
+def _check(st: os.stat_result, where: str, what: str, secret: bool = False) -> None:
+    """Refuse a file or directory that someone other than root (or us) owns or may write."""
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in _owners():
+        raise Untrusted(
+            f"{what} {where} is owned by uid {st.st_uid}; only root may own it "
+            f"(chown root {_q(where)})"
+        )
+    if mode & 0o022:
+        fix = (
+            "keep the file in a directory only root can write, such as /etc/pppssh"
+            if what == "directory"
+            else f"chmod go-w {_q(where)}"
+        )
+        raise Untrusted(f"{what} {where} is writable by group or others (mode {mode:04o}); {fix}")
+    if secret and mode & 0o077:
+        raise Untrusted(
+            f"{what} {where} is readable by group or others (mode {mode:04o}), as OpenSSH "
+            f"refuses too; chmod 600 {_q(where)}"
+        )
+
+
+def _q(path: str) -> str:
+    """Quote a path for a shell line in a message."""
+    return shlex.quote(path)
+
+
+def _open_checked(path: str | Path, what: str, flags: int, secret: bool) -> tuple[int, Path]:
+    """Walk to path by descriptor, checking each directory; return the file's fd (checked)."""
+    text = os.fspath(path)
+    if "\0" in text:
+        raise Untrusted(f"{what} {text!r}: not a path")
+    real = Path(os.path.realpath(text))
+    parts = real.parts
+    top = Path(os.path.realpath(TOP))
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    here = Path("/")
+    try:
+        if top == here:
+            _check(os.fstat(fd), "/", "directory")
+        for name in parts[1:-1]:
+            nfd = os.open(
+                name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
+            os.close(fd)
+            fd = nfd
+            here = here / name
+            if here == top or top in here.parents:
+                _check(os.fstat(fd), str(here), "directory")
+        if len(parts) < 2:
+            raise Untrusted(f"{what} {text} is a directory, not a file")
+        ffd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+    except Untrusted:
+        os.close(fd)
+        raise
+    except FileNotFoundError:
+        os.close(fd)
+        raise Untrusted(f"{what} {text} does not exist") from None
+    except OSError as exc:
+        os.close(fd)
+        # ELOOP/ENOTDIR: a component turned into a symlink or a non-directory meanwhile
+        raise Untrusted(f"{what} {text}: cannot open it safely ({exc.strerror or exc})") from None
+    os.close(fd)
+    try:
+        st = os.fstat(ffd)
+        if stat.S_ISDIR(st.st_mode):
+            raise Untrusted(f"{what} {text} is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise Untrusted(f"{what} {text} is not a regular file")
+        _check(st, str(real), what, secret)
+    except BaseException:
+        os.close(ffd)
+        raise
+    return ffd, real
+
+
+def read_trusted(
+    path: str | Path, what: str, secret: bool = False, limit: int = MAX_READ
+) -> Trusted:
+    """Read a file root will trust, from the descriptor that passed the checks."""
+    fd, real = _open_checked(path, what, os.O_RDONLY, secret)
+    try:
+        os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise Untrusted(f"{what} {path} is larger than {limit // 1024} KiB")
+        return Trusted(real, os.fstat(fd), b"".join(chunks))
+    except OSError as exc:
+        raise Untrusted(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+
+
+def check_program(path: str | Path, what: str) -> Trusted:
+    """Check a program root will run: its file and every directory above it are root's alone.
+
+    The program is then run by its resolved path: with every directory on the way owned by
+    root and closed to others, only root could swap it between this check and the exec.
+    """
+    fd, real = _open_checked(path, what, os.O_PATH, False)
+    try:
+        st = os.fstat(fd)
+        if not st.st_mode & 0o111:
+            raise Untrusted(f"{what} {path} is not executable")
+        return Trusted(real, st)
+    finally:
+        os.close(fd)
