@@ -1,20 +1,41 @@
-"""The SSH side: connect with the host key checked, run remote commands, explain refusals."""
+"""The SSH side: connect as strictly as OpenSSH 9, run remote commands, explain refusals.
+
+Strictness, in one place (connect_options): known_hosts is read by pppssh itself (trust,
+then known_hosts.match with OpenSSH's rules) and handed to asyncssh as explicit key lists;
+the identity is read through trust (secret: closed to group and others) and handed over as
+a key, never as a path; key exchange, host key, signature and cipher algorithms are OpenSSH
+9's client defaults that asyncssh has (no SHA-1, no DSA). asyncssh's client lets the server
+choose the host key algorithm without checking it against the client's list, and accepts
+any signature algorithm the host key supports: Connection checks both, as OpenSSH does.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import importlib
 import os
 import re
 import shlex
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, cast
 
+from . import known_hosts, trust
 from ._asyncssh import asyncssh
 from .bridge import RAW_PTY_MODES, Bridge
 from .config import SiteConfig
 from .plan import Command
+from .sanitize import printable, valid_ifname
 
 __all__ = [
+    "CA_SIGNATURE_ALGS",
+    "HOST_KEY_ALGS",
+    "KEX_ALGS",
+    "SIGNATURE_ALGS",
+    "AlgorithmRefused",
     "Connection",
     "HostKeyRefused",
     "KeyRefused",
@@ -22,7 +43,11 @@ __all__ = [
     "TunnelError",
     "Unreachable",
     "connect",
+    "connect_options",
+    "load_identity",
     "open_bridge",
+    "read_identity",
+    "read_known_hosts",
     "run_remote",
 ]
 
@@ -51,6 +76,145 @@ MAX_PKTSIZE = 256 * 1024
 MSG_IGNORE = 2  # RFC 4253, section 11.2
 
 
+# OpenSSH 9's client defaults (`ssh -G`, myproposal.h), in its order of preference.
+# mlkem768x25519-sha256 is first since 9.9; sntrup761 needs liboqs in asyncssh.
+OPENSSH9_KEX = (
+    "mlkem768x25519-sha256",
+    "sntrup761x25519-sha512",
+    "sntrup761x25519-sha512@openssh.com",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "ecdh-sha2-nistp256",
+    "ecdh-sha2-nistp384",
+    "ecdh-sha2-nistp521",
+    "diffie-hellman-group-exchange-sha256",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group18-sha512",
+    "diffie-hellman-group14-sha256",
+)
+OPENSSH9_HOST_KEY = (
+    "ssh-ed25519-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp256-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp384-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp521-cert-v01@openssh.com",
+    "sk-ssh-ed25519-cert-v01@openssh.com",
+    "sk-ecdsa-sha2-nistp256-cert-v01@openssh.com",
+    "rsa-sha2-512-cert-v01@openssh.com",
+    "rsa-sha2-256-cert-v01@openssh.com",
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+)
+# CASignatureAlgorithms, and the plain half of PubkeyAcceptedAlgorithms (our own signatures)
+OPENSSH9_SIGNATURES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+)
+OPENSSH9_CIPHERS = (
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+)
+OPENSSH9_MACS = (
+    "umac-64-etm@openssh.com",
+    "umac-128-etm@openssh.com",
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+    "hmac-sha1-etm@openssh.com",
+    "umac-64@openssh.com",
+    "umac-128@openssh.com",
+    "hmac-sha2-256",
+    "hmac-sha2-512",
+    "hmac-sha1",
+)
+AEAD = frozenset(
+    {"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"}
+)
+# Why OpenSSH 9 leaves a name out, for the one-line refusal
+WEAK = {
+    "ssh-rsa": "SHA-1",
+    "ssh-rsa-cert-v01@openssh.com": "SHA-1",
+    "ssh-dss": "DSA",
+    "ssh-dss-cert-v01@openssh.com": "DSA",
+    "diffie-hellman-group1-sha1": "SHA-1",
+    "diffie-hellman-group14-sha1": "SHA-1",
+    "diffie-hellman-group-exchange-sha1": "SHA-1",
+    "rsa1024-sha1": "SHA-1",
+    "gss-group1-sha1": "SHA-1",
+    "gss-group14-sha1": "SHA-1",
+    "gss-gex-sha1": "SHA-1",
+    "hmac-sha1": "SHA-1",
+    "hmac-sha1-etm@openssh.com": "SHA-1",
+    "hmac-md5": "MD5",
+    "hmac-md5-etm@openssh.com": "MD5",
+    "3des-cbc": "CBC",
+    "aes128-cbc": "CBC",
+    "aes192-cbc": "CBC",
+    "aes256-cbc": "CBC",
+}
+# KEXINIT entries that name no algorithm (RFC 8308 ext-info, OpenSSH's strict kex)
+PSEUDO_KEX = frozenset(
+    {"ext-info-c", "ext-info-s", "kex-strict-c-v00@openssh.com", "kex-strict-s-v00@openssh.com"}
+)
+CERT_SUFFIX = "-cert-v01@openssh.com"
+
+
+def _supported(module: str, function: str) -> frozenset[str]:
+    """Algorithm names this asyncssh implements (asyncssh.<module>.<function>())."""
+    names: list[bytes] = getattr(importlib.import_module(f"asyncssh.{module}"), function)()
+    return frozenset(n.decode("ascii") for n in names)
+
+
+KEX_ALGS = tuple(a for a in OPENSSH9_KEX if a in _supported("kex", "get_kex_algs"))
+HOST_KEY_ALGS = tuple(
+    a
+    for a in OPENSSH9_HOST_KEY
+    if a in _supported("public_key", "get_public_key_algs")
+    or a in _supported("public_key", "get_certificate_algs")
+)
+SIGNATURE_ALGS = tuple(
+    a for a in OPENSSH9_SIGNATURES if a in _supported("public_key", "get_public_key_algs")
+)
+CA_SIGNATURE_ALGS = SIGNATURE_ALGS
+
+
+def key_type(alg: str) -> str:
+    """The key type a host key algorithm uses: rsa-sha2-512 is an ssh-rsa key."""
+    if alg in ("rsa-sha2-256", "rsa-sha2-512"):
+        return "ssh-rsa"
+    if alg in ("rsa-sha2-256" + CERT_SUFFIX, "rsa-sha2-512" + CERT_SUFFIX):
+        return "ssh-rsa" + CERT_SUFFIX
+    return alg
+
+
+def signature_alg(alg: str) -> str:
+    """The signature algorithm a host key algorithm signs with."""
+    if alg.endswith(CERT_SUFFIX):
+        base = alg[: -len(CERT_SUFFIX)]
+        return base + "@openssh.com" if base.startswith("sk-") else base
+    return alg
+
+
+def describe(alg: str) -> str:
+    """An algorithm name for a message, with why OpenSSH 9 refuses it when it does."""
+    note = WEAK.get(alg)
+    return f"{alg} ({note})" if note else alg
+
+
 class TunnelError(Exception):
     """A failure explained in one line for the user."""
 
@@ -60,7 +224,11 @@ class Unreachable(TunnelError):
 
 
 class HostKeyRefused(TunnelError):
-    """The remote gateway's host key is unknown or has changed."""
+    """The remote gateway's host key is unknown, changed or revoked."""
+
+
+class AlgorithmRefused(TunnelError):
+    """The remote gateway offers or uses only algorithms OpenSSH 9 (and pppssh) refuse."""
 
 
 class KeyRefused(TunnelError):
@@ -71,22 +239,177 @@ class RemoteFailed(TunnelError):
     """A remote command exited non-zero."""
 
     def __init__(self, shown: str, status: int | None, stderr: str) -> None:
-        """Remember what ran remotely and how it failed."""
+        """Remember what ran remotely and how it failed (its stderr made printable)."""
         self.shown = shown
         self.status = status
-        self.stderr = " | ".join(
-            line.strip() for line in stderr.strip().splitlines() if line.strip()
+        self.stderr = printable(
+            " | ".join(line.strip() for line in stderr.strip().splitlines() if line.strip())
         )
         detail = self.stderr or f"exit status {status}"
         super().__init__(f"remote `{shown}` failed: {detail}")
 
 
-class Connection(asyncssh.SSHClient):
-    """Client callbacks: remember why the connection ended."""
+def _string(data: bytes, offset: int = 0) -> tuple[bytes, int]:
+    """One SSH `string` at offset: its bytes and the offset after it."""
+    (size,) = struct.unpack_from(">I", data, offset)
+    end = offset + 4 + size
+    if end > len(data):
+        raise ValueError("truncated")
+    return data[offset + 4 : end], end
 
-    def __init__(self) -> None:
-        """Nothing lost yet."""
+
+def server_offer(conn: object) -> dict[str, list[str]] | None:
+    """The algorithm lists of the server's KEXINIT as the client received it, if it did."""
+    payload = getattr(conn, "_server_kexinit", None)
+    if not isinstance(payload, bytes) or not payload:
+        return None
+    offset = 1 + 16 if payload[0] == 20 else 16  # SSH_MSG_KEXINIT, cookie
+    lists: list[list[str]] = []
+    try:
+        for _ in range(6):
+            names, offset = _string(payload, offset)
+            lists.append([n for n in names.decode("ascii", "replace").split(",") if n])
+    except (ValueError, struct.error):
+        return None
+    kex, host_key, cipher_cs, cipher_sc, mac_cs, mac_sc = lists
+    return {
+        "kex": [n for n in kex if n not in PSEUDO_KEX],
+        "host_key": host_key,
+        "cipher_cs": cipher_cs,
+        "cipher_sc": cipher_sc,
+        "mac_cs": mac_cs,
+        "mac_sc": mac_sc,
+    }
+
+
+def _first_common(ours: Sequence[str], theirs: Sequence[str]) -> str | None:
+    """The client's first choice the server also has (RFC 4253 7.1)."""
+    return next((a for a in ours if a in theirs), None)
+
+
+def offer_problem(
+    where: str, offer: dict[str, list[str]], host_key_algs: Sequence[str] = HOST_KEY_ALGS
+) -> str | None:
+    """What in the server's offer has nothing in common with ours, in one line; or None."""
+    checks: list[tuple[str, str, Sequence[str], Sequence[str]]] = [
+        ("kex", "key exchange", KEX_ALGS, OPENSSH9_KEX),
+        ("host_key", "host keys", host_key_algs, OPENSSH9_HOST_KEY),
+        ("cipher_cs", "ciphers", CIPHERS, OPENSSH9_CIPHERS),
+        ("cipher_sc", "ciphers", CIPHERS, OPENSSH9_CIPHERS),
+    ]
+    for direction in ("cs", "sc"):
+        if _first_common(CIPHERS, offer[f"cipher_{direction}"]) not in AEAD:
+            checks.append((f"mac_{direction}", "MACs", MACS, OPENSSH9_MACS))
+    for kind, label, ours, openssh in checks:
+        theirs = offer[kind]
+        if _first_common(ours, theirs) is not None:
+            continue
+        names = ", ".join(describe(a) for a in theirs) or "no"
+        if any(a in openssh for a in theirs):
+            tail = "none of which pppssh uses (" + ", ".join(ours) + ")"
+        else:
+            tail = "which OpenSSH 9 refuses too"
+        return printable(f"host {where} offers only {names} {label}, {tail}", 400)
+    return None
+
+
+class Connection(asyncssh.SSHClient):
+    """Client callbacks: remember why the connection ended; check the host key's algorithm
+    and signature as OpenSSH does before asyncssh matches the key."""
+
+    def __init__(
+        self,
+        where: str = "",
+        host_key_algs: Sequence[str] = HOST_KEY_ALGS,
+        known: known_hosts.HostKeys | None = None,
+    ) -> None:
+        """Nothing lost yet; where is host:port for messages."""
         self.lost: asyncio.Future[Exception | None] = asyncio.get_event_loop().create_future()
+        self.where = where
+        self.host_key_algs = tuple(host_key_algs)
+        self.known = known
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.presented: bytes | None = None  # the host key (or certificate) the server sent
+        self.refusal: str | None = None  # why pppssh refused what the server did
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Put the algorithm checks in front of asyncssh's host key validation."""
+        self.conn = conn
+        original = getattr(conn, "validate_server_host_key", None)
+        if original is None:
+            return
+
+        def validate(key_data: bytes) -> asyncssh.SSHKey:
+            self.presented = key_data
+            expected = self._check_host_key(conn, key_data)
+            key: asyncssh.SSHKey = original(key_data)
+            self._check_signatures(key, expected)
+            return key
+
+        conn.validate_server_host_key = validate  # type: ignore[method-assign]
+
+    def _refuse(self, message: str) -> NoReturn:
+        """Record why, and end the key exchange."""
+        self.refusal = printable(message, 400)
+        raise asyncssh.KeyExchangeFailed(self.refusal)
+
+    def _check_host_key(self, conn: object, key_data: bytes) -> set[str]:
+        """Refuse a host key whose type we did not agree on; return the signature algs
+        the key exchange may then be signed with."""
+        try:
+            kind = _string(key_data)[0].decode("ascii")
+        except (ValueError, struct.error, UnicodeDecodeError):
+            self._refuse(f"host {self.where} sent a malformed host key")
+        offer = server_offer(conn)
+        if offer is not None:
+            agreed = _first_common(self.host_key_algs, offer["host_key"])
+            if agreed is None:
+                self._refuse(
+                    offer_problem(self.where, offer, self.host_key_algs)
+                    or f"host {self.where}: no host key algorithm in common"
+                )
+            if kind != key_type(agreed):
+                self._refuse(
+                    f"host {self.where} sent a {describe(kind)} host key after agreeing on "
+                    f"{agreed}; OpenSSH 9 refuses that too"
+                )
+            expected = {signature_alg(agreed)}
+        else:
+            expected = {signature_alg(a) for a in self.host_key_algs if key_type(a) == kind}
+            if not expected:
+                self._refuse(
+                    f"host {self.where} sent a {describe(kind)} host key, which OpenSSH 9 "
+                    "refuses too"
+                )
+        if kind.endswith(CERT_SUFFIX):
+            ca_alg = _certificate_signature_alg(key_data)
+            if ca_alg not in CA_SIGNATURE_ALGS:
+                self._refuse(
+                    f"host {self.where} presented a certificate signed with "
+                    f"{describe(ca_alg or 'an unreadable signature')}, which OpenSSH 9 "
+                    "refuses too"
+                )
+        return expected
+
+    def _check_signatures(self, key: asyncssh.SSHKey, expected: set[str]) -> None:
+        """Make key accept only signatures made with an expected algorithm."""
+        verify = key.verify
+
+        def strict_verify(data: bytes, sig: bytes) -> bool:
+            try:
+                alg = _string(sig)[0].decode("ascii")
+            except (ValueError, struct.error, UnicodeDecodeError):
+                return False
+            if alg not in expected:
+                self.refusal = printable(
+                    f"host {self.where} signed the key exchange with {describe(alg)} instead "
+                    f"of {', '.join(sorted(expected))}; OpenSSH 9 refuses that too",
+                    400,
+                )
+                return False
+            return bool(verify(data, sig))
+
+        key.verify = strict_verify  # type: ignore[method-assign]
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Keepalive timeout, network error or a clean close."""
@@ -94,32 +417,169 @@ class Connection(asyncssh.SSHClient):
             self.lost.set_result(exc)
 
 
+def _certificate_signature_alg(cert_data: bytes) -> str | None:
+    """The algorithm of the CA's signature on an OpenSSH certificate (its last field)."""
+    try:
+        cert = asyncssh.import_certificate(
+            _string(cert_data)[0] + b" " + base64.b64encode(cert_data)
+        )
+        signer = _wire_string(cast(Any, cert).signing_key.public_data)
+        at = cert_data.rfind(signer)
+        if at < 0:
+            return None
+        signature, end = _string(cert_data, at + len(signer))
+        if end != len(cert_data):
+            return None
+        return _string(signature)[0].decode("ascii")
+    except (ValueError, struct.error, UnicodeDecodeError, asyncssh.KeyImportError):
+        return None
+
+
+def _wire_string(data: bytes) -> bytes:
+    """An SSH `string`: length, then bytes."""
+    return struct.pack(">I", len(data)) + data
+
+
 def _known_hosts_name(cfg: SiteConfig) -> str:
     """The host pattern OpenSSH writes for this host and port."""
-    return cfg.host if cfg.port == 22 else f"[{cfg.host}]:{cfg.port}"
+    return known_hosts.lookup_name(cfg.host, cfg.port)
 
 
-async def _host_key_refusal(cfg: SiteConfig, exc: Exception) -> HostKeyRefused:
-    """Explain an unknown or changed host key: fingerprint and how to accept it."""
+def read_known_hosts(cfg: SiteConfig) -> known_hosts.HostKeys:
+    """The keys cfg's known_hosts (checked and read through trust) holds for its host."""
     try:
-        key = await asyncio.wait_for(
-            asyncssh.get_server_host_key(cfg.host, cfg.port, config=None), cfg.connect_timeout
-        )
-    except (OSError, asyncssh.Error, TimeoutError):
-        key = None
+        data = trust.read_trusted(cfg.known_hosts, "known_hosts").data
+    except trust.Untrusted as exc:
+        if not os.path.lexists(cfg.known_hosts):
+            raise TunnelError(
+                f"known_hosts file {cfg.known_hosts} does not exist; create it with the remote "
+                f"gateway's host key (e.g. from its /etc/ssh/ssh_host_ed25519_key.pub)"
+            ) from None
+        raise TunnelError(str(exc)) from None
+    return known_hosts.match(data, cfg.host, cfg.port)
+
+
+def host_key_algs(known: known_hosts.HostKeys) -> tuple[str, ...]:
+    """HOST_KEY_ALGS with those known_hosts has keys for first (sshconnect2.c
+    order_hostkeyalgs): a server with several keys then shows the one we know."""
+    first = [
+        a
+        for a in HOST_KEY_ALGS
+        if (a.endswith(CERT_SUFFIX) and known.ca_keys) or key_type(a) in known.key_types()
+    ]
+    return tuple(first) + tuple(a for a in HOST_KEY_ALGS if a not in first)
+
+
+def read_identity(path: Path, what: str = "identity") -> asyncssh.SSHKey:
+    """A private key file, checked and read through trust (secret), as an asyncssh key."""
+    try:
+        data = trust.read_trusted(path, what, secret=True).data
+    except trust.Untrusted as exc:
+        raise TunnelError(str(exc)) from None
+    try:
+        return asyncssh.import_private_key(data)
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        if "passphrase" in str(exc).lower():
+            raise TunnelError(
+                f"{what} {path} is protected by a passphrase; "
+                "an unattended link needs a key without one"
+            ) from None
+        raise TunnelError(f"{what} {path}: {exc}") from None
+
+
+def load_identity(cfg: SiteConfig) -> asyncssh.SSHKey:
+    """The site's client key, with a one-line error when it cannot be used."""
+    return read_identity(cfg.identity)
+
+
+_load_identity = load_identity  # the name earlier callers used
+
+
+def connect_options(
+    cfg: SiteConfig,
+    client: Connection | None = None,
+    *,
+    username: str | None = None,
+    client_keys: Sequence[asyncssh.SSHKey] | None = None,
+    agent: bool = False,
+) -> dict[str, Any]:
+    """asyncssh.connect keywords for cfg's remote gateway, as strict as OpenSSH 9.
+
+    known_hosts and the identity are read here (through trust) and passed as keys. The
+    login is cfg.user with cfg's identity unless username/client_keys say otherwise;
+    agent=True leaves the keys to asyncssh's defaults (the agent, ~/.ssh/id_*), for an
+    administrator's own login. client, if given, is the Connection asyncssh will use.
+    """
+    known = read_known_hosts(cfg)
+    algs = host_key_algs(known)
+    if client is None:
+        client = Connection(f"{cfg.host}:{cfg.port}", algs, known)
+    else:
+        client.where, client.host_key_algs, client.known = f"{cfg.host}:{cfg.port}", algs, known
+    chosen = client
+    options: dict[str, Any] = {
+        "username": username or cfg.user,
+        "client_factory": lambda: chosen,
+        "known_hosts": known.trusted(),  # explicit keys: asyncssh matches no names
+        "x509_trusted_certs": None,  # OpenSSH has no X.509 host certificates
+        "config": None,  # ~/.ssh/config could switch host key checking off
+        "password_auth": False,
+        "kbdint_auth": False,
+        "gss_auth": False,
+        "gss_kex": False,
+        "host_based_auth": False,
+        "kex_algs": list(KEX_ALGS),
+        "server_host_key_algs": list(algs),
+        "signature_algs": list(SIGNATURE_ALGS),
+        "encryption_algs": list(CIPHERS),
+        "mac_algs": list(MACS),
+        "connect_timeout": cfg.connect_timeout,
+        "keepalive_interval": cfg.keepalive_interval,
+        "keepalive_count_max": cfg.keepalive_count_max,
+    }
+    if not agent:
+        options["client_keys"] = list(client_keys) if client_keys else [load_identity(cfg)]
+        options["agent_path"] = None
+    return options
+
+
+def _host_key_refusal(cfg: SiteConfig, client: Connection, exc: Exception) -> HostKeyRefused:
+    """Explain an unknown, changed or revoked host key: fingerprint and how to accept it."""
+    key: asyncssh.SSHKey | None = None
+    cert = False
+    data = client.presented
+    if data:
+        try:
+            text = _string(data)[0] + b" " + base64.b64encode(data)
+            cert = text.split(b" ", 1)[0].decode("ascii", "replace").endswith(CERT_SUFFIX)
+            key = (
+                asyncssh.import_certificate(text).key if cert else asyncssh.import_public_key(text)
+            )
+        except (ValueError, struct.error, asyncssh.KeyImportError):
+            key = None
     if key is None:
-        return HostKeyRefused(f"host key of {cfg.host}:{cfg.port} not accepted: {exc}")
+        return HostKeyRefused(
+            f"host key of {cfg.host}:{cfg.port} not accepted: {printable(str(exc))}"
+        )
+    known = client.known or known_hosts.HostKeys(_known_hosts_name(cfg))
     fingerprint = key.get_fingerprint("sha256")
     line = f"{_known_hosts_name(cfg)} {key.export_public_key('openssh').decode().strip()}"
     line = " ".join(line.split()[:3])  # drop the key comment
-    try:
-        trusted = asyncssh.match_known_hosts(str(cfg.known_hosts), cfg.host, cfg.host, cfg.port)
-        known = bool(trusted[0])
-    except (OSError, ValueError, asyncssh.Error):
-        known = False
     kh = shlex.quote(str(cfg.known_hosts))
     name, quoted_line = shlex.quote(_known_hosts_name(cfg)), shlex.quote(line)
-    if known:
+    if known.is_revoked(key):
+        return HostKeyRefused(
+            f"REVOKED HOST KEY: {cfg.host}:{cfg.port} presents {key.get_algorithm()} "
+            f"{fingerprint}, which {kh} marks @revoked. Nothing was started."
+        )
+    if cert:
+        return HostKeyRefused(
+            f"host certificate of {cfg.host}:{cfg.port} not accepted ({printable(str(exc))}); "
+            f"its key is {key.get_algorithm()} {fingerprint}. Nothing was started. To trust "
+            f"that key itself (check on the gateway: ssh-keygen -lf "
+            f"/etc/ssh/ssh_host_*_key.pub): echo {quoted_line} >> {kh}"
+        )
+    if known.host_keys:
         return HostKeyRefused(
             f"HOST KEY CHANGED: {cfg.host}:{cfg.port} now presents {key.get_algorithm()} "
             f"{fingerprint}, which does not match {kh}; someone may be intercepting the "
@@ -135,57 +595,53 @@ async def _host_key_refusal(cfg: SiteConfig, exc: Exception) -> HostKeyRefused:
     )
 
 
-def _load_identity(cfg: SiteConfig) -> asyncssh.SSHKey:
-    """Read the client key, with a one-line error when it cannot be used."""
-    try:
-        return asyncssh.read_private_key(str(cfg.identity))
-    except FileNotFoundError:
-        raise TunnelError(f"identity {cfg.identity}: no such file") from None
-    except PermissionError:
-        raise TunnelError(f"identity {cfg.identity}: permission denied") from None
-    except (asyncssh.KeyImportError, ValueError) as exc:
-        if "passphrase" in str(exc).lower():
-            raise TunnelError(
-                f"identity {cfg.identity} is protected by a passphrase; "
-                "an unattended link needs a key without one"
-            ) from None
-        raise TunnelError(f"identity {cfg.identity}: {exc}") from None
+def _signature_refusal(
+    cfg: SiteConfig, client: Connection, keys: Sequence[asyncssh.SSHKey], who: str
+) -> str | None:
+    """When the server takes only signatures we refuse (ssh-rsa SHA-1) from our keys: why."""
+    server_sig_algs = getattr(client.conn, "_server_sig_algs", None)
+    if not isinstance(server_sig_algs, set):
+        return None
+    theirs = sorted(a.decode("ascii", "replace") for a in server_sig_algs if a)
+    if not theirs or not keys:
+        return None
+    for key in keys:
+        ours = {a.decode("ascii") for a in key.sig_algorithms} & set(SIGNATURE_ALGS)
+        if ours & set(theirs):
+            return None
+    shown = ", ".join(describe(a) for a in theirs)
+    return printable(
+        f"{who} accepts only {shown} signatures (server-sig-algs), none of which "
+        f"{cfg.identity if who.startswith(cfg.user) else 'the key'} can make in a way "
+        "OpenSSH 9 accepts; use an ed25519 key",
+        400,
+    )
 
 
-async def connect(cfg: SiteConfig) -> tuple[asyncssh.SSHClientConnection, Connection]:
-    """Open the SSH connection as the restricted user, host key checked, no ~/.ssh/config."""
-    if not cfg.known_hosts.is_file():
-        raise TunnelError(
-            f"known_hosts file {cfg.known_hosts} does not exist; create it with the remote "
-            f"gateway's host key (e.g. from its /etc/ssh/ssh_host_ed25519_key.pub)"
-        )
-    key = _load_identity(cfg)
-    client = Connection()
+async def connect(
+    cfg: SiteConfig,
+    *,
+    username: str | None = None,
+    client_keys: Sequence[asyncssh.SSHKey] | None = None,
+    agent: bool = False,
+) -> tuple[asyncssh.SSHClientConnection, Connection]:
+    """Open the SSH connection (as cfg.user with cfg's identity unless told otherwise),
+    as strict as OpenSSH 9, no ~/.ssh/config; failures are one-line TunnelErrors."""
+    client = Connection(f"{cfg.host}:{cfg.port}")
+    options = connect_options(cfg, client, username=username, client_keys=client_keys, agent=agent)
+    user = options["username"]
+    who = f"{user}@{cfg.host}:{cfg.port}"
     try:
-        conn = await asyncssh.connect(
-            cfg.host,
-            cfg.port,
-            username=cfg.user,
-            client_factory=lambda: client,
-            client_keys=[key],
-            known_hosts=str(cfg.known_hosts),
-            config=None,  # ~/.ssh/config could switch host key checking off
-            agent_path=None,
-            password_auth=False,
-            kbdint_auth=False,
-            gss_auth=False,
-            host_based_auth=False,
-            encryption_algs=list(CIPHERS),
-            mac_algs=list(MACS),
-            connect_timeout=cfg.connect_timeout,
-            keepalive_interval=cfg.keepalive_interval,
-            keepalive_count_max=cfg.keepalive_count_max,
-        )
-    except UnicodeDecodeError as exc:
-        raise TunnelError(f"cannot read {cfg.known_hosts}: {exc}") from None
+        conn = await asyncssh.connect(cfg.host, cfg.port, **options)
     except asyncssh.HostKeyNotVerifiable as exc:
-        raise await _host_key_refusal(cfg, exc) from None
+        raise _host_key_refusal(cfg, client, exc) from None
     except asyncssh.PermissionDenied:
+        keys = options.get("client_keys") or []
+        weak = _signature_refusal(cfg, client, keys, who)
+        if weak:
+            raise AlgorithmRefused(weak) from None
+        if agent or client_keys:
+            raise KeyRefused(f"{who} refused the login") from None
         raise KeyRefused(
             f"{cfg.destination} refused the key {cfg.identity} (is it in "
             f"~{cfg.user}/.ssh/authorized_keys there?)"
@@ -198,7 +654,13 @@ async def connect(cfg: SiteConfig) -> tuple[asyncssh.SSHClientConnection, Connec
         reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
         raise Unreachable(f"cannot connect to {cfg.host}:{cfg.port}: {reason}") from None
     except asyncssh.Error as exc:
-        raise TunnelError(f"SSH to {cfg.destination} failed: {exc.reason}") from None
+        if client.refusal:
+            raise AlgorithmRefused(client.refusal) from None
+        offer = server_offer(client.conn)
+        problem = offer_problem(client.where, offer, client.host_key_algs) if offer else None
+        if problem:
+            raise AlgorithmRefused(problem) from None
+        raise TunnelError(f"SSH to {cfg.destination} failed: {printable(exc.reason)}") from None
     skip_ignore_packets(conn)
     skip_packet_logging(conn)
     return conn, client
@@ -277,7 +739,7 @@ async def run_remote(
     except TimeoutError:
         raise RemoteFailed(command.shown, None, f"no answer within {timeout:g}s") from None
     except (OSError, asyncssh.Error) as exc:
-        raise RemoteFailed(command.shown, None, str(exc)) from None
+        raise RemoteFailed(command.shown, None, str(exc)) from None  # made printable there
     if result.exit_status != 0:
         stderr = result.stderr if isinstance(result.stderr, str) else ""
         raise RemoteFailed(command.shown, result.exit_status, stderr)
@@ -288,11 +750,14 @@ _ADDR_LINE = re.compile(r"^\d+:\s+(\S+)\s+inet\s+(\S+)\s+peer\s+(\S+?)(?:/\d+)?\
 
 
 def find_ppp_interface(ip_output: str, local: str, peer: str) -> str | None:
-    """From `ip -o -4 addr show` output, the interface with address local and this peer."""
+    """From `ip -o -4 addr show` output, the interface with address local and this peer;
+    only a name of the pppN form is taken (it is remote text, used as a word later)."""
     for line in ip_output.splitlines():
         m = _ADDR_LINE.match(line)
         if m and m.group(2).split("/")[0] == local and m.group(3) == peer:
-            return m.group(1).split("@")[0]
+            name = m.group(1).split("@")[0]
+            if valid_ifname(name):
+                return name
     return None
 
 

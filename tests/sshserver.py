@@ -3,6 +3,10 @@
 Modelled on ronf/asyncssh tests/server.py: keys generated per test and written to a folder,
 `asyncssh.listen` with a process_factory. The server never allocates a real pty (asyncssh
 does not), and its line editor is off so bytes pass unchanged.
+
+For attacks it can be made to offer only one host key type or algorithm, key exchange or
+signature algorithm (asyncssh.listen options), and, with `force_host_key_alg`, to sign with
+that host key algorithm whatever the client asked for, as a hostile server would.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 import asyncssh
 
+from pppssh import trust
 from pppssh.config import SiteConfig, parse
 
 USER = "pppssh"
@@ -46,17 +51,31 @@ class Recorder:
 class _RecordingServer(asyncssh.SSHServer):
     """Accepts exactly one account with exactly one public key; records every step."""
 
-    def __init__(self, rec: Recorder, user: str, authorized: asyncssh.SSHKey) -> None:
-        """Remember where to record and whom to let in."""
+    def __init__(
+        self, rec: Recorder, user: str, authorized: asyncssh.SSHKey, force: str | None = None
+    ) -> None:
+        """Remember where to record and whom to let in (and which host key alg to force)."""
         self.rec = rec
         self.user = user
         self.authorized = authorized
+        self.force = force
         self.conn: asyncssh.SSHServerConnection | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        """Count TCP connections that got as far as the SSH layer."""
+        """Count TCP connections that got as far as the SSH layer; turn hostile if asked."""
         self.conn = conn
         self.rec.connections += 1
+        if self.force is not None:
+            alg = self.force.encode()
+
+            def choose(_client_algs: list[bytes]) -> bool:
+                """Ignore what the client offered: sign with the forced algorithm."""
+                keypair = conn._server_host_keys[alg]  # type: ignore[attr-defined]
+                keypair.set_sig_algorithm(alg)
+                conn._server_host_key = keypair  # type: ignore[attr-defined]
+                return True
+
+            conn.choose_server_host_key = choose  # type: ignore[method-assign]
 
     def begin_auth(self, username: str) -> bool:
         """Authentication is always required."""
@@ -96,22 +115,32 @@ class SSHTestServer:
     """
 
     def __init__(
-        self, folder: Path, handler: Handler | None = None, *, user: str = USER, **listen: Any
+        self,
+        folder: Path,
+        handler: Handler | None = None,
+        *,
+        user: str = USER,
+        host_key_type: str = "ssh-ed25519",
+        client_key_type: str = "ssh-ed25519",
+        force_host_key_alg: str | None = None,
+        **listen: Any,
     ) -> None:
         """Generate the keys; nothing listens until entered."""
         self.folder = folder
         self.handler = handler
         self.user = user
         self.listen_options = listen
+        self.force_host_key_alg = force_host_key_alg
         self.rec = Recorder()
-        self.host_key = asyncssh.generate_private_key("ssh-ed25519")
-        self.client_key = asyncssh.generate_private_key("ssh-ed25519")
+        self.host_key = asyncssh.generate_private_key(host_key_type)
+        self.client_key = asyncssh.generate_private_key(client_key_type)
         self.other_key = asyncssh.generate_private_key("ssh-ed25519")
         self.identity = folder / "id_ed25519"
         self.other_identity = folder / "id_other"
         self.known_hosts = folder / "known_hosts"
         self.port = 0
         self._server: asyncssh.SSHAcceptor | None = None
+        self._top = trust.TOP
 
     @property
     def host_key_fingerprint(self) -> str:
@@ -125,7 +154,12 @@ class SSHTestServer:
         return f"[127.0.0.1]:{self.port} {algo} {blob}"
 
     async def __aenter__(self) -> SSHTestServer:
-        """Write the key files and start listening on a free port."""
+        """Write the key files and start listening on a free port.
+
+        Within, trust.TOP is the folder: pppssh checks the key files from there down (a
+        tmp_path lies under /tmp, mode 1777, which rightly is trusted by nobody).
+        """
+        self._top, trust.TOP = trust.TOP, str(self.folder)
         self.client_key.write_private_key(str(self.identity))
         self.other_key.write_private_key(str(self.other_identity))
         self.identity.chmod(0o600)
@@ -143,7 +177,9 @@ class SSHTestServer:
             "127.0.0.1",
             0,
             server_host_keys=[self.host_key],
-            server_factory=lambda: _RecordingServer(self.rec, self.user, authorized),
+            server_factory=lambda: _RecordingServer(
+                self.rec, self.user, authorized, self.force_host_key_alg
+            ),
             process_factory=self._process,
             **options,
         )
@@ -158,6 +194,7 @@ class SSHTestServer:
         tb: TracebackType | None,
     ) -> None:
         """Stop listening and close every connection."""
+        trust.TOP = self._top
         assert self._server is not None
         self._server.close()
         await self._server.wait_closed()

@@ -255,14 +255,21 @@ def test_wrong_user_is_refused(tmp_path: Path) -> None:
     run(main)
 
 
-def test_known_hosts_not_utf8_is_a_one_line_error(tmp_path: Path) -> None:
-    """BUG: a known_hosts with a non-UTF-8 byte escapes connect() as UnicodeDecodeError."""
+def test_known_hosts_not_utf8_is_read_like_openssh(tmp_path: Path) -> None:
+    """A non-UTF-8 byte in a comment is a comment, as in OpenSSH (it once escaped connect()
+    as UnicodeDecodeError); in the host field it makes a name that matches nothing."""
 
     async def main() -> None:
         async with SSHTestServer(tmp_path) as srv:
             srv.known_hosts.write_bytes(srv.host_key_line.encode() + b" caf\xe9\n")
+            conn, _ = await connect(srv.cfg())
+            conn.close()
+            await conn.wait_closed()
+            assert srv.rec.auth_completed == [USER]
+
+            srv.known_hosts.write_bytes(b"\xe9" + srv.host_key_line.encode() + b"\n")
             message = await _connect_expecting_error(srv.cfg())
-            assert str(srv.known_hosts) in message
+            assert message.startswith("unknown host key: ") and "\n" not in message
             assert srv.rec.sessions == []
 
     run(main)
@@ -272,10 +279,11 @@ def test_identity_problems_are_reported_before_connecting(tmp_path: Path) -> Non
     async def main() -> None:
         async with SSHTestServer(tmp_path) as srv:
             message = await _connect_expecting_error(srv.cfg(identity="no_such_key"))
-            assert message == f"identity {tmp_path / 'no_such_key'}: no such file"
+            assert message == f"identity {tmp_path / 'no_such_key'} does not exist"
 
             locked = tmp_path / "id_locked"
             srv.client_key.write_private_key(str(locked), "pkcs8-pem", passphrase="secret")
+            locked.chmod(0o600)
             message = await _connect_expecting_error(srv.cfg(identity=locked.name))
             assert message == (
                 f"identity {locked} is protected by a passphrase; "
@@ -284,6 +292,7 @@ def test_identity_problems_are_reported_before_connecting(tmp_path: Path) -> Non
 
             garbage = tmp_path / "id_garbage"
             garbage.write_text("not a key\n")
+            garbage.chmod(0o600)
             message = await _connect_expecting_error(srv.cfg(identity=garbage.name))
             assert message.startswith(f"identity {garbage}: ")
             assert srv.rec.connections == 0
