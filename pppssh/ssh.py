@@ -595,25 +595,18 @@ def _host_key_refusal(cfg: SiteConfig, client: Connection, exc: Exception) -> Ho
     )
 
 
-def _signature_refusal(
-    cfg: SiteConfig, client: Connection, keys: Sequence[asyncssh.SSHKey], who: str
-) -> str | None:
-    """When the server takes only signatures we refuse (ssh-rsa SHA-1) from our keys: why."""
+def _signature_refusal(client: Connection, who: str) -> str | None:
+    """When the server takes only signatures OpenSSH 9 will not make (ssh-rsa SHA-1): why."""
     server_sig_algs = getattr(client.conn, "_server_sig_algs", None)
     if not isinstance(server_sig_algs, set):
         return None
     theirs = sorted(a.decode("ascii", "replace") for a in server_sig_algs if a)
-    if not theirs or not keys:
+    if not theirs or set(theirs) & set(SIGNATURE_ALGS):
         return None
-    for key in keys:
-        ours = {a.decode("ascii") for a in key.sig_algorithms} & set(SIGNATURE_ALGS)
-        if ours & set(theirs):
-            return None
     shown = ", ".join(describe(a) for a in theirs)
     return printable(
-        f"{who} accepts only {shown} signatures (server-sig-algs), none of which "
-        f"{cfg.identity if who.startswith(cfg.user) else 'the key'} can make in a way "
-        "OpenSSH 9 accepts; use an ed25519 key",
+        f"{who} accepts only {shown} signatures (server-sig-algs), which OpenSSH 9 refuses "
+        "to make too; use an ed25519 key",
         400,
     )
 
@@ -636,8 +629,7 @@ async def connect(
     except asyncssh.HostKeyNotVerifiable as exc:
         raise _host_key_refusal(cfg, client, exc) from None
     except asyncssh.PermissionDenied:
-        keys = options.get("client_keys") or []
-        weak = _signature_refusal(cfg, client, keys, who)
+        weak = _signature_refusal(client, who)
         if weak:
             raise AlgorithmRefused(weak) from None
         if agent or client_keys:

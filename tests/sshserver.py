@@ -52,12 +52,18 @@ class _RecordingServer(asyncssh.SSHServer):
     """Accepts exactly one account with exactly one public key; records every step."""
 
     def __init__(
-        self, rec: Recorder, user: str, authorized: asyncssh.SSHKey, force: str | None = None
+        self,
+        rec: Recorder,
+        user: str,
+        authorized: asyncssh.SSHKey,
+        algs: tuple[str, ...] | None = None,
+        force: str | None = None,
     ) -> None:
-        """Remember where to record and whom to let in (and which host key alg to force)."""
+        """Remember where to record and whom to let in (host key algs to offer, to force)."""
         self.rec = rec
         self.user = user
         self.authorized = authorized
+        self.algs = algs
         self.force = force
         self.conn: asyncssh.SSHServerConnection | None = None
 
@@ -65,6 +71,11 @@ class _RecordingServer(asyncssh.SSHServer):
         """Count TCP connections that got as far as the SSH layer; turn hostile if asked."""
         self.conn = conn
         self.rec.connections += 1
+        if self.algs is not None:  # offer only these host key algorithms, in this order
+            keys = conn._server_host_keys  # type: ignore[attr-defined]
+            chosen = {a.encode(): keys[a.encode()] for a in self.algs}
+            conn._server_host_keys = chosen  # type: ignore[attr-defined]
+            conn._server_host_key_algs = list(chosen)  # type: ignore[attr-defined]
         if self.force is not None:
             alg = self.force.encode()
 
@@ -122,7 +133,11 @@ class SSHTestServer:
         user: str = USER,
         host_key_type: str = "ssh-ed25519",
         client_key_type: str = "ssh-ed25519",
+        host_key_algs: tuple[str, ...] | None = None,
         force_host_key_alg: str | None = None,
+        more_host_key_types: tuple[str, ...] = (),
+        host_ca: asyncssh.SSHKey | None = None,
+        host_ca_sig_alg: str | None = None,
         **listen: Any,
     ) -> None:
         """Generate the keys; nothing listens until entered."""
@@ -130,9 +145,13 @@ class SSHTestServer:
         self.handler = handler
         self.user = user
         self.listen_options = listen
+        self.host_key_algs = host_key_algs
         self.force_host_key_alg = force_host_key_alg
         self.rec = Recorder()
         self.host_key = asyncssh.generate_private_key(host_key_type)
+        self.more_host_keys = [asyncssh.generate_private_key(t) for t in more_host_key_types]
+        self.host_ca = host_ca
+        self.host_ca_sig_alg = host_ca_sig_alg
         self.client_key = asyncssh.generate_private_key(client_key_type)
         self.other_key = asyncssh.generate_private_key("ssh-ed25519")
         self.identity = folder / "id_ed25519"
@@ -150,8 +169,13 @@ class SSHTestServer:
     @property
     def host_key_line(self) -> str:
         """`[127.0.0.1]:PORT ssh-ed25519 AAAA...` as OpenSSH writes it (no comment)."""
-        algo, blob = self.host_key.export_public_key("openssh").decode().split()[:2]
-        return f"[127.0.0.1]:{self.port} {algo} {blob}"
+        return f"[127.0.0.1]:{self.port} {self.key_text(self.host_key)}"
+
+    @staticmethod
+    def key_text(key: asyncssh.SSHKey) -> str:
+        """`type base64` of a key's public half, as in known_hosts."""
+        algo, blob = key.export_public_key("openssh").decode().split()[:2]
+        return f"{algo} {blob}"
 
     async def __aenter__(self) -> SSHTestServer:
         """Write the key files and start listening on a free port.
@@ -173,12 +197,19 @@ class SSHTestServer:
             "allow_scp": False,
         }
         options.update(self.listen_options)
+        host_keys: list[Any] = [self.host_key, *self.more_host_keys]
+        if self.host_ca is not None:  # the first host key with a certificate from host_ca
+            sig: Any = self.host_ca_sig_alg or ()
+            cert = self.host_ca.generate_host_certificate(
+                self.host_key, "lab", principals=["127.0.0.1"], sig_alg=sig
+            )
+            host_keys[0] = (self.host_key, cert)
         self._server = await asyncssh.listen(
             "127.0.0.1",
             0,
-            server_host_keys=[self.host_key],
+            server_host_keys=host_keys,
             server_factory=lambda: _RecordingServer(
-                self.rec, self.user, authorized, self.force_host_key_alg
+                self.rec, self.user, authorized, self.host_key_algs, self.force_host_key_alg
             ),
             process_factory=self._process,
             **options,

@@ -18,14 +18,25 @@ import asyncssh
 import pytest
 
 import pppssh.tunnel
+from pppssh import trust
 from pppssh.bridge import Bridge
 from pppssh.localppp import describe_exit
 from pppssh.plan import Command, remote_pppd_argv, shell_join
 from pppssh.ssh import (
+    HOST_KEY_ALGS,
+    KEX_ALGS,
+    OPENSSH9_HOST_KEY,
+    OPENSSH9_KEX,
+    OPENSSH9_SIGNATURES,
+    SIGNATURE_ALGS,
+    WEAK,
+    AlgorithmRefused,
+    HostKeyRefused,
     RemoteFailed,
     TunnelError,
     _known_hosts_name,
     connect,
+    connect_options,
     find_ppp_interface,
     open_bridge,
     run_remote,
@@ -324,6 +335,342 @@ def test_handshake_timeout(tmp_path: Path) -> None:
             assert message == f"cannot connect to 127.0.0.1:{port}: timed out after 0.2s"
 
     run(main)
+
+
+# ---------------------------------------------------------------------------- attacks on SSH
+# Each test plays a hostile or outdated server (or a careless file) and checks that pppssh
+# refuses it as OpenSSH 9 would, before any login: the assertion messages say what was tried
+# and what stopped it.
+
+
+async def _refusal(srv: SSHTestServer, **overrides: str) -> TunnelError:
+    """connect() to srv must fail; return the error, after checking nobody logged in."""
+    logins, sessions = len(srv.rec.auth_completed), len(srv.rec.sessions)
+    with pytest.raises(TunnelError) as info:
+        conn, _client = await connect(srv.cfg(**overrides))
+        conn.close()
+    assert len(srv.rec.auth_completed) == logins, f"logged in before refusing: {info.value}"
+    assert len(srv.rec.sessions) == sessions, "nothing may run"
+    return info.value
+
+
+def _attack(folder: Path, tried: str, expected: str, **server: Any) -> None:
+    """Start a server with the given options, its host key in known_hosts; connect must be
+    refused with AlgorithmRefused carrying `expected`, before authentication began."""
+
+    async def main() -> None:
+        async with SSHTestServer(folder, **server) as srv:
+            error = await _refusal(srv)
+            where = f"127.0.0.1:{srv.port}"
+            message = str(error).replace(where, "HOST")
+            assert isinstance(error, AlgorithmRefused) and expected in message, (
+                f"tried: {tried}; expected the refusal {expected!r}, got {error!r}"
+            )
+            assert "\n" not in str(error)
+            assert srv.rec.auth_begun == [], f"tried: {tried}; refused only after login began"
+            print(f"attack: {tried} -> stopped: {error}")
+
+    run(main)
+
+
+def test_server_offering_only_ssh_rsa_sha1_host_keys_is_refused(tmp_path: Path) -> None:
+    _attack(
+        tmp_path,
+        "a server whose only host key algorithm is ssh-rsa (SHA-1 signatures), key known",
+        "host HOST offers only ssh-rsa (SHA-1) host keys, which OpenSSH 9 refuses too",
+        host_key_type="ssh-rsa",
+        host_key_algs=("ssh-rsa",),
+    )
+
+
+def test_server_signing_with_ssh_rsa_sha1_anyway_is_refused(tmp_path: Path) -> None:
+    _attack(
+        tmp_path,
+        "a hostile server that offers rsa-sha2-256 but signs the key exchange with ssh-rsa",
+        "host HOST signed the key exchange with ssh-rsa (SHA-1) instead of rsa-sha2-256",
+        host_key_type="ssh-rsa",
+        host_key_algs=("rsa-sha2-256", "ssh-rsa"),
+        force_host_key_alg="ssh-rsa",
+    )
+
+
+def test_server_offering_only_a_dsa_host_key_is_refused(tmp_path: Path) -> None:
+    _attack(
+        tmp_path,
+        "a server whose only host key is ssh-dss (DSA), key known",
+        "host HOST offers only ssh-dss (DSA) host keys, which OpenSSH 9 refuses too",
+        host_key_type="ssh-dss",
+    )
+
+
+def test_server_sending_a_dsa_host_key_anyway_is_refused(tmp_path: Path) -> None:
+    _attack(
+        tmp_path,
+        "a hostile server that agrees on ssh-ed25519, then sends its (known) ssh-dss key",
+        "host HOST sent a ssh-dss (DSA) host key after agreeing on ssh-ed25519",
+        host_key_type="ssh-dss",
+        more_host_key_types=("ssh-ed25519",),
+        host_key_algs=("ssh-dss", "ssh-ed25519"),
+        force_host_key_alg="ssh-dss",
+    )
+
+
+@pytest.mark.parametrize(
+    "kex",
+    ["diffie-hellman-group14-sha1", "diffie-hellman-group1-sha1",
+     "diffie-hellman-group-exchange-sha1"],
+)  # fmt: skip
+def test_server_offering_only_sha1_key_exchange_is_refused(tmp_path: Path, kex: str) -> None:
+    _attack(
+        tmp_path,
+        f"a server whose only key exchange is {kex}",
+        f"host HOST offers only {kex} (SHA-1) key exchange, which OpenSSH 9 refuses too",
+        kex_algs=[kex],
+    )
+
+
+def test_server_accepting_only_ssh_rsa_sha1_user_signatures_is_refused(tmp_path: Path) -> None:
+    """Our own signature: with an RSA identity, a server that takes only ssh-rsa (SHA-1)
+    signatures (server-sig-algs) gets none, and the refusal says why."""
+
+    async def main() -> None:
+        async with SSHTestServer(
+            tmp_path, client_key_type="ssh-rsa", signature_algs=["ssh-rsa"]
+        ) as srv:
+            error = await _refusal(srv)
+            tried = "an RSA identity and a server accepting only ssh-rsa (SHA-1) signatures"
+            assert isinstance(error, AlgorithmRefused), f"tried: {tried}; got {error!r}"
+            assert "accepts only ssh-rsa (SHA-1) signatures" in str(error), str(error)
+            assert all(not ok for _user, _fp, ok in srv.rec.keys_offered), (
+                f"tried: {tried}; the server accepted a signature"
+            )
+            print(f"attack: {tried} -> stopped: {error}")
+
+    run(main)
+
+
+def test_rsa_identity_signs_with_sha2(tmp_path: Path) -> None:
+    """The control for the test above: the same RSA key logs in with rsa-sha2-*."""
+
+    async def main() -> None:
+        async with SSHTestServer(tmp_path, client_key_type="ssh-rsa") as srv:
+            conn, _ = await connect(srv.cfg())
+            conn.close()
+            await conn.wait_closed()
+            assert srv.rec.auth_completed == [USER]
+
+    run(main)
+
+
+def test_identity_readable_by_others_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with SSHTestServer(tmp_path) as srv:
+            srv.identity.chmod(0o644)
+            error = await _refusal(srv)
+            tried = "an identity file with mode 0644"
+            assert str(error) == (
+                f"identity {srv.identity} is readable by group or others (mode 0644), as "
+                f"OpenSSH refuses too; chmod 600 {srv.identity}"
+            ), f"tried: {tried}; got {error}"
+            assert srv.rec.connections == 0, f"tried: {tried}; it connected before refusing"
+            print(f"attack: {tried} -> stopped: {error}")
+            srv.identity.chmod(0o600)
+            conn, _ = await connect(srv.cfg())  # the fix it names works
+            conn.close()
+            await conn.wait_closed()
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ("127.0.0.1", "a port-less entry is for port 22 only"),
+        ("[127.0.0.1]:22", "an entry for port 22"),
+        ("![127.0.0.1]:{port},*", "the negation rejects the line"),
+        ("*,![127.0.0.1]:{port}", "a negation anywhere in the list rejects the line"),
+        ("[127.0.0.1]:{port}0", "another port"),
+        ("127.0.0.1:{port}", "host:port without brackets is not OpenSSH's form"),
+    ],
+)
+def test_known_hosts_entry_not_for_this_port_is_refused(
+    tmp_path: Path, entry: str, why: str
+) -> None:
+    async def main() -> None:
+        async with SSHTestServer(tmp_path) as srv:
+            pattern = entry.format(port=srv.port)
+            srv.known_hosts.write_text(f"{pattern} {srv.key_text(srv.host_key)}\n")
+            error = await _refusal(srv)
+            tried = f"the server's key listed as `{pattern}`, connecting to port {srv.port}"
+            assert isinstance(error, HostKeyRefused), f"tried: {tried}; got {error!r}"
+            assert str(error).startswith("unknown host key: "), (
+                f"tried: {tried}; expected 'unknown host key' ({why}), got {error}"
+            )
+            assert srv.rec.auth_begun == []
+            print(f"attack: {tried} -> stopped ({why}): {error}")
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    "entry", ["[127.0.0.1]:{port}", "[127.0.0.1]:*", "*", "other,[127.0.0.?]:{port}", "HASHED"]
+)
+def test_known_hosts_entry_for_this_port_is_accepted(tmp_path: Path, entry: str) -> None:
+    """The controls: the same key under patterns OpenSSH accepts for this host and port."""
+
+    async def main() -> None:
+        async with SSHTestServer(tmp_path) as srv:
+            pattern = entry.format(port=srv.port)
+            if entry == "HASHED":
+                pattern = _hashed(f"[127.0.0.1]:{srv.port}")
+            srv.known_hosts.write_text(f"{pattern} {srv.key_text(srv.host_key)}\n")
+            conn, _ = await connect(srv.cfg())
+            conn.close()
+            await conn.wait_closed()
+            assert srv.rec.auth_completed == [USER], f"`{pattern}` should have matched"
+
+    run(main)
+
+
+def _hashed(name: str) -> str:
+    """`|1|salt|hmac` of name, as ssh-keygen -H writes it."""
+    import base64
+    import hashlib
+    import hmac
+
+    salt = os.urandom(20)
+    digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+
+def test_hashed_port_less_entry_is_refused_off_port_22(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with SSHTestServer(tmp_path) as srv:
+            srv.known_hosts.write_text(f"{_hashed('127.0.0.1')} {srv.key_text(srv.host_key)}\n")
+            error = await _refusal(srv)
+            assert str(error).startswith("unknown host key: "), (
+                f"tried: a hashed port-less entry on port {srv.port}; got {error}"
+            )
+
+    run(main)
+
+
+def test_revoked_host_key_is_refused_even_when_listed(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with SSHTestServer(tmp_path) as srv:
+            key = srv.key_text(srv.host_key)
+            srv.known_hosts.write_text(f"{srv.host_key_line}\n@revoked * {key}\n")
+            error = await _refusal(srv)
+            tried = "the server's key listed for its host and port and also @revoked"
+            assert str(error).startswith(f"REVOKED HOST KEY: 127.0.0.1:{srv.port} presents "), (
+                f"tried: {tried}; got {error}"
+            )
+            assert srv.host_key_fingerprint in str(error)
+            print(f"attack: {tried} -> stopped: {error}")
+
+    run(main)
+
+
+def test_host_certificate_from_a_listed_ca(tmp_path: Path) -> None:
+    ca = asyncssh.generate_private_key("ssh-ed25519")
+
+    async def main() -> None:
+        async with SSHTestServer(tmp_path, host_ca=ca) as srv:
+            srv.known_hosts.write_text(f"@cert-authority [127.0.0.1]:* {srv.key_text(ca)}\n")
+            conn, _ = await connect(srv.cfg())
+            assert conn.get_server_host_key() is not None
+            conn.close()
+            await conn.wait_closed()
+            assert srv.rec.auth_completed == [USER]
+
+            srv.known_hosts.write_text(f"@cert-authority 127.0.0.1 {srv.key_text(ca)}\n")
+            error = await _refusal(srv)
+            assert isinstance(error, HostKeyRefused), (
+                f"tried: a host certificate whose CA is listed only for port 22; got {error!r}"
+            )
+
+            srv.known_hosts.write_text(
+                f"@cert-authority [127.0.0.1]:* {srv.key_text(ca)}\n@revoked * {srv.key_text(ca)}\n"
+            )
+            error = await _refusal(srv)
+            assert isinstance(error, HostKeyRefused), (
+                f"tried: a host certificate whose CA is also @revoked; got {error!r}"
+            )
+
+    run(main)
+
+
+def test_host_certificate_signed_with_sha1_is_refused(tmp_path: Path) -> None:
+    ca = asyncssh.generate_private_key("ssh-rsa")
+    tried = "a host certificate signed by a listed RSA CA with ssh-rsa (SHA-1)"
+
+    async def main() -> None:
+        async with SSHTestServer(tmp_path, host_ca=ca, host_ca_sig_alg="ssh-rsa") as srv:
+            srv.known_hosts.write_text(f"@cert-authority [127.0.0.1]:* {srv.key_text(ca)}\n")
+            error = await _refusal(srv)
+            assert isinstance(error, AlgorithmRefused), f"tried: {tried}; got {error!r}"
+            assert "certificate signed with ssh-rsa (SHA-1)" in str(error), str(error)
+            print(f"attack: {tried} -> stopped: {error}")
+
+    run(main)
+
+
+def test_host_certificate_signed_with_sha2_by_an_rsa_ca(tmp_path: Path) -> None:
+    """The control for the test above: the same CA signing with rsa-sha2-256 is accepted."""
+    ca = asyncssh.generate_private_key("ssh-rsa")
+
+    async def main() -> None:
+        async with SSHTestServer(tmp_path, host_ca=ca, host_ca_sig_alg="rsa-sha2-256") as srv:
+            srv.known_hosts.write_text(f"@cert-authority [127.0.0.1]:* {srv.key_text(ca)}\n")
+            conn, _ = await connect(srv.cfg())
+            conn.close()
+            await conn.wait_closed()
+            assert srv.rec.auth_completed == [USER]
+
+    run(main)
+
+
+def test_algorithms_are_openssh_9_defaults() -> None:
+    """What pppssh offers is a subset of OpenSSH 9's client defaults, with no SHA-1 or DSA."""
+    for ours, openssh in (
+        (KEX_ALGS, OPENSSH9_KEX),
+        (HOST_KEY_ALGS, OPENSSH9_HOST_KEY),
+        (SIGNATURE_ALGS, OPENSSH9_SIGNATURES),
+    ):
+        assert ours and set(ours) <= set(openssh)
+        assert [a for a in openssh if a in ours] == list(ours), "OpenSSH's order is kept"
+    offered = {*KEX_ALGS, *HOST_KEY_ALGS, *SIGNATURE_ALGS}
+    assert not offered & set(WEAK), offered & set(WEAK)
+    assert "curve25519-sha256" in KEX_ALGS and "ssh-ed25519" in HOST_KEY_ALGS
+
+
+def test_connect_options_are_the_one_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """connect_options gives every login the same strict settings; keys, never paths."""
+    monkeypatch.setattr(trust, "TOP", str(tmp_path))
+    srv = SSHTestServer(tmp_path)
+    srv.port = 2222
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key.write_private_key(str(srv.identity))
+    srv.identity.chmod(0o600)
+    srv.known_hosts.write_text(
+        f"127.0.0.1 {srv.key_text(srv.host_key)}\n[127.0.0.1]:2222 {srv.key_text(key)}\n"
+    )
+
+    async def main() -> dict[str, Any]:
+        return connect_options(srv.cfg())
+
+    options = run(main)
+    assert options["known_hosts"] == ([key.convert_to_public()], [], []) or [
+        k.public_data for k in options["known_hosts"][0]
+    ] == [key.public_data]
+    assert options["known_hosts"][1:] == ([], [])
+    assert options["kex_algs"] == list(KEX_ALGS)
+    assert options["signature_algs"] == list(SIGNATURE_ALGS)
+    assert options["server_host_key_algs"][0] == "ssh-ed25519", "a known key type first"
+    assert options["config"] is None and options["x509_trusted_certs"] is None
+    assert options["agent_path"] is None and options["password_auth"] is False
+    assert [k.public_data for k in options["client_keys"]] == [key.public_data]
+    assert not any(isinstance(v, (str, Path)) and "known_hosts" in str(v) for v in options.values())
 
 
 # ---------------------------------------------------------------------------- remote pppd
