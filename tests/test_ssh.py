@@ -1296,6 +1296,9 @@ async def _commands(process: asyncssh.SSHServerProcess[bytes]) -> None:
     elif command == "latin1":
         process.stderr.write(b"sudo: \xe9chec de l'authentification\n")
         process.exit(1)
+    elif command == "escapes":
+        process.stderr.write(b"\x1b]0;owned\x07\x1b[2Jbad \xe2\x80\xaeevil\x00\n" + b"x" * 500)
+        process.exit(1)
     elif command == "silent":
         process.exit(3)
     elif command == "hang":
@@ -1396,6 +1399,42 @@ IP_ADDR = """\
 5: ppp0    inet 10.88.0.2 peer 10.88.0.1/32 scope global ppp0\\       valid_lft forever
 7: ppp1    inet 10.99.0.2 peer 10.99.0.1/32 scope global ppp1\\       valid_lft forever
 """
+
+
+def test_remote_stderr_is_made_printable(tmp_path: Path) -> None:
+    """A remote that writes terminal escapes, a bidi override and NUL to stderr: the error
+    message carries them escaped, and bounded."""
+
+    async def main() -> None:
+        async with SSHTestServer(tmp_path, _commands) as srv:
+            conn, _ = await connect(srv.cfg())
+            try:
+                with pytest.raises(RemoteFailed) as info:
+                    await run_remote(conn, Command(("escapes",)))
+            finally:
+                conn.close()
+                await conn.wait_closed()
+            text = str(info.value)
+            tried = "stderr with ESC ] title, ESC [2J, U+202E and NUL, then 500 bytes"
+            assert text.isprintable(), f"tried: {tried}; the message is not printable: {text!r}"
+            assert "\\x1b]0;owned\\x07\\x1b[2Jbad \\u202eevil\\x00" in text, text
+            assert len(info.value.stderr) <= 300, f"tried: {tried}; not bounded"
+            print(f"attack: {tried} -> stopped: sanitize.printable: {text[:90]}...")
+
+    run(main)
+
+
+def test_find_ppp_interface_takes_only_ppp_names() -> None:
+    """The interface name comes from the remote: only pppN is taken."""
+    for name in ("eth0", "ppp0;reboot", "ppp", "lo", "ppp0\x1b[2J", "-ppp0", "ppp123456"):
+        answer = f"7: {name}    inet 10.99.0.2 peer 10.99.0.1/32 scope global\n"
+        assert find_ppp_interface(answer, "10.99.0.2", "10.99.0.1") is None, (
+            f"tried: the remote naming its link interface {name!r}; it was taken"
+        )
+    good = "7: eth0    inet 10.99.0.2 peer 10.99.0.1/32 scope global\n" + IP_ADDR
+    assert find_ppp_interface(good, "10.99.0.2", "10.99.0.1") == "ppp1"
+    assert find_ppp_interface("7: ppp3@if9    inet 10.99.0.2 peer 10.99.0.1/32 x\n",
+                              "10.99.0.2", "10.99.0.1") == "ppp3"  # fmt: skip
 
 
 def test_find_ppp_interface() -> None:
