@@ -333,11 +333,12 @@ class Connection(asyncssh.SSHClient):
         self.refusal: str | None = None  # why pppssh refused what the server did
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
-        """Put the algorithm checks in front of asyncssh's host key validation."""
+        """Put the algorithm checks in front of asyncssh's host key validation (and refuse
+        to go on, rather than go on unchecked, if this asyncssh has no such step)."""
         self.conn = conn
         original = getattr(conn, "validate_server_host_key", None)
         if original is None:
-            return
+            self._refuse("this asyncssh has no validate_server_host_key to check host keys at")
 
         def validate(key_data: bytes) -> asyncssh.SSHKey:
             self.presented = key_data
@@ -490,9 +491,6 @@ def read_identity(path: Path, what: str = "identity") -> asyncssh.SSHKey:
 def load_identity(cfg: SiteConfig) -> asyncssh.SSHKey:
     """The site's client key, with a one-line error when it cannot be used."""
     return read_identity(cfg.identity)
-
-
-_load_identity = load_identity  # the name earlier callers used
 
 
 def connect_options(

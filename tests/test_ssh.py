@@ -31,6 +31,7 @@ from pppssh.ssh import (
     SIGNATURE_ALGS,
     WEAK,
     AlgorithmRefused,
+    Connection,
     HostKeyRefused,
     RemoteFailed,
     TunnelError,
@@ -626,6 +627,18 @@ def test_host_certificate_signed_with_sha2_by_an_rsa_ca(tmp_path: Path) -> None:
             conn.close()
             await conn.wait_closed()
             assert srv.rec.auth_completed == [USER]
+
+    run(main)
+
+
+def test_checks_fail_closed_without_the_asyncssh_step() -> None:
+    """If asyncssh ever lacks the step the host key checks hook into, nothing connects."""
+
+    async def main() -> None:
+        client = Connection("gw:22")
+        with pytest.raises(asyncssh.KeyExchangeFailed):
+            client.connection_made(object())  # type: ignore[arg-type]
+        assert client.refusal and "validate_server_host_key" in client.refusal
 
     run(main)
 
