@@ -499,14 +499,14 @@ def connect_options(
     *,
     username: str | None = None,
     client_keys: Sequence[asyncssh.SSHKey] | None = None,
-    agent: bool = False,
+    default_keys: bool = False,
 ) -> dict[str, Any]:
     """asyncssh.connect keywords for cfg's remote gateway, as strict as OpenSSH 9.
 
     known_hosts and the identity are read here (through trust) and passed as keys. The
     login is cfg.user with cfg's identity unless username/client_keys say otherwise;
-    agent=True leaves the keys to asyncssh's defaults (the agent, ~/.ssh/id_*), for an
-    administrator's own login. client, if given, is the Connection asyncssh will use.
+    default_keys=True leaves the keys to asyncssh's defaults (ssh-agent, ~/.ssh/id_*),
+    for an administrator's own login. client, if given, is the Connection asyncssh will use.
     """
     known = read_known_hosts(cfg)
     algs = host_key_algs(known)
@@ -535,7 +535,7 @@ def connect_options(
         "keepalive_interval": cfg.keepalive_interval,
         "keepalive_count_max": cfg.keepalive_count_max,
     }
-    if not agent:
+    if not default_keys:
         options["client_keys"] = list(client_keys) if client_keys else [load_identity(cfg)]
         options["agent_path"] = None
     return options
@@ -614,12 +614,14 @@ async def connect(
     *,
     username: str | None = None,
     client_keys: Sequence[asyncssh.SSHKey] | None = None,
-    agent: bool = False,
+    default_keys: bool = False,
 ) -> tuple[asyncssh.SSHClientConnection, Connection]:
     """Open the SSH connection (as cfg.user with cfg's identity unless told otherwise),
     as strict as OpenSSH 9, no ~/.ssh/config; failures are one-line TunnelErrors."""
     client = Connection(f"{cfg.host}:{cfg.port}")
-    options = connect_options(cfg, client, username=username, client_keys=client_keys, agent=agent)
+    options = connect_options(
+        cfg, client, username=username, client_keys=client_keys, default_keys=default_keys
+    )
     user = options["username"]
     who = f"{user}@{cfg.host}:{cfg.port}"
     try:
@@ -630,7 +632,7 @@ async def connect(
         weak = _signature_refusal(client, who)
         if weak:
             raise AlgorithmRefused(weak) from None
-        if agent or client_keys:
+        if default_keys or client_keys:
             raise KeyRefused(f"{who} refused the login") from None
         raise KeyRefused(
             f"{cfg.destination} refused the key {cfg.identity} (is it in "

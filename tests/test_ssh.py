@@ -33,6 +33,7 @@ from pppssh.ssh import (
     AlgorithmRefused,
     Connection,
     HostKeyRefused,
+    KeyRefused,
     RemoteFailed,
     TunnelError,
     _known_hosts_name,
@@ -40,6 +41,7 @@ from pppssh.ssh import (
     connect_options,
     find_ppp_interface,
     open_bridge,
+    read_identity,
     run_remote,
     skip_packet_logging,
 )
@@ -627,6 +629,33 @@ def test_host_certificate_signed_with_sha2_by_an_rsa_ca(tmp_path: Path) -> None:
             conn.close()
             await conn.wait_closed()
             assert srv.rec.auth_completed == [USER]
+
+    run(main)
+
+
+def test_administrator_login_goes_through_the_same_checks(tmp_path: Path) -> None:
+    """connect(cfg, username=..., client_keys=...) is remote-setup's login: another account
+    and key, the same known_hosts matching and algorithms."""
+
+    async def main() -> None:
+        async with SSHTestServer(tmp_path, user="admin") as srv:
+            admin_key = read_identity(srv.identity, "admin identity")
+            conn, _ = await connect(srv.cfg(), username="admin", client_keys=[admin_key])
+            conn.close()
+            await conn.wait_closed()
+            assert srv.rec.auth_completed == ["admin"]
+
+            other = read_identity(srv.other_identity, "admin identity")
+            with pytest.raises(KeyRefused, match=r"^admin@127\.0\.0\.1:\d+ refused the login$"):
+                await connect(srv.cfg(), username="admin", client_keys=[other])
+
+            srv.known_hosts.write_text(f"127.0.0.1 {srv.key_text(srv.host_key)}\n")
+            with pytest.raises(HostKeyRefused, match=r"^unknown host key"):
+                await connect(srv.cfg(), username="admin", client_keys=[admin_key])
+
+            srv.other_identity.chmod(0o640)
+            with pytest.raises(TunnelError, match=r"^admin identity .* readable by group"):
+                read_identity(srv.other_identity, "admin identity")
 
     run(main)
 
