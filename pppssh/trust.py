@@ -64,17 +64,12 @@ def _owners() -> frozenset[int]:
 def _check(st: os.stat_result, where: str, what: str, secret: bool = False) -> None:
     """Refuse a file or directory that someone other than root (or us) owns or may write."""
     mode = stat.S_IMODE(st.st_mode)
+    elsewhere = "keep the file in a directory only root can write, such as /etc/pppssh"
     if st.st_uid not in _owners():
-        raise Untrusted(
-            f"{what} {where} is owned by uid {st.st_uid}; only root may own it "
-            f"(chown root {_q(where)})"
-        )
+        fix = elsewhere if what == "directory" else f"chown root {_q(where)}"
+        raise Untrusted(f"{what} {where} is owned by uid {st.st_uid}; only root may own it ({fix})")
     if mode & 0o022:
-        fix = (
-            "keep the file in a directory only root can write, such as /etc/pppssh"
-            if what == "directory"
-            else f"chmod go-w {_q(where)}"
-        )
+        fix = elsewhere if what == "directory" else f"chmod go-w {_q(where)}"
         raise Untrusted(f"{what} {where} is writable by group or others (mode {mode:04o}); {fix}")
     if secret and mode & 0o077:
         raise Untrusted(

@@ -241,7 +241,7 @@ def test_hook_programs_are_checked_like_the_site_file(tmp_path: Path) -> None:
         load(conf)
     assert str(info.value) == (
         f"{conf}:15: up: directory {bindir} is owned by uid 1000; only root may own it "
-        f"(chown root {bindir})"
+        "(keep the file in a directory only root can write, such as /etc/pppssh)"
     )
     os.chown(bindir, 0, 0)
     conf.write_text(BASE + f"[hooks]\nup = /bin/true\ndown = {program}\n")
