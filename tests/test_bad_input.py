@@ -248,6 +248,13 @@ CASES: list[Bad] = [
     Bad("pppd-pty", 14, "remote_options", f"pppd option 'pty' is not allowed here; allowed: {PPPD_ALLOWED}"),
     Bad("pppd-call", 14, "local_options", f"pppd option 'call' is not allowed here; allowed: {PPPD_ALLOWED}"),
     Bad("pppd-ip-up-script", 14, "remote_options", f"pppd option 'ip-up-script' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    # Anything not on the allow-list: file reads leaked to the peer, environment for root's
+    # scripts, addresses the peer picks, authentication; numbers in pppd's octal form.
+    Bad("pppd-ua-show-password", 14, "remote_options", f"pppd option 'show-password' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    Bad("pppd-set-ld-preload", 14, "remote_options", f"pppd option 'set' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    Bad("pppd-accept-remote", 14, "local_options", f"pppd option 'ipcp-accept-remote' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    Bad("pppd-noauth-extra", 14, "local_options", f"pppd option 'noauth' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    Bad("pppd-number-octal", 14, "local_options", "pppd option 'lcp-restart' needs a number 1..60, not '010'"),
     # Numbers beyond any range, and a float that is no number.
     Bad("mtu-huge", 14, "mtu", "99999999999999999999999 is out of range 128..16384"),
     Bad("delay-nan", 4, "reconnect_delay", "'nan' is not a number of seconds"),
