@@ -435,7 +435,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .check import Check, render, run_checks
 
     try:
-        cfg = load(args.config)
+        cfg = load(args.config, files=False)
+        check_files(cfg, missing_ok=True)  # a missing one is a check below, with its fix
     except ConfigError as exc:
         sys.stdout.write(render([Check("site file valid", False, str(exc))]))
         return EXIT_USAGE

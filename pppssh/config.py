@@ -861,8 +861,12 @@ def load(path: str | Path, *, files: bool = True) -> SiteConfig:
     return cfg
 
 
-def check_files(cfg: SiteConfig) -> None:
-    """Check each file the site names that root will trust or run; the error names its key."""
+def check_files(cfg: SiteConfig, missing_ok: bool = False) -> None:
+    """Check each file the site names that root will trust or run; the error names its key.
+
+    missing_ok: a file that is not there passes (`pppssh check` reports it with its fix);
+    one that is there must pass every check.
+    """
     named: list[tuple[str, str, str | Path, bool]] = [  # attr, key, path, program?
         ("identity", "identity", cfg.identity, False),
         ("known_hosts", "known_hosts", cfg.known_hosts, False),
@@ -878,6 +882,9 @@ def check_files(cfg: SiteConfig) -> None:
                 trust.check_program(path, f"{key} program" if attr.endswith("command") else key)
             else:
                 trust.check_file(path, key, secret=key == "identity")
+        except trust.Missing as exc:
+            if not missing_ok:
+                raise ConfigError(str(cfg.path), cfg.lines.get(attr, 0), key, str(exc)) from None
         except trust.Untrusted as exc:
             raise ConfigError(str(cfg.path), cfg.lines.get(attr, 0), key, str(exc)) from None
 

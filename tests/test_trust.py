@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pppssh import trust
-from pppssh.config import PPPD_ALLOWED, ConfigError, load, parse, safe_name
+from pppssh.config import PPPD_ALLOWED, ConfigError, check_files, load, parse, safe_name
 from tests.test_config import BASE, insert_after
 
 REPO = Path(__file__).resolve().parent.parent
@@ -279,6 +279,22 @@ def test_hook_program_in_a_user_writable_directory(tmp_path: Path, key: str) -> 
         f"{site}:15: {key}: directory {hook.parent} is writable by group or others (mode "
         "0777); keep the file in a directory only root can write, such as /etc/pppssh"
     )
+
+
+def test_check_reports_missing_files_itself_but_never_takes_untrusted_ones(
+    tmp_path: Path,
+) -> None:
+    """`pppssh check` loads with missing_ok: a missing pppd gets its own line and fix there;
+    a present one that is not root's alone is still refused."""
+    site = gateway(tmp_path, insert_after(BASE, 10, f"local_pppd = {tmp_path / 'no-pppd'}"))
+    assert refusal(site) == (
+        f"{site}:11: local_pppd: local_pppd {tmp_path / 'no-pppd'} does not exist"
+    )
+    cfg = load(site, files=False)
+    check_files(cfg, missing_ok=True)
+    os.chown(program(tmp_path / "no-pppd"), USER, USER)
+    with pytest.raises(ConfigError, match=f"local_pppd: local_pppd .* is owned by uid {USER}"):
+        check_files(cfg, missing_ok=True)
 
 
 def test_read_only_verbs_need_only_the_site_file(tmp_path: Path) -> None:
