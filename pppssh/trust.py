@@ -6,7 +6,11 @@ sudo require of their own files: a regular file owned by root (or by the user ru
 when that is not root), not writable by group or others, in directories that are all the
 same. The check walks the path one component at a time with openat(O_NOFOLLOW) from `/`, and
 the file's content is read from the very descriptor that was checked: a symlink, FIFO or
-rename swapped in between is never followed, and nothing is looked up by path twice.
+rename swapped in between is never followed, and nothing is looked up by path twice. A
+symbolic link on the way is read from the checked directory that holds it (so only root can
+have made it) and its target walked the same way; a link in anyone else's directory is
+refused with that directory, never resolved first as realpath() would. A FIFO or device is
+opened without blocking (O_NONBLOCK, O_NOCTTY) and refused as not a regular file.
 """
 
 from __future__ import annotations
