@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from . import __version__
 from .backoff import delays
-from .config import ConfigError, SiteConfig, load
+from .config import ConfigError, SiteConfig, check_files, load
 from .plan import Command
 from .system import (
     CommandFailed,
@@ -52,10 +52,10 @@ class Fail(Exception):
         self.status = status
 
 
-def _load(path: str) -> SiteConfig:
-    """Load a site file; config errors exit with status 2."""
+def _load(path: str, files: bool = True) -> SiteConfig:
+    """Load a site file (with files=False, not the files it names); errors exit with 2."""
     try:
-        return load(path)
+        return load(path, files=files)
     except ConfigError as exc:
         raise Fail(str(exc), EXIT_USAGE) from None
 
@@ -284,7 +284,7 @@ def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:
 def _site_name(arg: str) -> str:
     """A site given by name or by its config file."""
     if arg.endswith(".conf") or os.sep in arg or Path(arg).is_file():
-        return _load(arg).name
+        return _load(arg, files=False).name
     return arg
 
 
@@ -293,7 +293,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if args.sites:
         names = [_site_name(a) for a in args.sites]
     else:
-        running = [s.site for s in read_states()]
+        try:
+            running = [s.site for s in read_states()]
+        except PermissionError:
+            raise Fail(_root_only("stop")) from None
         if not running:
             print("pppssh: no site is running")
             return 0
@@ -305,7 +308,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
         names = running
     # SIGTERM to every daemon first: they take their links down side by side (a hub with
     # dozens of sites stops in the time of the slowest, not the sum); then wait for each.
-    stopping = [_begin_stop(name) for name in names]
+    try:
+        stopping = [_begin_stop(name) for name in names]
+    except PermissionError:
+        raise Fail(_root_only("stop")) from None
     deadline = time.monotonic() + args.timeout
     status = 0
     for one in stopping:
@@ -384,7 +390,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .status import status_main
 
     names = [_site_name(a) for a in args.sites]
-    return status_main(names, as_json=args.json)
+    try:
+        return status_main(names, as_json=args.json)
+    except PermissionError:
+        raise Fail(_root_only("status")) from None
+
+
+def _root_only(verb: str) -> str:
+    """The refusal for a user who may not read the run directory."""
+    return (
+        f"{verb}: cannot read {run_dir()}: the state files are root's alone (a 0750 "
+        f"directory, 0640 files); run pppssh {verb} as root"
+    )
 
 
 # ---------------------------------------------------------------------------- routes
@@ -396,7 +413,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
 
     if not args.print:
         raise Fail("routes: nothing to do; use --print", EXIT_USAGE)
-    cfg = _load(args.config)
+    cfg = _load(args.config, files=False)
     if args.gateways:
         state = read_state(cfg.name)
         running = state is not None and pid_alive(state.pid) and state.state == "up"
@@ -418,7 +435,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .check import Check, render, run_checks
 
     try:
-        cfg = load(args.config)
+        cfg = load(args.config, files=False)
+        check_files(cfg, missing_ok=True)  # a missing one is a check below, with its fix
     except ConfigError as exc:
         sys.stdout.write(render([Check("site file valid", False, str(exc))]))
         return EXIT_USAGE
@@ -436,7 +454,7 @@ def cmd_remote_setup(args: argparse.Namespace) -> int:
     from .remote_setup import public_key, removal_script, run_apply, setup_script
     from .ssh import TunnelError
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, files=False)
     if not cfg.helper:
         line = cfg.lines.get("helper", 0)
         where = f"{cfg.path}:{line}" if line else str(cfg.path)
@@ -445,6 +463,10 @@ def cmd_remote_setup(args: argparse.Namespace) -> int:
             "set `helper = yes` in [remote] first",
             EXIT_USAGE,
         )
+    try:
+        check_files(cfg)  # the identity and known_hosts it reads, as `start` would
+    except ConfigError as exc:
+        raise Fail(str(exc), EXIT_USAGE) from None
     try:
         key = public_key(cfg)
     except TunnelError as exc:

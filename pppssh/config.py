@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import os
 import re
 import shlex
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from . import trust
+
 __all__ = [
     "SCHEMA",
     "Compression",
@@ -20,8 +23,10 @@ __all__ = [
     "Key",
     "Proxyarp",
     "SiteConfig",
+    "check_files",
     "load",
     "parse",
+    "safe_name",
 ]
 
 
@@ -47,7 +52,7 @@ class ConfigError(Exception):
         return f"{where}: {key}: {message}" if key else f"{where}: {message}"
 
 
-MAX_MESSAGE = 300
+MAX_MESSAGE = 400  # room for the list of allowed pppd options
 
 
 def _printable(text: str) -> str:
@@ -151,6 +156,11 @@ class SiteConfig:
         return f"pppssh-{self.name}-{self.local_address}"
 
     @property
+    def file_stem(self) -> str:
+        """The site name as a collision-free file-name stem without '.' (see safe_name)."""
+        return safe_name(self.name)
+
+    @property
     def destination(self) -> str:
         """user@host:port, for messages."""
         return f"{self.user}@{self.host}:{self.port}"
@@ -174,15 +184,40 @@ _HOSTNAME = re.compile(
 _ABS_PROGRAM = re.compile(r"^/[A-Za-z0-9_./+-]+$")
 _PPPD_WORD = re.compile(r"^[A-Za-z0-9_.:,/=+@-]+$")
 
-# pppd options that run programs, read other option files, or that pppssh itself manages.
-_FORBIDDEN_PPPD = {
-    "connect", "disconnect", "init", "welcome", "pty", "socket", "plugin", "file", "call",
-    "ip-up-script", "ip-down-script", "ipv6-up-script", "ipv6-down-script", "auth-up-script",
-    "auth-down-script", "notty", "record", "logfile", "logfd", "linkname", "ipparam",
-    "nodetach", "detach", "updetach", "persist", "demand", "proxyarp", "noproxyarp", "mtu",
-    "mru", "ifname", "unit", "pidfile", "defaultroute", "replacedefaultroute", "nodefaultroute",
-    "noccp", "deflate", "nodeflate", "bsdcomp", "nobsdcomp", "+ipv6", "-ipv6", "ipv6",
-    "noipv6", "ipv6cp-use-ipaddr", "ipv6cp-use-persistent",
+# pppd options a site may add: harmless tunables only (pppd 2.4.9's names). None of them runs
+# a program, reads or writes a file, changes addresses, routes or authentication, or lets the
+# peer choose an address; everything else is refused.
+_PPPD_FLAGS = (
+    "debug", "novj", "novjccomp", "nopcomp", "noaccomp", "default-asyncmap", "receive-all",
+)  # fmt: skip
+_PPPD_NUMBERS: dict[str, tuple[int, int]] = {
+    "kdebug": (0, 7),
+    "lcp-restart": (1, 60),
+    "lcp-max-configure": (1, 100),
+    "lcp-max-terminate": (1, 100),
+    "lcp-max-failure": (1, 100),
+    "ipcp-restart": (1, 60),
+    "ipcp-max-configure": (1, 100),
+    "ipcp-max-terminate": (1, 100),
+    "ipcp-max-failure": (1, 100),
+    "vj-max-slots": (2, 16),
+}
+_ASYNCMAP = re.compile(r"^[0-9A-Fa-f]{1,8}$")  # pppd reads it as hex, without 0x
+PPPD_ALLOWED = ", ".join(
+    [
+        "debug",
+        *(f"{name} N" for name in _PPPD_NUMBERS),
+        *(name for name in _PPPD_FLAGS if name != "debug"),
+        "asyncmap MAP",
+    ]
+)
+# Options pppssh sets itself, and the key that sets them.
+_PPPD_MANAGED = {
+    "mtu": "mtu", "mru": "mru", "proxyarp": "proxyarp", "noproxyarp": "proxyarp",
+    "noccp": "compression", "deflate": "compression", "nodeflate": "compression",
+    "bsdcomp": "compression", "nobsdcomp": "compression", "nopredictor1": "compression",
+    "lcp-echo-interval": "lcp_echo_interval", "lcp-echo-failure": "lcp_echo_failure",
+    "+ipv6": "ipv6", "ipv6": "ipv6", "noipv6": "ipv6", "-ipv6": "ipv6",
 }  # fmt: skip
 
 
@@ -312,13 +347,36 @@ def _words(value: str) -> tuple[str, ...]:
 
 
 def _pppd_options(value: str) -> tuple[str, ...]:
-    """Extra pppd options: plain words only, none that run programs or that pppssh manages."""
+    """Extra pppd options: only the allow-listed tunables, their numbers in range."""
     words = _words(value)
-    for word in words:
+    i = 0
+    while i < len(words):
+        word = words[i]
         if not _PPPD_WORD.match(word):
             raise ValueError(f"'{word}' contains characters not allowed in a pppd option")
-        if word in _FORBIDDEN_PPPD:
-            raise ValueError(f"pppd option '{word}' is not allowed here (pppssh manages it)")
+        if word in _PPPD_MANAGED:
+            raise ValueError(
+                f"pppd option '{word}' is not allowed here: pppssh sets it from the key "
+                f"{_PPPD_MANAGED[word]}"
+            )
+        if word in _PPPD_FLAGS:
+            i += 1
+            continue
+        if word not in _PPPD_NUMBERS and word != "asyncmap":
+            shown = word if len(word) <= 40 else word[:37] + "..."
+            raise ValueError(f"pppd option '{shown}' is not allowed here; allowed: {PPPD_ALLOWED}")
+        arg = words[i + 1] if i + 1 < len(words) else ""
+        got = f"'{arg[:40]}'" if arg else "nothing"
+        if word == "asyncmap":
+            if not _ASYNCMAP.match(arg):
+                raise ValueError(f"pppd option 'asyncmap' needs 1 to 8 hex digits, not {got}")
+        else:
+            lo, hi = _PPPD_NUMBERS[word]
+            # decimal digits only: pppd would read 010 as octal and 0x10 as hex
+            number = int(arg) if arg.isascii() and arg.isdigit() and arg == str(int(arg)) else -1
+            if not lo <= number <= hi:
+                raise ValueError(f"pppd option '{word}' needs a number {lo}..{hi}, not {got}")
+        i += 2
     return words
 
 
@@ -457,7 +515,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("remote", "user", "user", None, _user,
         "The restricted, non-root account on the remote gateway."),
     Key("remote", "identity", "identity", None, str,
-        "Private key file for that account (relative paths are relative to the site file)."),
+        "Private key file for that account (relative paths are relative to the site file). "
+        "Like the site file and every file it names, it must be root's, not writable by "
+        "group or others, in directories that are the same; and, as OpenSSH requires, not "
+        "readable by group or others (chmod 600)."),
     Key("remote", "known_hosts", "known_hosts", None, str,
         "known_hosts file holding the remote gateway's host key; there is no way to skip "
         "the check."),
@@ -497,11 +558,15 @@ SCHEMA: tuple[Key, ...] = (
     Key("ppp", "ipv6", "ipv6", "no", _yes_no,
         "yes: carry IPv6 too (IPV6CP, link-local fe80::1 here and fe80::2 there) and route "
         "the IPv6 networks in [networks] through the link on both sides."),
-    Key("ppp", "local_pppd", "local_pppd", "/usr/sbin/pppd", _program, "pppd on this gateway."),
+    Key("ppp", "local_pppd", "local_pppd", "/usr/sbin/pppd", _program,
+        "pppd on this gateway (root's, in directories only root can write)."),
     Key("ppp", "local_options", "local_options", "", _pppd_options,
-        "Extra options for the local pppd (plain words; options that run programs are refused)."),
+        "Extra options for the local pppd, from this list of harmless tunables only: "
+        f"`{PPPD_ALLOWED.replace(', ', '`, `')}` (N: a whole number in the "
+        "option's range, MAP: hex). Any other option is refused: none may run a program, "
+        "read a file, or change addresses, routes or authentication."),
     Key("ppp", "remote_options", "remote_options", "", _pppd_options,
-        "Extra options for the remote pppd (same rules)."),
+        "Extra options for the remote pppd (the same list)."),
     Key("ppp", "lcp_echo_interval", "lcp_echo_interval", "10", _as_int(0, 3600),
         "Seconds between LCP echo requests on both ends (0: off). They are sent only when "
         "nothing came from the peer meanwhile (`lcp-echo-adaptive`)."),
@@ -527,8 +592,8 @@ SCHEMA: tuple[Key, ...] = (
         "Run on this gateway once routes are in place on both sides, before `start` returns "
         "(like pppd's ip-up, wg-quick's PostUp): an absolute program and its arguments, run "
         "as root without a shell, with SITE, IFNAME, LOCAL_IP, REMOTE_IP and REMOTE_IFNAME "
-        "in its environment. A site file with hooks must be owned by root and writable by "
-        "root only."),
+        "in its environment. The program must be root's, in directories only root can "
+        "write."),
     Key("hooks", "down", "down_command", "", _hook,
         "Run on the way down (stop, or a lost link before it reconnects), before the routes "
         "are removed; same environment. Its failure is reported and never stops the "
@@ -759,18 +824,29 @@ def _check_placement(parsed: dict[str, Any], err: Callable[[str, str], ConfigErr
                 )
 
 
-def load(path: str | Path) -> SiteConfig:
-    """Read and parse a site file; unreadable files are ConfigErrors too."""
+def load(path: str | Path, *, files: bool = True) -> SiteConfig:
+    """Read a site file through trust.read_trusted and parse it; then, with files=True (the
+    verbs that connect or run programs), check every file it names that root will trust or
+    run. Untrusted, unreadable or bad files are ConfigErrors.
+
+    The site file, its identity, known_hosts, local_pppd and hook programs must each be a
+    regular file owned by root (or by the user running pppssh, when that is not root), not
+    writable by group or others, in directories that are all the same, checked on the opened
+    descriptor (trust.py). `routes`, `status` and `stop` read the site file alone (files=False).
+    """
     p = Path(path)
     try:
-        with p.open("rb") as f:
-            data = f.read(MAX_FILE + 1)
-    except FileNotFoundError:
+        data = trust.read_trusted(p, "site file", limit=MAX_FILE).data
+    except trust.TooLarge:
+        raise ConfigError(
+            str(p), 0, "", f"larger than {MAX_FILE // 1024} KiB; not a site file"
+        ) from None
+    except trust.Missing:
         raise ConfigError(str(p), 0, "", "no such file") from None
-    except OSError as exc:
-        raise ConfigError(str(p), 0, "", f"cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_FILE:
-        raise ConfigError(str(p), 0, "", f"larger than {MAX_FILE // 1024} KiB; not a site file")
+    except trust.Untrusted as exc:
+        # "site file /abs/path is ..." reads "PATH: is ..." after the path ConfigError shows
+        message = str(exc).removeprefix(f"site file {os.path.join(os.getcwd(), p)}")
+        raise ConfigError(str(p), 0, "", message.removeprefix(":").strip()) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -780,27 +856,49 @@ def load(path: str | Path) -> SiteConfig:
             str(p), line, "", f"not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column})"
         ) from None
     cfg = parse(text, p)
-    _check_hook_owner(cfg, p)
+    if files:
+        check_files(cfg)
     return cfg
 
 
-def _check_hook_owner(cfg: SiteConfig, path: Path) -> None:
-    """Commands that root runs may only come from a file that only root can change."""
-    if not (cfg.up_command or cfg.down_command):
-        return
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise ConfigError(str(path), 0, "", f"cannot stat: {exc.strerror or exc}") from None
-    if st.st_uid != 0 or st.st_mode & 0o022:
-        attr = "up_command" if cfg.up_command else "down_command"
-        key = "up" if cfg.up_command else "down"
-        raise ConfigError(
-            str(path), cfg.lines.get(attr, 0), key,
-            f"this file makes root run commands, so only root may write it (owner uid "
-            f"{st.st_uid}, mode {st.st_mode & 0o777:o}): chown root {shlex.quote(str(path))}; "
-            f"chmod go-w {shlex.quote(str(path))}",
-        )  # fmt: skip
+def check_files(cfg: SiteConfig, missing_ok: bool = False) -> None:
+    """Check each file the site names that root will trust or run; the error names its key.
+
+    missing_ok: a file that is not there passes (`pppssh check` reports it with its fix);
+    one that is there must pass every check.
+    """
+    named: list[tuple[str, str, str | Path, bool]] = [  # attr, key, path, program?
+        ("identity", "identity", cfg.identity, False),
+        ("known_hosts", "known_hosts", cfg.known_hosts, False),
+        ("local_pppd", "local_pppd", cfg.local_pppd, True),
+    ]
+    for attr, key, argv in (("up_command", "up", cfg.up_command),
+                            ("down_command", "down", cfg.down_command)):  # fmt: skip
+        if argv:
+            named.append((attr, key, argv[0], True))
+    for attr, key, path, program in named:
+        try:
+            if program:
+                trust.check_program(path, f"{key} program" if attr.endswith("command") else key)
+            else:
+                trust.check_file(path, key, secret=key == "identity")
+        except trust.Missing as exc:
+            if not missing_ok:
+                raise ConfigError(str(cfg.path), cfg.lines.get(attr, 0), key, str(exc)) from None
+        except trust.Untrusted as exc:
+            raise ConfigError(str(cfg.path), cfg.lines.get(attr, 0), key, str(exc)) from None
+
+
+_SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def safe_name(name: str) -> str:
+    """A site name as a file-name stem that no other site name maps to, for files whose names
+    must avoid '.' (sudo skips /etc/sudoers.d files with a '.' or ending in '~'): letters,
+    digits and '-' stay, every other character becomes '_' and its two hex digits ('.' is
+    '_2e', '_' is '_5f'). Since '_' only ever starts an escape, the mapping is one-to-one:
+    `a.b` is `a_2eb`, `a_b` is `a_5fb`."""
+    return "".join(c if c in _SAFE_CHARS else f"_{ord(c):02x}" for c in name)
 
 
 def schema_markdown() -> str:

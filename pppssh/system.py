@@ -20,12 +20,16 @@ from typing import Any, TextIO
 from .plan import Command
 
 __all__ = [
+    "FILE_MODE",
+    "RUN_DIR_MODE",
     "CommandFailed",
     "SiteLock",
     "State",
+    "create_file",
     "echo",
     "interface_counters",
     "leftover_pppd",
+    "make_run_dir",
     "pid_alive",
     "plain_env",
     "pppd_of_site",
@@ -140,6 +144,28 @@ def run_dir() -> Path:
     return Path(os.environ.get("PPPSSH_RUN_DIR", "/run/pppssh"))
 
 
+# The run directory is root's alone (0750); its state files, logs and locks are 0640: they
+# name the site's peers, networks and errors, which other local users have no need to read.
+# Each is created with its mode in the same call (mkdir, os.open), never opened wider first
+# and narrowed after; the umask can only narrow them further.
+RUN_DIR_MODE = 0o750
+FILE_MODE = 0o640
+
+
+def make_run_dir() -> Path:
+    """Create the run directory (mode 0750) if it is missing; return it."""
+    path = run_dir()
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, RUN_DIR_MODE)
+    return path
+
+
+def create_file(path: Path, flags: int = 0) -> int:
+    """Open path for writing, created with mode 0640 (never through a symbolic link)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | flags, FILE_MODE)
+
+
 @dataclass
 class State:
     """What a running site has changed, as recorded in /run/pppssh/<site>.json."""
@@ -175,10 +201,13 @@ def state_path(site: str) -> Path:
 
 def write_state(state: State) -> None:
     """Write the state file atomically (readers never see half a file)."""
+    make_run_dir()
     path = state_path(state.site)
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=1, sort_keys=True) + "\n")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a fresh file, so that it has FILE_MODE whatever a leftover had
+    with os.fdopen(create_file(tmp, os.O_EXCL), "w") as f:
+        f.write(json.dumps(asdict(state), indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 
@@ -189,7 +218,7 @@ def remove_state(site: str) -> None:
 
 
 def read_state(site: str) -> State | None:
-    """The recorded state of one site, or None."""
+    """The recorded state of one site, or None; PermissionError for a user who is not root."""
     try:
         return State.from_json(json.loads(state_path(site).read_text()))
     except FileNotFoundError:
@@ -199,11 +228,16 @@ def read_state(site: str) -> State | None:
 
 
 def read_states() -> list[State]:
-    """All recorded sites, sorted by name."""
+    """All recorded sites, sorted by name; PermissionError for a user who is not root (the
+    run directory is root's alone), never an empty list that would look like nothing runs."""
     states = []
-    with contextlib.suppress(FileNotFoundError):
-        for path in sorted(run_dir().glob("*.json")):
-            state = read_state(path.stem)
+    try:
+        names = os.listdir(run_dir())
+    except FileNotFoundError:
+        return []
+    for name in sorted(names):
+        if name.endswith(".json"):
+            state = read_state(name.removesuffix(".json"))
             if state is not None:
                 states.append(state)
     return states
@@ -234,8 +268,8 @@ class SiteLock:
 
     def acquire(self) -> bool:
         """Take the lock without waiting; False when another process holds it."""
-        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        make_run_dir()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -326,8 +360,9 @@ def sd_notify(*lines: str) -> bool:
 
 def redirect_output(path: Path) -> None:
     """Point fds 1 and 2 at a log file (the daemon, once `start` has returned)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o640)  # one log per start: what this run does from now on
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # one log per start, created afresh with FILE_MODE
+    fd = create_file(path, os.O_EXCL | os.O_APPEND)  # what this run does from now on
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -45,6 +45,23 @@ class UmlRun:
 _UML_RUN = pytest.StashKey[UmlRun]()
 
 
+@pytest.fixture(autouse=True)
+def trusted_top(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Anchor pppssh's trust checks (trust.TOP) at this test's own directory.
+
+    pppssh trusts a site file, and the files it names, only in directories no one but root
+    can write, up from `/`; /tmp (mode 1777) rightly fails that. Each test's tmp_path is
+    root's, mode 0755, and becomes the top of the check: directories above it are taken as
+    trusted, everything from it down is checked as on a gateway. Files a test writes there
+    (as root, umask 022) pass; a test that wants a refusal chowns or chmods them.
+    """
+    from pppssh import trust
+
+    tmp_path.chmod(0o755)
+    monkeypatch.setattr(trust, "TOP", str(tmp_path))
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
     """Give the lab, built once for the session and torn down at its end."""
@@ -126,8 +143,11 @@ def _uml_run(config: pytest.Config) -> UmlRun:
     results = uml.results_dir("pytest")
     run.console = results / "console.log"
     report = results / "report.json"
+    # --basetemp under /run (root's, 0755, a tmpfs of the run): pppssh, started by the lab
+    # tests as a real process, trusts hook programs and keys in tmp_path only there, not in /tmp.
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.lab.report",
-            "--color=no", "-v" if config.get_verbosity() > 0 else "-q", *run.nodeids]  # fmt: skip
+            "--color=no", "--basetemp=/run/pppssh-pytest",
+            "-v" if config.get_verbosity() > 0 else "-q", *run.nodeids]  # fmt: skip
     _say(config, f"lab: running {len(run.nodeids)} lab tests in UML; console: {run.console}")
     start = time.monotonic()
     try:

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pppssh import cli
-from pppssh.config import SCHEMA, ConfigError, SiteConfig, load, parse
+from pppssh.config import PPPD_ALLOWED, SCHEMA, ConfigError, SiteConfig, load, parse
 from pppssh.plan import (
     local_pppd_argv,
     local_routes,
@@ -97,7 +97,8 @@ class Bad:
     def expected(self, path: Path) -> str:
         """The error line, spelled out here rather than by ConfigError.__str__."""
         where = f"{path}:{self.line}" if self.line else str(path)
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        message = self.message.replace("{dir}", str(path.parent.parent))
+        return f"{where}: {self.key}: {message}" if self.key else f"{where}: {message}"
 
 
 def _good_with(line: int, new: bytes) -> Callable[[Path], Path]:
@@ -241,12 +242,19 @@ CASES: list[Bad] = [
     Bad("local-options-backtick", 14, "local_options", "'debug`reboot`' contains characters not allowed in a pppd option"),
     Bad("remote-options-pipe", 14, "remote_options", "'lock|nc' contains characters not allowed in a pppd option"),
     # pppd options that run programs, load code or read other option files.
-    Bad("pppd-connect", 14, "local_options", "pppd option 'connect' is not allowed here (pppssh manages it)"),
-    Bad("pppd-plugin", 14, "remote_options", "pppd option 'plugin' is not allowed here (pppssh manages it)"),
-    Bad("pppd-file", 14, "local_options", "pppd option 'file' is not allowed here (pppssh manages it)"),
-    Bad("pppd-pty", 14, "remote_options", "pppd option 'pty' is not allowed here (pppssh manages it)"),
-    Bad("pppd-call", 14, "local_options", "pppd option 'call' is not allowed here (pppssh manages it)"),
-    Bad("pppd-ip-up-script", 14, "remote_options", "pppd option 'ip-up-script' is not allowed here (pppssh manages it)"),
+    Bad("pppd-connect", 14, "local_options", f"pppd option 'connect' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    Bad("pppd-plugin", 14, "remote_options", f"pppd option 'plugin' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    Bad("pppd-file", 14, "local_options", f"pppd option 'file' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    Bad("pppd-pty", 14, "remote_options", f"pppd option 'pty' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    Bad("pppd-call", 14, "local_options", f"pppd option 'call' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    Bad("pppd-ip-up-script", 14, "remote_options", f"pppd option 'ip-up-script' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    # Anything not on the allow-list: file reads leaked to the peer, environment for root's
+    # scripts, addresses the peer picks, authentication; numbers in pppd's octal form.
+    Bad("pppd-ua-show-password", 14, "remote_options", f"pppd option 'show-password' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    Bad("pppd-set-ld-preload", 14, "remote_options", f"pppd option 'set' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    Bad("pppd-accept-remote", 14, "local_options", f"pppd option 'ipcp-accept-remote' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    Bad("pppd-noauth-extra", 14, "local_options", f"pppd option 'noauth' is not allowed here; allowed: {PPPD_ALLOWED}"),
+    Bad("pppd-number-octal", 14, "local_options", "pppd option 'lcp-restart' needs a number 1..60, not '010'"),
     # Numbers beyond any range, and a float that is no number.
     Bad("mtu-huge", 14, "mtu", "99999999999999999999999 is out of range 128..16384"),
     Bad("delay-nan", 4, "reconnect_delay", "'nan' is not a number of seconds"),
@@ -272,10 +280,10 @@ CASES: list[Bad] = [
     Bad("missing-file", 0, "", "no such file", _missing),
     Bad("missing-parent", 0, "", "no such file", _missing_parent),
     Bad("dangling-symlink", 0, "", "no such file", _dangling_symlink),
-    Bad("directory", 0, "", "cannot read: Is a directory", _directory),
-    Bad("below-a-file", 0, "", "cannot read: Not a directory", _below_a_file),
-    Bad("symlink-loop", 0, "", "cannot read: Too many levels of symbolic links", _symlink_loop),
-    Bad("unreadable", 0, "", "cannot read: Permission denied", _unreadable, as_nobody=True),
+    Bad("directory", 0, "", "is a directory, not a file", _directory),
+    Bad("below-a-file", 0, "", "{dir}/plain is not a directory", _below_a_file),
+    Bad("symlink-loop", 0, "", "too many symbolic links", _symlink_loop),
+    Bad("unreadable", 0, "", "cannot open it safely (Permission denied)", _unreadable, as_nobody=True),
 ]  # fmt: skip
 
 BY_NAME = {case.name: case for case in CASES}
@@ -439,8 +447,12 @@ def test_bad_site_file_real_process(
     case = BY_NAME[name]
     path = case.path(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PPPSSH_RUN_DIR": str(run_dir)}
+    # pppssh's trust check anchored at tmp_path, as the trusted_top fixture does in-process
+    # (tests/test_trust.py runs the real process with the check from / as well)
+    anchored = "import sys; from pppssh import trust; trust.TOP = sys.argv.pop(1); "
+    anchored += "from pppssh.__main__ import run; run()"
     done = subprocess.run(
-        [sys.executable, "-m", "pppssh", "start", str(path)],
+        [sys.executable, "-c", anchored, str(tmp_path), "start", str(path)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert (done.returncode, done.stdout, done.stderr) == (

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from pppssh.config import SCHEMA, Compression, ConfigError, Proxyarp, SiteConfig, load, parse
+from pppssh.config import (
+    PPPD_ALLOWED,
+    SCHEMA,
+    Compression,
+    ConfigError,
+    Proxyarp,
+    SiteConfig,
+    load,
+    parse,
+)
 from pppssh.plan import (
     local_pppd_argv,
     local_routes,
@@ -57,7 +66,7 @@ compression = Deflate
 ipv6 = No
 local_pppd = /opt/ppp/sbin/pppd
 local_options = debug kdebug 1
-remote_options = lock
+remote_options = novj lcp-restart 2
 lcp_echo_interval = 5
 lcp_echo_failure = 6
 up_timeout = 45
@@ -169,7 +178,7 @@ def test_full_file_every_key() -> None:
     assert cfg.compression is Compression.DEFLATE
     assert cfg.local_pppd == "/opt/ppp/sbin/pppd"
     assert cfg.local_options == ("debug", "kdebug", "1")
-    assert cfg.remote_options == ("lock",)
+    assert cfg.remote_options == ("novj", "lcp-restart", "2")
     assert (cfg.lcp_echo_interval, cfg.lcp_echo_failure) == (5, 6)
     assert cfg.up_timeout == 45.0
     # most specific first, then by address
@@ -216,25 +225,45 @@ def test_bad_hooks(line: str, message: str, tmp_path: Path) -> None:
     assert error(text, tmp_path / "hooks.conf").startswith(str(tmp_path / message))
 
 
-def test_hooks_only_from_a_file_only_root_can_write(tmp_path: Path) -> None:
-    conf = tmp_path / "hooks.conf"
-    conf.write_text(BASE + "[hooks]\nup = /bin/true\n")
-    conf.chmod(0o644)
+def test_hook_programs_are_checked_like_the_site_file(tmp_path: Path) -> None:
+    """Any site file must be root's now (hooks or not); the hook program too, at its key."""
+    conf = _named_files(tmp_path / "hooks.conf", BASE + "[hooks]\nup = /bin/true\n")
     assert load(conf).up_command == ("/bin/true",)
-    conf.chmod(0o664)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    program = bindir / "open-firewall"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    conf.write_text(BASE + f"[hooks]\nup = {program} --now\n")
+    assert load(conf).up_command == (str(program), "--now")
+    os.chown(bindir, 1000, 1000)
     with pytest.raises(ConfigError) as info:
         load(conf)
-    assert str(info.value).startswith(
-        f"{conf}:15: up: this file makes root run commands, so only root may write it (owner uid 0, mode 664): chown root {conf}; chmod go-w {conf}"
+    assert str(info.value) == (
+        f"{conf}:15: up: directory {bindir} is owned by uid 1000; only root may own it "
+        "(keep the file in a directory only root can write, such as /etc/pppssh)"
     )
-    conf.chmod(0o644)
-    os.chown(conf, 65534, 0)
-    with pytest.raises(ConfigError, match="owner uid 65534"):
+    os.chown(bindir, 0, 0)
+    conf.write_text(BASE + f"[hooks]\nup = /bin/true\ndown = {program}\n")
+    program.chmod(0o775)
+    with pytest.raises(ConfigError) as info:
         load(conf)
-    no_hooks = tmp_path / "plain.conf"
-    no_hooks.write_text(BASE)
-    os.chown(no_hooks, 65534, 0)
-    assert load(no_hooks).up_command == ()
+    assert str(info.value) == (
+        f"{conf}:16: down: down program {program} is writable by group or others (mode "
+        f"0775); chmod go-w {program}"
+    )
+
+
+def _named_files(site: Path, text: str) -> Path:
+    """Write a site file and the identity and known_hosts it names, as a gateway has them."""
+    site.parent.mkdir(parents=True, exist_ok=True)
+    site.write_text(text)
+    cfg = parse(text, site)
+    for path, mode in ((cfg.identity, 0o600), (cfg.known_hosts, 0o644)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x\n")
+        path.chmod(mode)
+    return site
 
 
 def _sections(text: str) -> list[tuple[str, str]]:
@@ -251,9 +280,9 @@ def _sections(text: str) -> list[tuple[str, str]]:
 
 
 def test_full_file_via_load_resolves_relative_paths(tmp_path: Path) -> None:
-    site = tmp_path / "conf.d" / "hq.conf"
-    site.parent.mkdir()
-    site.write_text(with_line(BASE, "known_hosts", "../kh/known_hosts"))
+    site = _named_files(
+        tmp_path / "conf.d" / "hq.conf", with_line(BASE, "known_hosts", "../kh/known_hosts")
+    )
     cfg = load(site)
     assert cfg.path == site
     assert cfg.identity == site.parent / "id_ed25519"
@@ -300,7 +329,7 @@ def test_name_defaults_to_file_stem(tmp_path: Path) -> None:
     """BUG: the empty default of `name` is run through the site-name check and refused."""
     site = tmp_path / "site-b.conf"
     site.write_text(BASE.replace("[site]\nname = site-b\n", ""))
-    cfg = load(site)
+    cfg = load(site, files=False)
     assert cfg.name == "site-b"
     assert cfg.linkname == "pppssh-site-b"
 
@@ -449,12 +478,12 @@ def test_bad_remote_values(line: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("local_options = connect /bin/sh", "site-b.conf:9: local_options: pppd option 'connect' is not allowed here (pppssh manages it)"),
-        ("remote_options = plugin x.so", "site-b.conf:9: remote_options: pppd option 'plugin' is not allowed here (pppssh manages it)"),
-        ("remote_options = debug pty /bin/sh", "site-b.conf:9: remote_options: pppd option 'pty' is not allowed here (pppssh manages it)"),
-        ("local_options = ip-up-script /tmp/x", "site-b.conf:9: local_options: pppd option 'ip-up-script' is not allowed here (pppssh manages it)"),
-        ("local_options = file /etc/shadow", "site-b.conf:9: local_options: pppd option 'file' is not allowed here (pppssh manages it)"),
-        ("local_options = mtu 9000", "site-b.conf:9: local_options: pppd option 'mtu' is not allowed here (pppssh manages it)"),
+        ("local_options = connect /bin/sh", f"site-b.conf:9: local_options: pppd option 'connect' is not allowed here; allowed: {PPPD_ALLOWED}"),
+        ("remote_options = plugin x.so", f"site-b.conf:9: remote_options: pppd option 'plugin' is not allowed here; allowed: {PPPD_ALLOWED}"),
+        ("remote_options = debug pty /bin/sh", f"site-b.conf:9: remote_options: pppd option 'pty' is not allowed here; allowed: {PPPD_ALLOWED}"),
+        ("local_options = ip-up-script /tmp/x", f"site-b.conf:9: local_options: pppd option 'ip-up-script' is not allowed here; allowed: {PPPD_ALLOWED}"),
+        ("local_options = file /etc/shadow", f"site-b.conf:9: local_options: pppd option 'file' is not allowed here; allowed: {PPPD_ALLOWED}"),
+        ("local_options = mtu 9000", "site-b.conf:9: local_options: pppd option 'mtu' is not allowed here: pppssh sets it from the key mtu"),
         ("remote_options = lock;rm -rf /", "site-b.conf:9: remote_options: 'lock;rm' contains characters not allowed in a pppd option"),
         ("remote_options = debug $(reboot)", "site-b.conf:9: remote_options: '$(reboot)' contains characters not allowed in a pppd option"),
         ("local_options = 'connect /bin/sh'", "site-b.conf:9: local_options: 'connect /bin/sh' contains characters not allowed in a pppd option"),
@@ -616,8 +645,8 @@ def test_shell_metacharacters_never_reach_a_shell(section: str, key: str) -> Non
 
 
 def test_semicolon_after_space_is_a_comment_not_a_command() -> None:
-    cfg = parse(insert_after(BASE, 8, "remote_options = lock ;rm -rf /"), CONF)
-    assert cfg.remote_options == ("lock",)
+    cfg = parse(insert_after(BASE, 8, "remote_options = novj ;rm -rf /"), CONF)
+    assert cfg.remote_options == ("novj",)
     assert "rm" not in shell_join(remote_pppd_argv(cfg))
 
 
@@ -680,8 +709,8 @@ def test_netmask_instead_of_prefix_length() -> None:
 def test_defaultroute_is_pppssh_s_business() -> None:
     text = insert_after(BASE, 8, "local_options = defaultroute")
     assert error(text) == (
-        "site-b.conf:9: local_options: pppd option 'defaultroute' is not allowed here "
-        "(pppssh manages it)"
+        "site-b.conf:9: local_options: pppd option 'defaultroute' is not allowed here; "
+        f"allowed: {PPPD_ALLOWED}"
     )
 
 

@@ -171,6 +171,7 @@ def test_remote_setup_needs_helper_yes(tmp_path: Path, capsys: pytest.CaptureFix
 def test_remote_setup_prints_the_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (tmp_path / "known_hosts").write_text("")  # the site names it: it must be there
     conf = tmp_path / "site-b.conf"
     conf.write_text(SITE)
     assert cli.main(["remote-setup", str(conf)]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from pppssh import cli
 from pppssh.cli import main
 from pppssh.status import render_table, site_status
-from pppssh.system import State, write_state
+from pppssh.system import SiteLock, State, create_file, write_state
 
 
 @pytest.fixture(autouse=True)
@@ -131,3 +132,77 @@ def test_run_local_returns_stdout_and_explains_failures() -> None:
     assert info.value.status == 3
     with pytest.raises(CommandFailed, match="pppssh-no-such-program: not found"):
         run_local(Command(("pppssh-no-such-program",)))
+
+
+# ---------------------------------------------------------------------------- file modes
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """umask 0 while the test runs: the modes must come from pppssh, not from the umask."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    """Permission bits of path."""
+    return path.stat().st_mode & 0o7777
+
+
+def test_state_log_and_lock_are_not_world_readable(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, open_umask: None
+) -> None:
+    """Run directory 0750, state file, lock and log 0640, whatever the umask."""
+    where = run_dir / "pppssh"
+    monkeypatch.setenv("PPPSSH_RUN_DIR", str(where))
+    write_state(up_state())
+    assert (mode(where), mode(where / "site-b.json")) == (0o750, 0o640)
+    stale = where / "site-b.tmp"
+    stale.write_text("{}")
+    stale.chmod(0o666)  # a leftover temporary file, world-writable: never reused as it is
+    write_state(up_state(state="reconnecting"))
+    assert mode(where / "site-b.json") == 0o640 and not stale.exists()
+    lock = SiteLock("site-b")
+    assert lock.acquire()
+    try:
+        assert mode(where / "site-b.lock") == 0o640
+    finally:
+        lock.release()
+    fd = create_file(where / "site-b.log", os.O_EXCL)
+    os.close(fd)
+    assert mode(where / "site-b.log") == 0o640
+
+
+def test_state_files_never_follow_a_symbolic_link(run_dir: Path) -> None:
+    """A link where a state file's temporary goes is replaced, its target left alone."""
+    target = run_dir / "elsewhere"
+    target.write_text("root's file\n")
+    (run_dir / "site-b.tmp").symlink_to(target)
+    write_state(up_state())
+    assert target.read_text() == "root's file\n"
+    assert json.loads((run_dir / "site-b.json").read_text())["site"] == "site-b"
+    (run_dir / "x.log").symlink_to(target)
+    with pytest.raises(OSError):
+        create_file(run_dir / "x.log")
+    assert target.read_text() == "root's file\n"
+
+
+def test_status_as_a_user_says_the_state_is_root_s(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user who may not read the run directory hears so; never "no site is running"."""
+    write_state(up_state())
+    os.seteuid(65534)
+    try:
+        status = main(["status"])
+    finally:
+        os.seteuid(0)
+    out, err = capsys.readouterr()
+    assert (status, out) == (1, "")
+    assert err == (
+        f"pppssh: status: cannot read {run_dir}: the state files are root's alone (a 0750 "
+        "directory, 0640 files); run pppssh status as root\n"
+    )

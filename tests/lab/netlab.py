@@ -174,7 +174,9 @@ class Lab:
 
     def _build(self) -> None:
         """Make namespaces, links, addresses, routes, the vpn account, keys, sshd and sudoers."""
-        self.dir = Path(tempfile.mkdtemp(prefix=f"pppssh-lab-{self.prefix}"))
+        # Under /run (root's, 0755), not /tmp: pppssh trusts site files and the keys they name
+        # only in directories no one but root can write, all the way up from /.
+        self.dir = Path(tempfile.mkdtemp(prefix=f"pppssh-lab-{self.prefix}", dir="/run"))
         self.key = self.dir / "id_ed25519"
         self.known_hosts = self.dir / "known_hosts"
         for ns in NAMESPACES:
