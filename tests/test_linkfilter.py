@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import ipaddress
+import os
 from pathlib import Path
 
+import pytest
+
+import pppssh.tunnel
 from pppssh.config import SiteConfig, parse
 from pppssh.linkfilter import (
     PRIORITY,
@@ -14,6 +20,10 @@ from pppssh.linkfilter import (
     loose_warning,
     teardown,
 )
+from pppssh.plan import Command
+from pppssh.ssh import RemoteFailed
+from pppssh.system import State
+from pppssh.tunnel import Tunnel, TunnelError
 
 
 def site(
@@ -132,3 +142,58 @@ def test_loose_all_setting_is_reported() -> None:
     warning = loose_warning(2, "ppp0")
     assert warning is not None
     assert "net.ipv4.conf.all.rp_filter = 2 (loose)" in warning and "ppp0" in warning
+
+
+# ---------------------------------------------------------------------------- remote text
+
+
+def tunnel_for(cfg: SiteConfig) -> Tunnel:
+    """A Tunnel with a connection object that is never used (its remote calls are faked)."""
+    tunnel = Tunnel(cfg, State(site=cfg.name, config=str(cfg.path), pid=os.getpid()))
+    tunnel.conn = object()  # type: ignore[assignment]
+    return tunnel
+
+
+@pytest.mark.parametrize("answer", ["ppp0;reboot", "eth0", "ppp0\x1b[2J", "../ppp0", "ppp"])
+def test_remote_interface_name_must_be_pppn(
+    answer: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PPPSSH_RUN_DIR", str(tmp_path))
+    cfg = site(ppp="", networks="local = 10.1.0.0/24\nremote = 10.2.0.0/24\n")
+    cfg = dataclasses.replace(cfg, helper=True)  # the helper answers with the name alone
+    tunnel = tunnel_for(cfg)
+
+    async def answers(command: Command, timeout: float = 60.0) -> str:
+        return answer + "\n"
+
+    monkeypatch.setattr(tunnel, "_run_remote", answers)
+    with pytest.raises(TunnelError) as caught:
+        asyncio.run(tunnel._remote_if())
+    message = str(caught.value)
+    assert "not pppN: refused" in message and "\x1b" not in message and "\n" not in message
+    assert tunnel.remote_interface is None
+
+
+def test_remote_interface_pppn_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    tunnel = tunnel_for(dataclasses.replace(site(), helper=True))
+
+    async def answers(command: Command, timeout: float = 60.0) -> str:
+        return "ppp7\n"
+
+    monkeypatch.setattr(tunnel, "_run_remote", answers)
+    assert asyncio.run(tunnel._remote_if()) == "ppp7"
+
+
+def test_remote_stderr_is_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    tunnel = tunnel_for(site())
+
+    async def fails(conn: object, command: Command, timeout: float = 60.0) -> str:
+        raise RemoteFailed(command.shown, 1, "sudo: \x1b]0;owned\x07no\r\nsecond\x1b[2J line")
+
+    monkeypatch.setattr(pppssh.tunnel, "run_remote", fails)
+    with pytest.raises(RemoteFailed) as caught:
+        asyncio.run(tunnel._run_remote(Command(("ip", "route", "add", "10.1.0.0/24"))))
+    message = str(caught.value)
+    assert message.isprintable(), message
+    assert "\\x1b]0;owned\\x07no | second\\x1b[2J line" in message
+    assert caught.value.status == 1
