@@ -168,7 +168,7 @@ class Tunnel:
         echo("[#]", shell_join(argv))
         self.save(local_pppd_pid=self.local.pid)
         await self._until("starting the local pppd", self.local.connected.wait())
-        await self._apply_filter(stack)  # before the first frame from the peer is passed on
+        await self._apply_filter()  # before the first frame from the peer is passed on
         self.bridge.attach(self.local.master)
 
         self.link = await self._until("PPP negotiation", asyncio.shield(self.local.ipcp_up))
@@ -218,7 +218,7 @@ class Tunnel:
             raise TunnelError(f"full tunnel: {exc}") from None
         await self._add_local(stack, route)
 
-    async def _apply_filter(self, stack: AsyncExitStack) -> None:
+    async def _apply_filter(self) -> None:
         """Anti-spoofing on our end of the link (linkfilter), recorded as routes are."""
         assert self.local is not None
         ifname = self.local.interface or ""

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.netlab import GW_A_LAN, NET_A, PPP_LOCAL, PPP_REMOTE, WS_A, WS_B, Lab, wait_for
+from tests.lab.test_ipv6 import ipv6_lans  # noqa: F401
 from tests.lab.test_tunnel import RUN_DIR, ppp_link, pppssh, show, stop_all  # noqa: F401
 
 pytestmark = pytest.mark.lab
@@ -268,3 +269,84 @@ def test_loose_all_warned_and_sigkill_leaves_no_stale_rules(lab: Lab, stop_all: 
         assert rules(lab) == before, "no rule left behind"
     finally:
         lab.run("gw-a", ["sysctl", "-q", "-w", f"{key}={old}"])
+
+
+LISTENER6 = r"""
+import socket, sys
+sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+out = open(sys.argv[1], "w", buffering=1)
+out.write("ready\n")
+while True:
+    data, addr = sock.recvfrom(65535)
+    if data and data[0] == 128:  # echo request
+        out.write(f"{addr[0]}\n")
+"""
+WS6_A, WS6_B, NET6_A, NET6_B = (
+    "2001:db8:a::10",
+    "2001:db8:b::10",
+    "2001:db8:a::/64",
+    "2001:db8:b::/64",
+)
+SPOOF6 = ("2001:db8:a::99", "2001:db8:99::99")  # gw-a's own LAN, and no network of the site
+
+
+def test_ipv6_spoofed_sources_stay_out(
+    lab: Lab,
+    stop_all: None,  # noqa: F811
+    ipv6_lans: None,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """IPv6 has no rp_filter: the allow rules name the far side's networks as sources."""
+    before = rules(lab)
+    for addr in SPOOF6:
+        lab.run("gw-b", ["ip", "-6", "addr", "add", f"{addr}/128", "dev", "lo", "nodad"])
+    path = tmp_path / "seen6"
+    listener = lab.spawn("ws-a", [sys.executable, "-c", LISTENER6, str(path)])
+    try:
+        assert wait_for(lambda: path.exists() and path.read_text().startswith("ready"), 30)
+        conf = lab.write_site_conf(
+            "site-b", ppp_ipv6="yes", networks_local=f"{NET_A}, {NET6_A}",
+            networks_remote=f"10.2.0.0/24, {NET6_B}",
+        )  # fmt: skip
+        started = pppssh(lab, "start", str(conf))
+        assert started.returncode == 0, show(started)
+        if_a = ppp_link(lab, "gw-a", PPP_LOCAL, PPP_REMOTE)
+        assert f"5000: from {NET6_B} to {NET6_A} iif {if_a} lookup main" in rules(lab)
+
+        def seen() -> list[str]:
+            return path.read_text().splitlines()[1:]
+
+        def ping6(ns: str, dst: str, src: str | None = None) -> str:
+            argv = ["ping", "-6", "-n", "-c", "3", "-i", "0.2", "-W", "2", dst]
+            argv[1:1] = ["-I", src] if src else []
+            done = lab.run(ns, argv, check=False, timeout=30)
+            return done.stdout + done.stderr
+
+        def attack(src: str, tried: str) -> bool:
+            print(f"attack: {tried}: ping -6 -I {src} {WS6_A} from gw-b, into the link")
+            ping6("gw-b", WS6_A, src)
+            count = seen().count(WS6_B)
+            out = ping6("ws-b", WS6_A)  # the sentinel: legitimate, the same way
+            assert " 0% packet loss" in out, out
+            assert wait_for(lambda: seen().count(WS6_B) > count, timeout=30)
+            return src in seen()
+
+        for src, tried in zip(SPOOF6, ("a source in gw-a's own LAN", "a source in no network"),
+                              strict=True):  # fmt: skip
+            assert not attack(src, tried), seen()
+            print(f"  stopped: gw-a's IPv6 prohibit rule (5001) on {if_a}: {src} is not {NET6_B}")
+        prohibit = ["iif", if_a, "priority", "5001", "prohibit"]
+        lab.run("gw-a", ["ip", "-6", "rule", "del", *prohibit])
+        try:
+            assert attack(SPOOF6[1], "control: no IPv6 prohibit rule"), "it gets through"
+        finally:
+            lab.run("gw-a", ["ip", "-6", "rule", "add", *prohibit])
+        stopped = pppssh(lab, "stop", "site-b")
+        assert stopped.returncode == 0, show(stopped)
+        assert rules(lab) == before
+    finally:
+        listener.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            listener.wait(5)
+        for addr in SPOOF6:
+            lab.run("gw-b", ["ip", "-6", "addr", "del", f"{addr}/128", "dev", "lo"], check=False)
