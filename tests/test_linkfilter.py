@@ -20,6 +20,7 @@ from pppssh.linkfilter import (
     loose_warning,
     teardown,
 )
+from pppssh.localppp import LocalPppd
 from pppssh.plan import Command
 from pppssh.ssh import RemoteFailed
 from pppssh.system import State
@@ -197,3 +198,17 @@ def test_remote_stderr_is_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
     assert message.isprintable(), message
     assert "\\x1b]0;owned\\x07no | second\\x1b[2J line" in message
     assert caught.value.status == 1
+
+
+def test_local_pppd_interface_must_be_pppn() -> None:
+    """The filter is applied to the interface the local pppd names: only a pppN is taken."""
+
+    async def main() -> list[str | None]:
+        pppd = LocalPppd(site())
+        names = []
+        for line in ("Using interface ppp0\x1b[2J", "Using interface eth0", "Using interface ppp3"):
+            pppd._line(line)
+            names.append(pppd.interface)
+        return names
+
+    assert asyncio.run(main()) == [None, None, "ppp3"]
