@@ -150,7 +150,7 @@ def undo_leftovers(site: str, stale: State | None) -> None:
     """
     linkname = f"pppssh-{site}"
     pids = leftover_pppd(stale, linkname)
-    routes = stale.local_routes if stale is not None else []
+    routes = stale.local_routes + stale.local_filter if stale is not None else []
     if stale is None and not pids:
         return
     who = f"an earlier pppssh (pid {stale.pid})" if stale else "an earlier pppssh"

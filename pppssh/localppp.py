@@ -16,6 +16,7 @@ from ptyprocess import PtyProcess
 
 from .config import SiteConfig
 from .plan import local_pppd_argv
+from .sanitize import valid_ifname
 from .system import plain_env
 
 __all__ = ["EXIT_CODES", "LinkInfo", "LocalPppd", "describe_exit"]
@@ -165,7 +166,7 @@ class LocalPppd:
         if self.on_line is not None:
             self.on_line(line)
         if m := _IFACE.search(line):
-            self.interface = m.group(1)
+            self.interface = m.group(1) if valid_ifname(m.group(1)) else None
         elif line.startswith("Connect:"):
             self.connected.set()
         elif "compression enabled" in line:

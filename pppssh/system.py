@@ -182,6 +182,7 @@ class State:
     remote_address: str | None = None
     local_routes: list[str] = field(default_factory=list)
     remote_routes: list[str] = field(default_factory=list)
+    local_filter: list[str] = field(default_factory=list)  # linkfilter's rules, as routes
     local_pppd_pid: int | None = None
     reconnects: int = 0
     last_error: str | None = None

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from ._asyncssh import asyncssh
 from .bridge import Bridge
 from .config import Compression, SiteConfig
+from .linkfilter import FilterStep, local_filter, loose_warning
 from .localppp import LinkInfo, LocalPppd, describe_exit
 from .plan import (
     Command,
@@ -26,6 +27,7 @@ from .plan import (
     server_route,
     shell_join,
 )
+from .sanitize import printable, valid_ifname
 from .ssh import (
     RemoteFailed,
     TunnelError,
@@ -41,6 +43,8 @@ __all__ = ["Tunnel", "TunnelError"]
 
 T = TypeVar("T")
 SETTLE = 0.5  # seconds to let the other parts of a dying link report, for the right reason
+RP_FILTER_ALL = "/proc/sys/net/ipv4/conf/all/rp_filter"
+_warned_loose: set[str] = set()  # sites whose loose conf/all was reported (once per process)
 
 
 class Tunnel:
@@ -57,6 +61,7 @@ class Tunnel:
         self.local: LocalPppd | None = None
         self.link: LinkInfo | None = None
         self.remote_interface: str | None = None
+        self.filter: list[FilterStep] = []  # the link filter's steps applied so far
         self._deadline = 0.0
 
     # ------------------------------------------------------------------ helpers
@@ -86,7 +91,11 @@ class Tunnel:
         return self.bridge.describe_end()
 
     def _why_down(self) -> str:
-        """Explain which part died and how."""
+        """Explain which part died and how, remote text made safe to show."""
+        return printable(self._why_down_raw(), 600)
+
+    def _why_down_raw(self) -> str:
+        """Which part died and how, as the parts tell it."""
         if self.local is not None and self.local.exited.done():
             lines = self.local.last_lines()
             status = describe_exit(self.local.exited.result())
@@ -123,6 +132,14 @@ class Tunnel:
             raise TunnelError(f"{what} failed: {self._why_down()}")
         raise TunnelError(f"{what}: no result within up_timeout={self.cfg.up_timeout:g}s")
 
+    async def _run_remote(self, command: Command, timeout: float = 60.0) -> str:
+        """run_remote, with what the remote side wrote to stderr made safe to show."""
+        assert self.conn is not None
+        try:
+            return await run_remote(self.conn, command, timeout=timeout)
+        except RemoteFailed as exc:
+            raise RemoteFailed(exc.shown, exc.status, printable(exc.stderr)) from None
+
     # ------------------------------------------------------------------ bring-up
 
     async def up(self, stack: AsyncExitStack) -> None:
@@ -132,7 +149,7 @@ class Tunnel:
         echo("", f"connecting to {cfg.destination} (host key checked against {cfg.known_hosts})")
         self.conn, self.client = await connect(cfg)
         stack.push_async_callback(self._close_connection)
-        echo("", f"connected; server {self.conn.get_extra_info('server_version')}")
+        echo("", f"connected; server {printable(str(self.conn.get_extra_info('server_version')))}")
 
         await self._until("cleaning up after an earlier session", self._cleanup_remote())
 
@@ -144,11 +161,14 @@ class Tunnel:
         echo("", "remote pppd started (first PPP frame received)")
 
         self.local = LocalPppd(cfg)
+        # The filter's rules go after the local pppd and its interface: never an open moment.
+        stack.push_async_callback(self._remove_filter)
         argv = self.local.start()
         stack.push_async_callback(self._stop_local)
         echo("[#]", shell_join(argv))
         self.save(local_pppd_pid=self.local.pid)
         await self._until("starting the local pppd", self.local.connected.wait())
+        await self._apply_filter()  # before the first frame from the peer is passed on
         self.bridge.attach(self.local.master)
 
         self.link = await self._until("PPP negotiation", asyncio.shield(self.local.ipcp_up))
@@ -198,6 +218,37 @@ class Tunnel:
             raise TunnelError(f"full tunnel: {exc}") from None
         await self._add_local(stack, route)
 
+    async def _apply_filter(self) -> None:
+        """Anti-spoofing on our end of the link (linkfilter), recorded as routes are."""
+        assert self.local is not None
+        ifname = self.local.interface or ""
+        if not valid_ifname(ifname):
+            raise TunnelError(f"the local pppd names no pppN interface ('{printable(ifname, 40)}')")
+        for step in local_filter(self.cfg, ifname):
+            try:
+                await asyncio.to_thread(run_local, step.apply)
+            except CommandFailed as exc:
+                raise TunnelError(f"link filter ({step.why}): {exc}") from None
+            self.filter.append(step)
+            if step.undo is not None:
+                self.save(local_filter=[*self.state.local_filter, step.apply.shown])
+        self._check_loose(ifname)
+
+    def _check_loose(self, ifname: str) -> None:
+        """Warn (once per site and process, and in status) when conf/all makes rp_filter loose."""
+        try:
+            with open(RP_FILTER_ALL) as f:
+                warning = loose_warning(int(f.read()), ifname)
+        except (OSError, ValueError):
+            warning = f"warning: cannot read {RP_FILTER_ALL}; the reverse-path filter is unchecked"
+        if warning is None:
+            return
+        if self.cfg.name not in _warned_loose:
+            _warned_loose.add(self.cfg.name)
+            echo("", warning)
+        if not self.state.last_error:
+            self.save(last_error=warning)
+
     def _hook_env(self) -> dict[str, str]:
         """What the up and down commands learn about the link."""
         assert self.link is not None
@@ -239,19 +290,19 @@ class Tunnel:
         if cfg.helper:
             kill = remote_leftover_kill(cfg)
             echo(self.remote_prefix, kill.shown)
-            said = (await run_remote(self.conn, kill, timeout=30)).strip()
+            said = (await self._run_remote(kill, timeout=30)).strip()
             if said:
-                echo("", said)
+                echo("", printable(said))
             return
         try:
-            await run_remote(self.conn, remote_leftover_check(cfg))
+            await self._run_remote(remote_leftover_check(cfg))
         except RemoteFailed:
             return  # no pppd of this site runs there (pgrep exit 1)
         for signal in ("TERM", "KILL"):
             kill = remote_leftover_kill(cfg, signal)
             echo(self.remote_prefix, f"{kill.shown}  # left by an earlier session")
             try:
-                await run_remote(self.conn, kill)
+                await self._run_remote(kill)
             except RemoteFailed as exc:
                 echo("", f"note: cannot stop it ({exc}); it ends by itself within "
                          f"lcp_echo_interval x lcp_echo_failure seconds")  # fmt: skip
@@ -259,7 +310,7 @@ class Tunnel:
             for _ in range(20):
                 await asyncio.sleep(0.5)
                 try:
-                    await run_remote(self.conn, remote_leftover_check(cfg))
+                    await self._run_remote(remote_leftover_check(cfg))
                 except RemoteFailed:
                     echo("", "stopped the pppd an earlier session left on the remote gateway")
                     return
@@ -270,7 +321,7 @@ class Tunnel:
         command = remote_interface_command(self.cfg)
         delay = 0.1
         while True:
-            out = await run_remote(self.conn, command)
+            out = await self._run_remote(command)
             if self.cfg.helper:  # the helper answers with the name, or nothing yet
                 name = out.split()[0] if out.split() else None
             else:
@@ -278,6 +329,11 @@ class Tunnel:
                     out, str(self.cfg.remote_address), str(self.cfg.local_address)
                 )
             if name:
+                if not valid_ifname(name):
+                    raise TunnelError(
+                        f"the remote gateway names the link's interface "
+                        f"'{printable(name, 40)}', not pppN: refused"
+                    )
                 return name
             await asyncio.sleep(delay)  # remote IPCP finishes a moment after ours
             delay = min(delay * 2, 1.0)
@@ -318,7 +374,7 @@ class Tunnel:
         """Add one remote route over the same SSH connection and push its removal."""
         assert self.conn is not None
         echo(self.remote_prefix, route.add.shown)
-        await run_remote(self.conn, route.add)
+        await self._run_remote(route.add)
         stack.push_async_callback(self._del_remote, route)
         self.save(remote_routes=[*self.state.remote_routes, route.add.shown])
 
@@ -333,7 +389,7 @@ class Tunnel:
             return
         echo(self.remote_prefix, route.delete.shown)
         try:
-            await run_remote(self.conn, route.delete, timeout=15)
+            await self._run_remote(route.delete, timeout=15)
         except RemoteFailed as exc:
             echo("", f"note: {exc}")
 
@@ -347,6 +403,18 @@ class Tunnel:
                 echo("", f"route {route.network} already gone with its interface")
             else:
                 echo("", f"note: {exc}")
+
+    async def _remove_filter(self) -> None:
+        """Delete the filter's rules (rp_filter went with the interface), last added first."""
+        for step in reversed(self.filter):
+            if step.undo is None:
+                continue
+            self.save(local_filter=[r for r in self.state.local_filter if r != step.apply.shown])
+            try:
+                await asyncio.to_thread(run_local, step.undo)
+            except CommandFailed as exc:
+                echo("", f"note: {exc}")
+        self.filter = []
 
     async def _stop_local(self) -> None:
         """SIGTERM the local pppd: it sends LCP Terminate through the still-running pump."""
@@ -370,7 +438,7 @@ class Tunnel:
             self.bridge.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.bridge.closed), 10)
-        echo("", f"remote pppd ended ({self._remote_end()})")
+        echo("", f"remote pppd ended ({printable(self._remote_end())})")
         self.save(remote_interface=None)
 
     async def _close_connection(self) -> None:
