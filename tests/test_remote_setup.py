@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,6 +25,7 @@ from pppssh.remote_setup import (
     public_key,
     removal_script,
     setup_script,
+    sudo_commands,
     sudoers_text,
 )
 from pppssh.ssh import TunnelError
@@ -136,7 +138,9 @@ def test_setup_script_embeds_each_file_verbatim() -> None:
     script = setup_script(cfg, PUB)
     for text in (helper_text(), policy_text(cfg), peers_text(cfg), sudoers_text(cfg)):
         assert f"<<'PPPSSH_EOF'\n{text}PPPSSH_EOF\n" in script
-    assert f"\n{key_line(cfg, PUB)}\nPPPSSH_EOF\n" in script
+    # the key line goes in as an argument of the script the link account runs itself
+    assert f" {shlex.quote(key_line(cfg, PUB))} <<'PPPSSH_EOF' ||\n" in script
+    assert "runuser -u tunnel -- /bin/sh -s" in script and "mktemp" not in script.split("runuser")[0]
     # sudoers is checked with visudo before anything else changes
     assert script.index("visudo -cqf") < script.index("useradd")
     assert script.index("useradd") < script.index("mv -f '/etc/sudoers.d/.pppssh-site-b.new'")
@@ -188,7 +192,7 @@ def helper(tmp_path: Path) -> tuple[Path, Path]:
     """The helper with its policy directory and sudo moved into tmp_path; sudo records argv."""
     policies = tmp_path / "policies"
     policies.mkdir()
-    (policies / "site-b.policy").write_text(policy_text(cfg_of()))
+    (policies / "pppssh-site-b.policy").write_text(policy_text(cfg_of()))
     log = tmp_path / "sudo.log"
     sudo = tmp_path / "sudo"
     sudo.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >>{log}\necho >>{log}\n')
@@ -197,6 +201,11 @@ def helper(tmp_path: Path) -> tuple[Path, Path]:
     assert "\nPOLICY_DIR=/etc/pppssh/helper\n" in text and "\nSUDO=/usr/bin/sudo\n" in text
     text = text.replace("\nPOLICY_DIR=/etc/pppssh/helper\n", f"\nPOLICY_DIR={policies}\n")
     text = text.replace("\nSUDO=/usr/bin/sudo\n", f"\nSUDO={sudo}\n")
+    logger = tmp_path / "logger"  # what the helper sends to syslog
+    logger.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >>{tmp_path / "syslog"}\necho >>{tmp_path / "syslog"}\n')
+    logger.chmod(0o755)
+    assert text.count("\tlogger -t ") == 1
+    text = text.replace("\tlogger -t ", f"\t{logger} -t ")
     path = tmp_path / "pppssh-helper"
     path.write_text(text)
     path.chmod(0o755)
@@ -271,6 +280,8 @@ def test_helper_interface_needs_no_sudo(helper: tuple[Path, Path]) -> None:
 HOSTILE = {
     None: "a login shell",
     "": "a login shell",
+    " ": "a login shell",
+    "   ": "a login shell",
     "id": "'id' is not a pppssh request",
     "sh -c id": "'sh' is not a pppssh request",
     "/bin/sh": "'/bin/sh' is not a pppssh request",
@@ -319,6 +330,42 @@ def test_helper_refuses_everything_else(helper: tuple[Path, Path], request_: str
     assert ran == [], "a refused request reached sudo"
     assert err.startswith("pppssh-helper: refused: ") and err.count("\n") == 1, err
     assert HOSTILE[request_] in err
+    assert "parameter not set" not in err and "unbound" not in err
+
+
+@pytest.mark.parametrize("request_", [None, "", "  "], ids=["unset", "empty", "spaces"])
+def test_helper_logs_a_login_shell_attempt(
+    helper: tuple[Path, Path], tmp_path: Path, request_: str | None
+) -> None:
+    """SSH_ORIGINAL_COMMAND unset (a login shell), empty or blank: refused, and logged."""
+    status, err, ran = ask(helper, request_)
+    assert (status, ran) == (REFUSED, []), err
+    assert err == "pppssh-helper: refused: a login shell (this key only makes pppssh requests)\n"
+    logged = (tmp_path / "syslog").read_text().splitlines()
+    assert len(logged) == 1, logged
+    assert logged[0].startswith("-t|pppssh-helper|-p|auth.warning|--|site=site-b user="), logged
+    assert "client=198.51.100.1: refused: a login shell" in logged[0], logged
+
+
+def test_helper_check_reveals_only_what_check_needs(helper: tuple[Path, Path]) -> None:
+    """`check`: pppd, sudo's verdicts, ip_forward, rp_filter and each network free or taken;
+    not the routing table or the addresses of this gateway."""
+    path, log = helper
+    env = {"PATH": "/usr/bin:/bin", "SSH_ORIGINAL_COMMAND": "check"}
+    proc = subprocess.run(["/bin/sh", str(path), "site-b"], env=env, capture_output=True,
+                          text=True, timeout=30)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    keys = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert set(keys) == {"pppd", "sudo", "ip_forward", "rp_filter_all", "network"}, proc.stdout
+    networks = [x for x in proc.stdout.splitlines() if x.startswith("network ")]
+    assert [x.rsplit(" ", 1)[0] for x in networks] == ["network 10.1.0.0/24", "network 10.3.0.0/16"]
+    assert all(x.endswith((" free", " taken")) for x in networks), networks
+    sudo = [x for x in proc.stdout.splitlines() if x.startswith("sudo ")]
+    assert [x.removeprefix("sudo allowed ") for x in sudo] == [
+        " ".join(argv) for argv in sudo_commands(cfg_of())
+    ], "the helper asks sudo about exactly the commands remote-setup allows"
+    asked = log.read_text().splitlines()
+    assert all(x.startswith("-n|-l|") for x in asked), "check only asks sudo, runs nothing"
 
 
 def test_helper_without_policy_or_with_a_bad_site(helper: tuple[Path, Path]) -> None:
@@ -332,7 +379,7 @@ def test_helper_without_policy_or_with_a_bad_site(helper: tuple[Path, Path]) -> 
 
 def test_helper_refuses_a_broken_policy(helper: tuple[Path, Path]) -> None:
     path, _ = helper
-    policy = path.parent / "policies" / "site-b.policy"
+    policy = path.parent / "policies" / "pppssh-site-b.policy"
     good = policy.read_text()
     for bad in ("network 10.1.0.0/24 10.2.0.0/24\n", "shell /bin/sh\n", "peer\n"):
         policy.write_text(good + bad)
