@@ -217,8 +217,7 @@ def filter_lines(cfg: SiteConfig, family: int = 4) -> list[str]:
     if cfg.full_tunnel and family == 4:
         return lines
     lines += [
-        f'{ip} rule add iif "$IF" to {net} lookup main priority {RULE_PRIORITY}'
-        for net in networks
+        f'{ip} rule add iif "$IF" to {net} lookup main priority {RULE_PRIORITY}' for net in networks
     ]
     lines.append(f'{ip} rule add iif "$IF" priority {RULE_PRIORITY + 1} prohibit')
     return lines
@@ -240,7 +239,7 @@ def _hook_text(cfg: SiteConfig, what: str, body: list[str]) -> str:
     lines = [
         "#!/bin/sh",
         f"# pppssh site {cfg.name}, written by `pppssh remote-setup`: {what}.",
-        f"# pppd runs it as root (through Debian's /etc/ppp/ip-up and run-parts) for every link; it",
+        "# pppd runs it as root (through Debian's /etc/ppp/ip-up and run-parts) for every link; it",
         "# acts only for this site's pppd, whose ipparam and linkname are fixed in its peers file.",
         "set -u",
         "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
@@ -378,8 +377,8 @@ def setup_script(cfg: SiteConfig, pubkey: str) -> str:
         f"[ -x '{PKILL}' ] || fail \"no {PKILL}: install procps\"\n"
         'command -v visudo >/dev/null || fail "no visudo: install sudo"\n'
         'command -v runuser >/dev/null || fail "no runuser: install util-linux"\n'
-        f"if ! {{ [ -x {PPP_DIR}/ip-up ] && grep -q 'run-parts {PPP_DIR}/ip-up.d' {PPP_DIR}/ip-up; }}"
-        f"; then\n"
+        f"if ! {{ [ -x {PPP_DIR}/ip-up ] &&\n"
+        f"\tgrep -q 'run-parts {PPP_DIR}/ip-up.d' {PPP_DIR}/ip-up; }}; then\n"
         f'\tfail "{PPP_DIR}/ip-up does not run {PPP_DIR}/ip-up.d (the link filter needs it)"\n'
         f"fi\n"
         f"[ ! -e {PPP_DIR}/ip-up.local ] ||\n"
@@ -414,14 +413,14 @@ def setup_script(cfg: SiteConfig, pubkey: str) -> str:
             "#    may run exactly the sudo commands below as root\n"
         )
     out.append(
-        f"\n# 3. the site's pppd options, and the link filter pppd runs as the link comes and goes\n"
+        f"\n# 3. the site's pppd options, and the link filter pppd runs as the link comes, goes\n"
         f"mkdir -p '{PEERS_DIR}'\n"
         f"{_install(f'{PEERS_DIR}/{peers_name(cfg)}', peers_text(cfg), '644')}"
     )
     for path, text in hook_files(cfg).items():
         out.append(f"mkdir -p '{path.rsplit('/', 1)[0]}'\n{_install(path, text, '755')}")
     out.append(
-        "if [ \"$(cat /proc/sys/net/ipv4/conf/all/rp_filter 2>/dev/null)\" = 2 ]; then\n"
+        'if [ "$(cat /proc/sys/net/ipv4/conf/all/rp_filter 2>/dev/null)" = 2 ]; then\n'
         '\tsay "warning: net.ipv4.conf.all.rp_filter = 2 (loose) overrides the strict filter '
         'on the link: sysctl -w net.ipv4.conf.all.rp_filter=0 (or 1)"\n'
         "fi\n"
@@ -436,7 +435,9 @@ def setup_script(cfg: SiteConfig, pubkey: str) -> str:
         f'if [ -z "$home" ] || [ ! -d "$home" ]; then fail "account {user} has no home"; fi\n'
         f"{_keys_lines(user, blob, key_line(cfg, pubkey))}"
     )
-    what = f"runs only {HELPER_PATH} {name}" if cfg.helper else "may sudo exactly the link's commands"
+    what = (
+        f"runs only {HELPER_PATH} {name}" if cfg.helper else "may sudo exactly the link's commands"
+    )
     out.append(f'\nsay "site {name} ready: {user}@$(hostname) {what}"\n')
     return "".join(out)
 

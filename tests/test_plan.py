@@ -227,7 +227,7 @@ def test_remote_routes_several_networks() -> None:
         "sudo -n /usr/sbin/ip route del 172.16.0.0/12 via 10.99.0.1",
     ]
     helper = replace(site(networks=SEVERAL), helper=True)
-    assert [r.add.shown for r in remote_routes(helper, "ppp0")][0] == (
+    assert next(r.add.shown for r in remote_routes(helper, "ppp0")) == (
         "route add 10.1.5.0/24 via 10.99.0.1"
     )
 
