@@ -26,6 +26,7 @@ from .plan import (
     server_route,
     shell_join,
 )
+from .sanitize import valid_ifname
 from .ssh import (
     RemoteFailed,
     TunnelError,
@@ -271,8 +272,9 @@ class Tunnel:
         delay = 0.1
         while True:
             out = await run_remote(self.conn, command)
-            if self.cfg.helper:  # the helper answers with the name, or nothing yet
-                name = out.split()[0] if out.split() else None
+            if self.cfg.helper:  # the helper answers with the name (pppN only), or nothing yet
+                words = out.split()
+                name = words[0] if words and valid_ifname(words[0]) else None
             else:
                 name = find_ppp_interface(
                     out, str(self.cfg.remote_address), str(self.cfg.local_address)

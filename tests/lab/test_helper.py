@@ -29,7 +29,9 @@ pytestmark = pytest.mark.lab
 
 SITE = "site-h"
 HELPER = Path("/usr/local/libexec/pppssh-helper")
-POLICY = Path(f"/etc/pppssh/helper/{SITE}.policy")
+POLICY = Path(f"/etc/pppssh/helper/pppssh-{SITE}.policy")
+IP_UP = Path(f"/etc/ppp/ip-up.d/pppssh-{SITE}")
+IP_DOWN = Path(f"/etc/ppp/ip-down.d/pppssh-{SITE}")
 PEERS = Path(f"/etc/ppp/peers/pppssh-{SITE}")
 SUDOERS = Path(f"/etc/sudoers.d/pppssh-{SITE}")
 CANARY = Path("/tmp/pppssh-helper-canary")
@@ -78,7 +80,7 @@ def helper_site(lab: Lab) -> Iterator[tuple[Path, Path]]:
         lab.run(None, ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
     conf = lab.write_site_conf(
         SITE, remote_user=LINK_USER, remote_identity=key, remote_helper="yes",
-        remote_from=GW_A_WAN,
+        remote_from=GW_A_WAN, setup=False,  # the test sets it up itself, as an administrator
     )  # fmt: skip
     admin, admin_key = lab.make_admin()
     yield conf, key
@@ -91,7 +93,7 @@ def helper_site(lab: Lab) -> Iterator[tuple[Path, Path]]:
 
 def gw_b_files() -> dict[str, bool]:
     """Which of remote-setup's files exist on gw-b (the lab's gateways share one filesystem)."""
-    return {str(p): p.exists() for p in (HELPER, POLICY, PEERS, SUDOERS)}
+    return {str(p): p.exists() for p in (HELPER, POLICY, PEERS, SUDOERS, IP_UP, IP_DOWN)}
 
 
 def authorized_keys() -> list[str]:
@@ -146,7 +148,11 @@ def test_remote_setup_helper_link_and_refusals(
     # The preflight asks the helper (`check`), which asks sudo and changes nothing.
     checked = pppssh(lab, "check", str(conf))
     assert checked.returncode == 0 and "\u2717" not in checked.stdout, show(checked)
-    assert "\u2713 remote sudo allows pppd and the routes: 3 command(s)" in checked.stdout
+    assert "\u2713 remote sudo allows pppd: /usr/sbin/pppd call pppssh-site-h;" in checked.stdout
+    assert "\u2713 remote sudo allows the routes: /usr/sbin/ip route add|del for 1 network(s)" in (
+        checked.stdout
+    )
+    assert "\u2713 remote link filter" in checked.stdout
 
     # The link, through the helper.
     started = pppssh(lab, "start", str(conf))
