@@ -575,3 +575,27 @@ def test_peers_file_keeps_the_compression_window_on_its_line() -> None:
     text = SITE.replace("[networks]", "compression = deflate\n[networks]")
     lines = peers_text(cfg_of(text)).splitlines()
     assert "deflate 15" in lines and "nobsdcomp" in lines and "noccp" not in lines
+
+
+def test_ipv6_routes_and_filter_come_from_ipv6_up(tmp_path: Path) -> None:
+    """Without the helper, IPv6 routes there are the ipv6-up.d script's: no sudo rule could
+    name their interface. The filter forwards only to the site's IPv6 networks there."""
+    text = NO_HELPER.replace("remote_options = debug", "ipv6 = yes").replace(
+        "local = 10.1.0.0/24, 10.3.0.0/16", "local = 10.1.0.0/24, 2001:db8:a::/64"
+    )
+    text = text.replace("remote = 10.2.0.0/24", "remote = 10.2.0.0/24, 2001:db8:b::/64")
+    cfg = cfg_of(text)
+    files = hook_files(cfg)
+    assert sorted(p.split("/")[3] for p in files) == [
+        "ip-down.d", "ip-up.d", "ipv6-down.d", "ipv6-up.d",
+    ]  # fmt: skip
+    assert not any(":" in " ".join(argv) for argv in sudo_commands(cfg)), "no IPv6 sudo rule"
+    env = {"PPP_IFACE": "ppp3", "PPP_IPPARAM": "pppssh-site-b",
+           "LINKNAME": "pppssh-site-b-192.168.77.1", "PATH": "/usr/bin:/bin"}  # fmt: skip
+    assert _run_hook(tmp_path, files["/etc/ppp/ipv6-up.d/pppssh-site-b"], env) == [
+        "ip -6 route add 2001:db8:a::/64 dev ppp3",
+        "ip -6 rule del iif ppp3 priority 5200",
+        "ip -6 rule del iif ppp3 priority 5201",
+        "ip -6 rule add iif ppp3 to 2001:db8:b::/64 lookup main priority 5200",
+        "ip -6 rule add iif ppp3 priority 5201 prohibit",
+    ]

@@ -17,6 +17,7 @@ from tests.lab.netlab import (
     GW_B_WAN,
     LINK_USER,
     NET_A,
+    NET_B,
     PPP_LOCAL,
     PPP_REMOTE,
     WS_A,
@@ -165,6 +166,12 @@ def test_remote_setup_helper_link_and_refusals(
     if_b = ppp_link(lab, "gw-b", PPP_REMOTE, PPP_LOCAL)
     ppp_link(lab, "gw-a", PPP_LOCAL, PPP_REMOTE)
     assert f"{NET_A} via {PPP_LOCAL} dev {if_b}" in lab.routes("gw-b")
+    # the link filter pppd ran through ip-up.d: strict rp_filter, forwarding only to NET_B
+    rules = lab.run("gw-b", ["ip", "-4", "rule", "show"]).stdout.splitlines()
+    assert any(r.startswith("5200:") and f"iif {if_b}" in r and f"to {NET_B}" in r for r in rules)
+    assert any(r.startswith("5201:") and f"iif {if_b}" in r and "prohibit" in r for r in rules)
+    rp = lab.run("gw-b", ["cat", f"/proc/sys/net/ipv4/conf/{if_b}/rp_filter"]).stdout.strip()
+    assert rp == "1", rules
     assert lab.ping("ws-a", WS_B, count=3) and lab.ping("ws-b", WS_A, count=3)
     status = pppssh(lab, "status", SITE)
     assert status.returncode == 0 and if_b in status.stdout, show(status)
@@ -221,6 +228,8 @@ def test_remote_setup_helper_link_and_refusals(
     assert stopped.returncode == 0, show(stopped)
     assert f"{remote} route del {NET_A} via {PPP_LOCAL}\n" in stopped.stdout
     assert no_leftovers(lab) == []
+    rules_after = lab.run("gw-b", ["ip", "-4", "rule", "show"]).stdout
+    assert "5200:" not in rules_after and "5201:" not in rules_after, "ip-down left its rules"
 
     removed = pppssh(lab, "remote-setup", "--remove", *apply[1:], str(conf))
     assert removed.returncode == 0, show(removed)
