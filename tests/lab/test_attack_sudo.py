@@ -181,7 +181,7 @@ def test_spoofed_sources_do_not_reach_the_far_lan(lab: Lab, plain_site: tuple[Pa
         send = (
             "import socket,sys\n"
             "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind((sys.argv[1],0))\n"
-            f"s.sendto(sys.argv[1].encode(),({WS_B!r},9999))\n"
+            f"s.sendto(sys.argv[-1].encode(),({WS_B!r},9999))\n"
         )
         bound = ["ss", "-Hlun", "sport = :9999"]
         assert wait_for(lambda: ":9999" in lab.run("ws-b", bound).stdout, 30), "no listener"
@@ -197,6 +197,12 @@ def test_spoofed_sources_do_not_reach_the_far_lan(lab: Lab, plain_site: tuple[Pa
             print(f"attack: UDP to {WS_B} from {source} through the link: "
                   f"{'DELIVERED' if source in got else f'dropped on gw-b {if_b} (rp_filter 1)'}")  # fmt: skip
             assert source not in got, f"a packet from {source} reached ws-b"
+        # The control: with gw-b's filter on pppN off, the same packet arrives (so the test
+        # sees a delivery when there is one).
+        lab.run("gw-b", ["sysctl", "-qw", f"net.ipv4.conf.{if_b}.rp_filter=0"])
+        lab.run("gw-a", ["python3", "-c", send, spoofed[0], "unfiltered"])
+        assert wait_for(lambda: "unfiltered" in received.read_text(), 10), received.read_text()
+        print(f"control: with rp_filter 0 on {if_b}, the packet from {spoofed[0]} arrives")
     finally:
         listener.kill()
         lab.run("gw-b", ["ip", "route", "del", "default", "via", GW_A_WAN], check=False)
