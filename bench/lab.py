@@ -163,9 +163,28 @@ def howto_commands(lab: Lab) -> list[str]:
             *options, "pty", shlex.join(ssh)]  # fmt: skip
 
 
+# The HOWTO's own sudo rule for its account (pppd with any options, any route): what the C path
+# needs, not what pppssh grants. Installed only while that path runs.
+HOWTO_SUDOERS = (
+    "{user} ALL=(root) NOPASSWD: /usr/sbin/pppd, "
+    "/usr/sbin/ip route add *, /usr/sbin/ip route del *\n"
+)
+
+
 @contextlib.contextmanager
 def howto(lab: Lab) -> Iterator[Ends]:
     """pppd over OpenSSH as the HOWTO does it, routes by hand; SIGTERM to pppd tears it down."""
+    lab.set_sudoers(HOWTO_SUDOERS.format(user=lab.user))
+    try:
+        with _howto(lab) as ends:
+            yield ends
+    finally:
+        lab.restore_sudoers()
+
+
+@contextlib.contextmanager
+def _howto(lab: Lab) -> Iterator[Ends]:
+    """The HOWTO path itself, with its sudo rule in place."""
     ssh = ["ssh", "-i", str(lab.key), "-o", f"UserKnownHostsFile={lab.known_hosts}",
            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"{lab.user}@{GW_B_WAN}",
            "sudo", "-n", "/usr/sbin/ip", "route"]  # fmt: skip

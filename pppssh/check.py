@@ -18,7 +18,9 @@ from pathlib import Path
 
 from ._asyncssh import asyncssh
 from .config import Network, SiteConfig
-from .plan import Command, remote_pppd_argv, remote_routes
+from .plan import Command
+from .remote_setup import SUDOERS_DIR, file_name, sudo_commands, sudoers_name, sudoers_rules
+from .sanitize import printable, valid_ifname
 from .ssh import (
     HostKeyRefused,
     KeyRefused,
@@ -39,6 +41,7 @@ __all__ = [
     "parse_helper_check",
     "render",
     "routes_of",
+    "rp_filter",
     "run_checks",
 ]
 
@@ -251,24 +254,24 @@ async def _remote_checks(cfg: SiteConfig) -> list[Check]:
         return checks
     if not banner.startswith("SSH-"):
         checks.append(Check("SSH reachable", False, f"{where} answers, but not as SSH: "
-                            f"{banner[:60]!r}", "check port in [remote]"))  # fmt: skip
+                            f"{printable(banner, 60)}", "check port in [remote]"))  # fmt: skip
         return checks
-    checks.append(Check("SSH reachable", True, f"{where} ({banner[:60]})"))
+    checks.append(Check("SSH reachable", True, f"{where} ({printable(banner, 60)})"))
     try:
         conn, _client = await connect(cfg)
     except HostKeyRefused as exc:
-        checks.append(Check("host key known", False, str(exc)))
+        checks.append(Check("host key known", False, printable(str(exc))))
         return checks
     except KeyRefused as exc:
         checks.append(Check("host key known", True, f"in {cfg.known_hosts}"))
         checks.append(Check(
-            "key accepted", False, str(exc),
+            "key accepted", False, printable(str(exc)),
             f"put the public key of {cfg.identity} in ~{cfg.user}/.ssh/authorized_keys "
-            "there (pppssh remote-setup does it with helper = yes)",
+            f"there: pppssh remote-setup {cfg.path} writes its line",
         ))  # fmt: skip
         return checks
     except (Unreachable, TunnelError) as exc:
-        checks.append(Check("SSH login", False, str(exc)))
+        checks.append(Check("SSH login", False, printable(str(exc))))
         return checks
     checks.append(Check("host key known", True, f"in {cfg.known_hosts}"))
     checks.append(Check("key accepted", True, f"{cfg.user}@{cfg.host} with {cfg.identity}"))
@@ -283,57 +286,98 @@ async def _remote_checks(cfg: SiteConfig) -> list[Check]:
 
 
 async def _answer(conn: asyncssh.SSHClientConnection, argv: tuple[str, ...]) -> tuple[bool, str]:
-    """Run one read-only command there: (succeeded, its stdout or its error)."""
+    """Run one read-only command there: (succeeded, its stdout or its error, made printable
+    line by line)."""
     try:
-        return True, await run_remote(conn, Command(argv), timeout=30)
+        said = await run_remote(conn, Command(argv), timeout=30)
+        return True, "\n".join(printable(line) for line in said.splitlines())
     except RemoteFailed as exc:
-        return False, exc.stderr or f"exit status {exc.status}"
+        return False, printable(exc.stderr or f"exit status {exc.status}")
 
 
 def _remote_clash(cfg: SiteConfig, routes: str, addrs: str) -> Check:
     """The local networks against the remote gateway's routes and interfaces."""
     state = read_state(cfg.name)
     own = state.remote_interface if state is not None and state.state == "up" else None
+    if own is not None and not valid_ifname(own):
+        own = None
     found = clashes(cfg.local_networks, routes_of(routes), addresses_of(addrs), own)
     return _clash_check("networks free on the remote gateway", cfg.local_networks, found)
+
+
+def rp_filter(value: str) -> Check:
+    """net.ipv4.conf.all.rp_filter on the remote gateway: 2 (loose) would override the strict
+    filter the link gets there (the kernel takes the larger of all and the interface's)."""
+    what = "reverse-path filter on the remote gateway"
+    shown = value.strip() or "unknown"
+    if shown in ("0", "1"):
+        return Check(what, True, f"net.ipv4.conf.all.rp_filter = {shown}; the link's pppN gets 1")
+    return Check(
+        what, False, f"net.ipv4.conf.all.rp_filter = {shown}: the link's strict filter is void",
+        "sysctl -w net.ipv4.conf.all.rp_filter=0 on the remote gateway (pppN gets 1 from the "
+        "link filter), and set it in /etc/sysctl.d/ to keep it",
+    )  # fmt: skip
+
+
+def _sudo_checks(cfg: SiteConfig, verdicts: list[bool]) -> list[Check]:
+    """Whether sudo there allows each command of sudo_commands (in its order): one line for
+    pppd (start and stop), one for the routes; the fix names the exact missing rules."""
+    commands, rules = sudo_commands(cfg), sudoers_rules(cfg)
+    where = f"{SUDOERS_DIR}/{sudoers_name(cfg)}"
+    fix_all = f"pppssh remote-setup {cfg.path} writes the exact rules to {where}"
+    lines = []
+    for what, picked in (("pppd", range(3)), ("the routes", range(3, len(commands)))):
+        if not picked:
+            continue
+        missing = [i for i in picked if i >= len(verdicts) or not verdicts[i]]
+        if not missing:
+            detail = "; ".join(" ".join(commands[i]) for i in picked)
+            if what == "the routes":
+                detail = f"{cfg.remote_ip} route add|del for {len(cfg.local_networks)} network(s)"
+            lines.append(Check(f"remote sudo allows {what}", True, detail))
+            continue
+        refused = "; ".join(" ".join(commands[i]) for i in missing)
+        lines.append(Check(
+            f"remote sudo allows {what}", False, f"{refused} refused",
+            f"{fix_all} (" + "; ".join(rules[i] for i in missing) + ")",
+        ))  # fmt: skip
+    return lines
 
 
 async def _remote_plain(cfg: SiteConfig, conn: asyncssh.SSHClientConnection) -> list[Check]:
     """Without the helper: unprivileged reads, and `sudo -n -l` for exactly what start runs."""
     checks: list[Check] = []
-    present, said = await _answer(conn, ("test", "-f", cfg.remote_pppd))
+    present, _ = await _answer(conn, ("test", "-f", cfg.remote_pppd))
     checks.append(Check(
         "remote pppd", present, cfg.remote_pppd + ("" if present else " is missing"),
         "apt-get install ppp on the remote gateway (or set pppd in [remote])",
     ))  # fmt: skip
-    pppd = remote_pppd_argv(cfg)
-    ok, said = await _answer(conn, (*cfg.sudo, "-l", *pppd[len(cfg.sudo) :]))
-    checks.append(Check(
-        "remote sudo allows pppd", ok,
-        f"{' '.join(cfg.sudo)} {cfg.remote_pppd} ..." + ("" if ok else f": {said or 'refused'}"),
-        f"a sudoers rule: {cfg.user} ALL=(root) NOPASSWD: {cfg.remote_pppd} (README.md)",
-    ))  # fmt: skip
-    refused = []
-    for route in remote_routes(cfg, "ppp0"):
-        for command in (route.add, route.delete):
-            ok, _ = await _answer(conn, (*cfg.sudo, "-l", *command.argv[len(cfg.sudo) :]))
-            if not ok:
-                refused.append(" ".join(command.argv[len(cfg.sudo) :]))
-    if cfg.local_networks:
-        checks.append(Check(
-            "remote sudo allows the routes", not refused,
-            "; ".join(refused) + " refused" if refused else
-            f"{cfg.remote_ip} route add|del for {len(cfg.local_networks)} network(s)",
-            f"a sudoers rule: {cfg.user} ALL=(root) NOPASSWD: {cfg.remote_ip} route add *, "
-            f"{cfg.remote_ip} route del *",
-        ))  # fmt: skip
+    verdicts = []
+    for argv in sudo_commands(cfg):
+        ok, _ = await _answer(conn, (*cfg.sudo, "-l", *argv))
+        verdicts.append(ok)
+    checks += _sudo_checks(cfg, verdicts)
+    hook = f"/etc/ppp/ip-up.d/{file_name(cfg)}"
+    ok, _ = await _answer(conn, ("test", "-x", hook))
+    checks.append(_filter_check(cfg, ok))
     for kind in (FORWARD4, FORWARD6) if cfg.ipv6 else (FORWARD4,):
         _, value = await _answer(conn, ("cat", kind[2]))
         checks.append(forwarding("on the remote gateway", value, kind))
+    _, value = await _answer(conn, ("cat", "/proc/sys/net/ipv4/conf/all/rp_filter"))
+    checks.append(rp_filter(value))
     _, routes = await _answer(conn, (cfg.remote_ip, "-4", "route", "show"))
     _, addrs = await _answer(conn, (cfg.remote_ip, "-o", "-4", "addr", "show"))
     checks.append(_remote_clash(cfg, routes, addrs))
     return checks
+
+
+def _filter_check(cfg: SiteConfig, present: bool) -> Check:
+    """The link filter remote-setup installs in /etc/ppp/ip-up.d there."""
+    hook = f"/etc/ppp/ip-up.d/{file_name(cfg)}"
+    return Check(
+        "remote link filter", present, hook + ("" if present else " is missing"),
+        f"pppssh remote-setup {cfg.path} installs it",
+    )  # fmt: skip
 
 
 async def _remote_helper(cfg: SiteConfig, conn: asyncssh.SSHClientConnection) -> list[Check]:
@@ -342,27 +386,28 @@ async def _remote_helper(cfg: SiteConfig, conn: asyncssh.SSHClientConnection) ->
     if not ok:
         return [Check(
             "remote helper answers check", False, said,
-            "install the current helper there: pppssh remote-setup --apply SITE.conf",
+            f"install the current helper there: pppssh remote-setup --apply {cfg.path}",
         )]  # fmt: skip
     facts = parse_helper_check(said)
     checks = [Check("remote helper answers check", True, "pppssh-helper")]
-    pppd = (facts.get("pppd") or ["missing ?"])[0].split()
+    pppd = (facts.get("pppd") or ["missing ?"])[0].split() or ["missing"]
     checks.append(Check(
         "remote pppd", pppd[0] == "present", " ".join(pppd[1:]) + ("" if pppd[0] == "present"
                                                                   else " is missing"),
         "apt-get install ppp on the remote gateway",
     ))  # fmt: skip
-    sudo = facts.get("sudo") or ["unknown"]
-    refused = [s.removeprefix("refused ") for s in sudo if not s.startswith("allowed")]
-    checks.append(Check(
-        "remote sudo allows pppd and the routes", not refused,
-        "; ".join(refused) + " refused" if refused else f"{len(sudo)} command(s)",
-        "run pppssh remote-setup --apply SITE.conf again",
-    ))  # fmt: skip
+    said_sudo = {s.partition(" ")[2]: s.startswith("allowed ") for s in facts.get("sudo", [])}
+    verdicts = [said_sudo.get(" ".join(argv), False) for argv in sudo_commands(cfg)]
+    checks += _sudo_checks(cfg, verdicts)
+    checks.append(_filter_check(cfg, (facts.get("filter") or [""])[0] == "present"))
     checks.append(forwarding("on the remote gateway", (facts.get("ip_forward") or [""])[0]))
-    routes = "\n".join(facts.get("route", []))
-    addrs = "\n".join(facts.get("addr", []))
-    checks.append(_remote_clash(cfg, routes, addrs))
+    checks.append(rp_filter((facts.get("rp_filter_all") or [""])[0]))
+    taken = [
+        f"{net} is taken there (a route inside it, or an interface's network around it)"
+        for net in cfg.local_networks
+        if f"{net} free" not in facts.get("network", [])
+    ]
+    checks.append(_clash_check("networks free on the remote gateway", cfg.local_networks, taken))
     return checks
 
 

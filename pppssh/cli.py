@@ -455,14 +455,6 @@ def cmd_remote_setup(args: argparse.Namespace) -> int:
     from .ssh import TunnelError
 
     cfg = _load(args.config, files=False)
-    if not cfg.helper:
-        line = cfg.lines.get("helper", 0)
-        where = f"{cfg.path}:{line}" if line else str(cfg.path)
-        raise Fail(
-            f"{where}: helper: remote-setup installs pppssh-helper for the link key; "
-            "set `helper = yes` in [remote] first",
-            EXIT_USAGE,
-        )
     try:
         check_files(cfg)  # the identity and known_hosts it reads, as `start` would
     except ConfigError as exc:
@@ -534,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
         "remote-setup",
         help="print (or --apply) the remote gateway's set-up: account, helper, sudoers, key",
     )
-    setup.add_argument("config", help="site file (with helper = yes)")
+    setup.add_argument("config", help="site file")
     setup.add_argument(
         "--apply", action="store_true",
         help="run it on the remote gateway over an administrator's SSH login",

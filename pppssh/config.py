@@ -524,10 +524,13 @@ SCHEMA: tuple[Key, ...] = (
         "the check."),
     Key("remote", "sudo", "sudo", "sudo -n", _sudo,
         "How the remote account gains root for pppd and routes (`-n`: fail, never prompt)."),
-    Key("remote", "helper", "helper", "no", _yes_no,
-        "yes: the account's key may only run pppssh-helper, installed with `pppssh "
-        "remote-setup`; pppssh then asks it for `pppd`, `route add|del` and `interface`, "
-        "and the remote pppd options and allowed networks are fixed on the remote side."),
+    Key("remote", "helper", "helper", "yes", _yes_no,
+        "yes: the account's key may only run pppssh-helper (`pppssh remote-setup` installs "
+        "it), which accepts `pppd`, `route add|del`, `interface`, `cleanup` and `check`; the "
+        "remote pppd options and allowed networks are fixed on the remote side. no: the key "
+        "gives a login shell as the account plus exactly the sudo commands remote-setup "
+        "writes (`pppd call pppssh-SITE`, `ip route add|del NET via PEER`, `pkill` of its pid "
+        "file)."),
     Key("remote", "from", "key_from", "", _from_patterns,
         "Where the key may be used from (sshd `from=` patterns: this gateway's public "
         "address, a network, a host name); `pppssh remote-setup` writes it into the key line."),

@@ -19,6 +19,7 @@ __all__ = [
     "remote_interface_command",
     "remote_leftover_check",
     "remote_leftover_kill",
+    "remote_peers_name",
     "remote_pidfile",
     "remote_pppd_argv",
     "remote_pppd_options",
@@ -128,11 +129,19 @@ def remote_pppd_options(cfg: SiteConfig) -> list[str]:
     ]
 
 
+def remote_peers_name(cfg: SiteConfig) -> str:
+    """The remote pppd's options file, /etc/ppp/peers/NAME, that `pppssh remote-setup` wrote."""
+    from .remote_setup import file_name  # the one naming of remote-setup's files
+
+    return file_name(cfg)
+
+
 def remote_pppd_argv(cfg: SiteConfig) -> list[str]:
-    """What the remote gateway runs on the raw pty: sudo pppd ..., or the helper's `pppd`."""
+    """What the remote gateway runs on the raw pty: the helper's `pppd`, or `sudo pppd call
+    pppssh-SITE` (its options fixed in the peers file there, so sudo can pin the argv)."""
     if cfg.helper:
         return ["pppd"]
-    return [*cfg.remote_pppd_command(), *remote_pppd_options(cfg)]
+    return [*cfg.remote_pppd_command(), "call", remote_peers_name(cfg)]
 
 
 def remote_interface_command(cfg: SiteConfig) -> Command:
@@ -173,8 +182,8 @@ def _route(prefix: Sequence[str], network: Network, via: str, dev: str) -> Route
 
 
 def _route6(prefix: Sequence[str], network: Network6, dev: str) -> RouteChange:
-    """`ip route add NET dev IF` (ip knows the family from NET, and the sudo rule for
-    `ip route add *` covers it): the link is point-to-point, the device is the way."""
+    """`ip route add NET dev IF` on this gateway (ip knows the family from NET): the link is
+    point-to-point, the device is the way."""
     tail = (str(network), "dev", dev)
     return RouteChange(
         network=network,
@@ -191,25 +200,25 @@ def local_routes(cfg: SiteConfig, ifname: str, ip: str = "ip") -> list[RouteChan
 
 
 def remote_routes(cfg: SiteConfig, ifname: str) -> list[RouteChange]:
-    """Routes on the remote gateway: every local network via our PPP address.
+    """Routes on the remote gateway: every local IPv4 network via our PPP address.
 
-    Through the helper they are its requests `route add|del NETWORK via PEER` (the kernel
-    finds the interface from the peer's address); otherwise `sudo ip route ... dev IF`.
+    Through the helper they are its requests `route add|del NETWORK via PEER`; otherwise
+    `sudo ip route add|del NETWORK via PEER`, the exact argv of a sudo rule (the kernel finds
+    the interface from the peer's address, so ifname is not part of it). IPv6 networks are
+    routed there by the ipv6-up.d script `pppssh remote-setup` installs: their interface is
+    known only once the link is up, so no exact sudo rule could name it.
     """
-    if cfg.helper:
-        via = str(cfg.local_address)
-        return [
-            RouteChange(
-                network=net,
-                add=Command(("route", "add", str(net), "via", via)),
-                delete=Command(("route", "del", str(net), "via", via)),
-            )
-            for net in cfg.local_networks
-        ]
+    del ifname  # kept for the callers: the remote routes no longer name the interface
+    prefix = ("route",) if cfg.helper else (*cfg.remote_ip_command(), "route")
+    via = str(cfg.local_address)
     return [
-        _route(cfg.remote_ip_command(), net, str(cfg.local_address), ifname)
+        RouteChange(
+            network=net,
+            add=Command((*prefix, "add", str(net), "via", via)),
+            delete=Command((*prefix, "del", str(net), "via", via)),
+        )
         for net in cfg.local_networks
-    ] + [_route6(cfg.remote_ip_command(), net, ifname) for net in cfg.local_networks6]
+    ]
 
 
 HALVES = (ipaddress.IPv4Network("0.0.0.0/1"), ipaddress.IPv4Network("128.0.0.0/1"))

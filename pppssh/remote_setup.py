@@ -1,34 +1,55 @@
-"""`pppssh remote-setup`: what the remote gateway needs for a helper-restricted link account.
+"""`pppssh remote-setup`: what the remote gateway needs for a least-privilege link account.
 
-The output is one POSIX sh script, run as root on the remote gateway: it creates the link
-account, installs pppssh-helper, the site's policy (allow-list) and pppd options, a sudoers
-drop-in with exact commands, and the key line that can only reach the helper. The same text is
-printed for review or piped over an administrator's SSH login (`--apply`). Every value in it
+The output is one POSIX sh script, run as root on the remote gateway. With `helper = yes` (the
+default) it creates the link account, installs pppssh-helper, the site's policy (allow-list),
+the remote pppd's options, a sudoers drop-in with exact commands, the link filter run by pppd's
+ip-up/ip-down, and a key line that can only reach the helper. With `helper = no` it installs
+the same pppd options, filter and sudoers drop-in, and a key line without a forced command: the
+key then gives a login shell as the link account plus exactly those sudo commands. The same text
+is printed for review or piped over an administrator's SSH login (`--apply`). Every value in it
 was validated by config.py, and the files go in through quoted here-documents.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
+import shlex
 import sys
 from importlib import resources
 
 from ._asyncssh import asyncssh
 from .config import SiteConfig
-from .plan import PKILL, remote_pidfile, remote_pppd_options
+from .plan import (
+    PKILL,
+    remote_leftover_kill,
+    remote_pidfile,
+    remote_pppd_argv,
+    remote_pppd_options,
+    remote_routes,
+)
 from .ssh import TunnelError
 
 __all__ = [
     "HELPER_PATH",
     "POLICY_DIR",
+    "RULE_PRIORITY",
     "apply",
+    "filter_lines",
     "helper_text",
+    "ip_down_text",
+    "ip_up_text",
     "key_line",
+    "peers_name",
     "peers_text",
     "policy_text",
     "public_key",
     "removal_script",
     "setup_script",
+    "sudo_commands",
+    "sudo_safe",
+    "sudoers_rules",
     "sudoers_text",
 ]
 
@@ -36,13 +57,27 @@ HELPER_PATH = "/usr/local/libexec/pppssh-helper"
 POLICY_DIR = "/etc/pppssh/helper"
 PEERS_DIR = "/etc/ppp/peers"
 SUDOERS_DIR = "/etc/sudoers.d"
+PPP_DIR = "/etc/ppp"
 SUDO = "/usr/bin/sudo"
 EOF_MARK = "PPPSSH_EOF"
+# ip rule priorities of the link filter: the allowed networks, then `prohibit` for the rest
+RULE_PRIORITY = 5200
 # pppd options that take one argument (for one option per line in the peers file)
 _WITH_ARGUMENT = {
     "linkname", "ipparam", "mtu", "mru", "lcp-echo-interval", "lcp-echo-failure", "deflate",
     "bsdcomp",
 }  # fmt: skip
+_SAFE = re.compile(r"[A-Za-z0-9-]")
+# characters sudoers gives a meaning inside a command's arguments, escaped with a backslash
+_SUDOERS_SPECIAL = set(",:=\\")
+# characters that would make an argument a pattern (or several arguments) in sudoers
+_SUDOERS_PATTERN = set("*?[]!# \t\n\"'")
+
+
+def sudo_safe(name: str) -> str:
+    """A site name as a file name part sudo, run-parts and pppd `call` accept, injectively:
+    letters, digits and '-' stay, '.' becomes '_2e', '_' becomes '_5f' (a.b and a_b differ)."""
+    return "".join(c if _SAFE.fullmatch(c) else f"_{ord(c):02x}" for c in name)
 
 
 def helper_text() -> str:
@@ -67,14 +102,26 @@ def public_key(cfg: SiteConfig) -> str:
     return f"{kind} {blob}"
 
 
+def file_name(cfg: SiteConfig) -> str:
+    """`pppssh-<sudo_safe(site)>`: the name of every file remote-setup writes for the site."""
+    return "pppssh-" + sudo_safe(cfg.name)
+
+
 def sudoers_name(cfg: SiteConfig) -> str:
     """The drop-in's file name (sudo skips names with a dot)."""
-    return "pppssh-" + cfg.name.replace(".", "_")
+    return file_name(cfg)
+
+
+def peers_name(cfg: SiteConfig) -> str:
+    """The remote pppd's options file under /etc/ppp/peers (`pppd call NAME`)."""
+    return file_name(cfg)
 
 
 def key_line(cfg: SiteConfig, pubkey: str) -> str:
-    """The authorized_keys line: no forwarding, a pty, and only the helper."""
-    options = ["restrict", "pty", f'command="{HELPER_PATH} {cfg.name}"']
+    """The authorized_keys line: no forwarding, a pty, and (with the helper) only the helper."""
+    options = ["restrict", "pty"]
+    if cfg.helper:
+        options.append(f'command="{HELPER_PATH} {cfg.name}"')
     if cfg.key_from:
         options.append(f'from="{",".join(cfg.key_from)}"')
     return f"{','.join(options)} {pubkey} {cfg.linkname}"
@@ -98,7 +145,7 @@ def peers_text(cfg: SiteConfig) -> str:
     """Options of this gateway's pppd, fixed on the remote side (`pppd call pppssh-SITE`)."""
     lines = [
         f"# pppd options of pppssh site {cfg.name}, written by `pppssh remote-setup`.",
-        "# The device is the pty sshd gives pppssh-helper; the client cannot add options.",
+        "# The device is the pty sshd gives the link account; the client cannot add options.",
     ]
     words = remote_pppd_options(cfg)
     common = len(words) - len(cfg.remote_options)
@@ -113,29 +160,136 @@ def peers_text(cfg: SiteConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sudo_commands(cfg: SiteConfig) -> list[str]:
-    """Exactly the commands the helper runs as root."""
-    pidfile = remote_pidfile(cfg)
-    commands = [f"{cfg.remote_pppd} call {cfg.linkname}"]
-    commands += [f"{PKILL} -{sig} -x -F {pidfile} pppd" for sig in ("TERM", "KILL")]
-    for net in cfg.local_networks:
-        for verb in ("add", "del"):
-            commands.append(f"{cfg.remote_ip} route {verb} {net} via {cfg.local_address}")
+def sudo_commands(cfg: SiteConfig) -> list[tuple[str, ...]]:
+    """Exactly the commands pppssh (or the helper for it) runs as root on the remote gateway,
+    as argv: the one source of every sudo rule remote-setup writes and `check` suggests."""
+    plain = dataclasses.replace(cfg, helper=False)
+    skip = len(cfg.sudo)
+    commands = [tuple(remote_pppd_argv(plain)[skip:])]
+    commands += [remote_leftover_kill(plain, sig).argv[skip:] for sig in ("TERM", "KILL")]
+    for route in remote_routes(plain, "-"):
+        commands += [route.add.argv[skip:], route.delete.argv[skip:]]
     return commands
+
+
+def _sudoers_word(word: str) -> str:
+    """One argument as sudoers reads it literally: specials escaped, patterns refused."""
+    if not word or set(word) & _SUDOERS_PATTERN:
+        raise ValueError(f"{word!r} cannot be an exact argument in sudoers")
+    return "".join("\\" + c if c in _SUDOERS_SPECIAL else c for c in word)
+
+
+def sudoers_rules(cfg: SiteConfig) -> list[str]:
+    """One sudoers line per command of sudo_commands: that argv, nothing more."""
+    return [
+        f"{cfg.user} ALL=(root) NOPASSWD: {' '.join(_sudoers_word(w) for w in argv)}"
+        for argv in sudo_commands(cfg)
+    ]
 
 
 def sudoers_text(cfg: SiteConfig) -> str:
     """The sudoers drop-in: the link account may run these exact commands, nothing else."""
     user = cfg.user
+    via = f"they come from {HELPER_PATH}" if cfg.helper else "pppssh runs them over SSH"
     lines = [
         f"# pppssh site {cfg.name}, written by `pppssh remote-setup`: {user} may run exactly",
-        f"# these commands as root (they come from {HELPER_PATH}), nothing else.",
+        f"# these commands as root ({via}), nothing else.",
         f"Defaults:{user} !requiretty",
         "# pppd talks straight to the pty sshd gives it; no second pty from sudo.",
         f"Defaults:{user} !use_pty",
-        *(f"{user} ALL=(root) NOPASSWD: {command}" for command in sudo_commands(cfg)),
+        *sudoers_rules(cfg),
     ]
     return "\n".join(lines) + "\n"
+
+
+def filter_lines(cfg: SiteConfig, family: int = 4) -> list[str]:
+    """Shell lines that filter what arrives from the link on interface "$IF" of the remote
+    gateway: strict reverse-path filtering (IPv4), and policy rules that forward only to the
+    site's networks there (none with full_tunnel, which forwards anywhere)."""
+    ip = f"{cfg.remote_ip} -{family}"
+    lines: list[str] = []
+    if family == 4:
+        lines.append('echo 1 >"/proc/sys/net/ipv4/conf/$IF/rp_filter"')
+        networks: tuple[object, ...] = cfg.remote_networks
+    else:
+        networks = cfg.remote_networks6
+    lines += _unfilter_lines(cfg, family)
+    if cfg.full_tunnel and family == 4:
+        return lines
+    lines += [
+        f'{ip} rule add iif "$IF" to {net} lookup main priority {RULE_PRIORITY}' for net in networks
+    ]
+    lines.append(f'{ip} rule add iif "$IF" priority {RULE_PRIORITY + 1} prohibit')
+    return lines
+
+
+def _unfilter_lines(cfg: SiteConfig, family: int = 4) -> list[str]:
+    """Shell lines that remove the link filter's rules of interface "$IF" (and old ones that a
+    pppd killed before its ip-down left behind)."""
+    ip = f"{cfg.remote_ip} -{family}"
+    return [
+        f'while {ip} rule del iif "$IF" priority {prio} 2>/dev/null; do :; done'
+        for prio in (RULE_PRIORITY, RULE_PRIORITY + 1)
+    ]
+
+
+def _hook_text(cfg: SiteConfig, what: str, body: list[str]) -> str:
+    """A script for /etc/ppp/ip-up.d (or ip-down.d, ipv6-up.d ...) that acts only for this
+    site's remote pppd (its ipparam and linkname) on a pppN interface."""
+    lines = [
+        "#!/bin/sh",
+        f"# pppssh site {cfg.name}, written by `pppssh remote-setup`: {what}.",
+        "# pppd runs it as root (through Debian's /etc/ppp/ip-up and run-parts) for every link; it",
+        "# acts only for this site's pppd, whose ipparam and linkname are fixed in its peers file.",
+        "set -u",
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+        f"[ \"${{PPP_IPPARAM-}}\" = '{cfg.linkname}' ] || exit 0",
+        f"[ \"${{LINKNAME-}}\" = '{cfg.remote_linkname}' ] || exit 0",
+        "case ${PPP_IFACE-} in",
+        "ppp | ppp*[!0-9]*) exit 0 ;;",
+        "ppp[0-9]*) ;;",
+        "*) exit 0 ;;",
+        "esac",
+        "IF=$PPP_IFACE",
+        *body,
+        "exit 0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def ip_up_text(cfg: SiteConfig) -> str:
+    """/etc/ppp/ip-up.d/pppssh-SITE: the link filter, installed as the link comes up."""
+    return _hook_text(cfg, "filter what arrives from the link", filter_lines(cfg))
+
+
+def ip_down_text(cfg: SiteConfig) -> str:
+    """/etc/ppp/ip-down.d/pppssh-SITE: the link filter's rules removed as the link goes."""
+    return _hook_text(cfg, "remove the link filter", _unfilter_lines(cfg))
+
+
+def ipv6_up_text(cfg: SiteConfig) -> str:
+    """/etc/ppp/ipv6-up.d/pppssh-SITE: routes to the site's IPv6 networks on the link (their
+    interface is known only now, so no sudo rule could name it) and their filter."""
+    routes = [f'{cfg.remote_ip} -6 route add {net} dev "$IF"' for net in cfg.local_networks6]
+    return _hook_text(cfg, "IPv6 routes and filter", [*routes, *filter_lines(cfg, 6)])
+
+
+def ipv6_down_text(cfg: SiteConfig) -> str:
+    """/etc/ppp/ipv6-down.d/pppssh-SITE: the IPv6 filter's rules removed."""
+    return _hook_text(cfg, "remove the IPv6 filter", _unfilter_lines(cfg, 6))
+
+
+def hook_files(cfg: SiteConfig) -> dict[str, str]:
+    """The pppd hook scripts of the site, by path."""
+    name = file_name(cfg)
+    files = {
+        f"{PPP_DIR}/ip-up.d/{name}": ip_up_text(cfg),
+        f"{PPP_DIR}/ip-down.d/{name}": ip_down_text(cfg),
+    }
+    if cfg.ipv6:
+        files[f"{PPP_DIR}/ipv6-up.d/{name}"] = ipv6_up_text(cfg)
+        files[f"{PPP_DIR}/ipv6-down.d/{name}"] = ipv6_down_text(cfg)
+    return files
 
 
 def _heredoc(path: str, text: str) -> str:
@@ -156,23 +310,63 @@ _PREAMBLE = """\
 set -eu
 umask 022
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
+cd /
 say() {{ printf 'pppssh remote-setup: %s\\n' "$*"; }}
 fail() {{ printf 'pppssh remote-setup: %s\\n' "$*" >&2; exit 1; }}
 [ "$(id -u)" = 0 ] || fail "run this as root on the remote gateway"
 """
 
+# Run as the link account (runuser), so that nothing it owns can turn root's hand: it replaces
+# the site's key line in its own authorized_keys, or (with no line) removes it.
+_AS_USER = """\
+set -eu
+umask 077
+dir=$1 blob=$2 line=${3-}
+[ ! -L "$dir" ] || { echo "$dir is a symbolic link; refusing" >&2; exit 1; }
+mkdir -p "$dir"
+chmod 700 "$dir"
+keys=$dir/authorized_keys
+[ ! -L "$keys" ] || { echo "$keys is a symbolic link; refusing" >&2; exit 1; }
+[ -n "$line" ] || [ -f "$keys" ] || exit 0
+tmp=$(mktemp "$keys.XXXXXX")
+if [ -f "$keys" ]; then grep -vF -- "$blob" "$keys" >"$tmp" || :; fi
+if [ -n "$line" ]; then printf '%s\\n' "$line" >>"$tmp"; fi
+chmod 600 "$tmp"
+mv -f "$tmp" "$keys"
+"""
+
+
+def _keys_lines(user: str, blob: str, line: str) -> str:
+    """Shell lines that put line (or, when empty, no line) for the key blob in the account's
+    authorized_keys, written by the account itself (root never writes in its directory)."""
+    args = shlex.quote(blob) + (f" {shlex.quote(line)}" if line else "")
+    return (
+        f'[ ! -L "$home/.ssh" ] || fail "$home/.ssh is a symbolic link; refusing"\n'
+        f'[ ! -L "$home/.ssh/authorized_keys" ] || '
+        f'fail "$home/.ssh/authorized_keys is a symbolic link; refusing"\n'
+        f"runuser -u {user} -- /bin/sh -s \"$home/.ssh\" {args} <<'{EOF_MARK}' ||\n"
+        f"{_AS_USER}{EOF_MARK}\n"
+        f'\tfail "cannot write the key line as {user}"\n'
+    )
+
 
 def setup_script(cfg: SiteConfig, pubkey: str) -> str:
     """The whole set-up, as a script for root on the remote gateway (safe to run again)."""
     user, name = cfg.user, cfg.name
+    safe = file_name(cfg)
     sudoers = f"{SUDOERS_DIR}/{sudoers_name(cfg)}"
     staged = f"{SUDOERS_DIR}/.{sudoers_name(cfg)}"  # sudo ignores names with a dot
     blob = pubkey.split()[1]
+    mode = (
+        f"a key line that can only reach {HELPER_PATH}"
+        if cfg.helper
+        else "a key line without a forced command (helper = no: a login shell as the account)"
+    )
     title = (
         f"# pppssh remote-setup of site {name}: run as root on {cfg.host}.\n"
-        f"# Creates the link account {user} (no password) if missing, installs {HELPER_PATH},\n"
-        f"# the site's policy and pppd options, a sudoers drop-in with exact commands, and a\n"
-        f"# key line that can only reach the helper. Running it again changes nothing more."
+        f"# Creates the link account {user} (no password) if missing, installs the site's pppd\n"
+        f"# options and link filter, a sudoers drop-in with exact commands, and\n"
+        f"# {mode}. Running it again changes nothing more."
     )
     out = [_PREAMBLE.format(title=title)]
     out.append(
@@ -182,13 +376,20 @@ def setup_script(cfg: SiteConfig, pubkey: str) -> str:
         f"[ -x '{SUDO}' ] || fail \"no {SUDO}: install sudo\"\n"
         f"[ -x '{PKILL}' ] || fail \"no {PKILL}: install procps\"\n"
         'command -v visudo >/dev/null || fail "no visudo: install sudo"\n'
+        'command -v runuser >/dev/null || fail "no runuser: install util-linux"\n'
+        f"if ! {{ [ -x {PPP_DIR}/ip-up ] &&\n"
+        f"\tgrep -q 'run-parts {PPP_DIR}/ip-up.d' {PPP_DIR}/ip-up; }}; then\n"
+        f'\tfail "{PPP_DIR}/ip-up does not run {PPP_DIR}/ip-up.d (the link filter needs it)"\n'
+        f"fi\n"
+        f"[ ! -e {PPP_DIR}/ip-up.local ] ||\n"
+        f'\tfail "{PPP_DIR}/ip-up.local replaces {PPP_DIR}/ip-up.d (the link filter needs it)"\n'
         f"{_heredoc(staged, sudoers_text(cfg))}"
         f"chmod 440 '{staged}.new'\n"
         f"visudo -cqf '{staged}.new' || {{ rm -f '{staged}.new'; "
         f'fail "visudo refuses the sudoers text"; }}\n'
     )
     out.append(
-        f"\n# 1. the link account: a system user without a password; sshd runs the helper\n"
+        f"\n# 1. the link account: a system user without a password; sshd runs its commands\n"
         f"#    through its shell, so it needs /bin/sh\n"
         f"if ! id -u {user} >/dev/null 2>&1; then\n"
         f"\tuseradd --system --create-home --shell /bin/sh --comment 'pppssh link' {user}\n"
@@ -199,49 +400,61 @@ def setup_script(cfg: SiteConfig, pubkey: str) -> str:
         f"usermod -p '*' {user}\"\n"
         f"fi\n"
     )
+    if cfg.helper:
+        out.append(
+            f"\n# 2. the helper, the only program the key can run, and the site's policy\n"
+            f"mkdir -p '{HELPER_PATH.rsplit('/', 1)[0]}' '{POLICY_DIR}'\n"
+            f"{_install(HELPER_PATH, helper_text(), '755')}"
+            f"{_install(f'{POLICY_DIR}/{safe}.policy', policy_text(cfg), '644')}"
+        )
+    else:
+        out.append(
+            "\n# 2. no helper (helper = no): the key gives a login shell as the account, which\n"
+            "#    may run exactly the sudo commands below as root\n"
+        )
     out.append(
-        f"\n# 2. the helper, the only program the key can run\n"
-        f"mkdir -p '{HELPER_PATH.rsplit('/', 1)[0]}'\n"
-        f"{_install(HELPER_PATH, helper_text(), '755')}"
+        f"\n# 3. the site's pppd options, and the link filter pppd runs as the link comes, goes\n"
+        f"mkdir -p '{PEERS_DIR}'\n"
+        f"{_install(f'{PEERS_DIR}/{peers_name(cfg)}', peers_text(cfg), '644')}"
+    )
+    for path, text in hook_files(cfg).items():
+        out.append(f"mkdir -p '{path.rsplit('/', 1)[0]}'\n{_install(path, text, '755')}")
+    out.append(
+        'if [ "$(cat /proc/sys/net/ipv4/conf/all/rp_filter 2>/dev/null)" = 2 ]; then\n'
+        '\tsay "warning: net.ipv4.conf.all.rp_filter = 2 (loose) overrides the strict filter '
+        'on the link: sysctl -w net.ipv4.conf.all.rp_filter=0 (or 1)"\n'
+        "fi\n"
     )
     out.append(
-        f"\n# 3. the site's policy (allow-list) and its pppd options, kept on this side\n"
-        f"mkdir -p '{POLICY_DIR}' '{PEERS_DIR}'\n"
-        f"{_install(f'{POLICY_DIR}/{name}.policy', policy_text(cfg), '644')}"
-        f"{_install(f'{PEERS_DIR}/{cfg.linkname}', peers_text(cfg), '644')}"
-    )
-    out.append(
-        f"\n# 4. sudo: exactly the helper's commands as root, nothing else\n"
+        f"\n# 4. sudo: exactly the commands pppssh runs as root, nothing else\n"
         f"mv -f '{staged}.new' '{sudoers}'\n"
     )
     out.append(
-        f"\n# 5. the key line (an older line for the same key is replaced)\n"
+        f"\n# 5. the key line (an older line for the same key is replaced), written as {user}\n"
         f"home=$(getent passwd {user} | cut -d: -f6)\n"
         f'if [ -z "$home" ] || [ ! -d "$home" ]; then fail "account {user} has no home"; fi\n'
-        f'[ ! -L "$home/.ssh" ] || fail "$home/.ssh is a symbolic link"\n'
-        f'install -d -m 700 -o {user} -g "$(id -gn {user})" "$home/.ssh"\n'
-        f"keys=$home/.ssh/authorized_keys\n"
-        f'tmp=$(mktemp "$keys.XXXXXX")\n'
-        f'if [ -f "$keys" ] && [ ! -L "$keys" ]; then\n'
-        f'\tgrep -vF \'{blob}\' "$keys" >"$tmp" || :\n'
-        f"fi\n"
-        f"cat >>\"$tmp\" <<'{EOF_MARK}'\n{key_line(cfg, pubkey)}\n{EOF_MARK}\n"
-        f'chown {user}: "$tmp"\n'
-        f'chmod 600 "$tmp"\n'
-        f'mv -f "$tmp" "$keys"\n'
+        f"{_keys_lines(user, blob, key_line(cfg, pubkey))}"
     )
-    out.append(f'\nsay "site {name} ready: {user}@$(hostname) runs only {HELPER_PATH} {name}"\n')
+    what = (
+        f"runs only {HELPER_PATH} {name}" if cfg.helper else "may sudo exactly the link's commands"
+    )
+    out.append(f'\nsay "site {name} ready: {user}@$(hostname) {what}"\n')
     return "".join(out)
 
 
 def removal_script(cfg: SiteConfig, pubkey: str) -> str:
     """Undo setup_script: sudo first, then the key, policy, options, and what is unused."""
     user, name = cfg.user, cfg.name
+    safe = file_name(cfg)
     blob = pubkey.split()[1]
     title = (
         f"# pppssh remote-setup --remove of site {name}: run as root on {cfg.host}.\n"
-        f"# Takes away the sudo rules, the key line, the policy and pppd options of the site;\n"
-        f"# the helper once no site uses it, the account once it created it and no key is left."
+        f"# Takes away the sudo rules, the key line, the policy, pppd options and link filter of\n"
+        f"# the site; the helper once no site uses it, the account once it created it and no key\n"
+        f"# is left."
+    )
+    hooks = " ".join(
+        f"'{PPP_DIR}/{d}/{safe}'" for d in ("ip-up.d", "ip-down.d", "ipv6-up.d", "ipv6-down.d")
     )
     out = [_PREAMBLE.format(title=title)]
     out.append(
@@ -250,22 +463,17 @@ def removal_script(cfg: SiteConfig, pubkey: str) -> str:
         f"fi\n"
         f"rm -f '{SUDOERS_DIR}/{sudoers_name(cfg)}' '{SUDOERS_DIR}/.{sudoers_name(cfg)}.new'\n"
         f"home=$(getent passwd {user} | cut -d: -f6) || home=''\n"
-        f"keys=${{home:+$home/.ssh/authorized_keys}}\n"
-        f'if [ -n "$keys" ] && [ -f "$keys" ] && [ ! -L "$keys" ]; then\n'
-        f'\ttmp=$(mktemp "$keys.XXXXXX")\n'
-        f'\tgrep -vF \'{blob}\' "$keys" >"$tmp" || :\n'
-        f'\tchown {user}: "$tmp"\n'
-        f'\tchmod 600 "$tmp"\n'
-        f'\tmv -f "$tmp" "$keys"\n'
+        f'if [ -n "$home" ] && [ -d "$home" ]; then\n'
+        f"{_keys_lines(user, blob, '')}"
         f"fi\n"
-        f"rm -f '{POLICY_DIR}/{name}.policy' '{PEERS_DIR}/{cfg.linkname}'\n"
+        f"rm -f '{POLICY_DIR}/{safe}.policy' '{PEERS_DIR}/{peers_name(cfg)}' {hooks}\n"
         f"if ! ls '{POLICY_DIR}'/*.policy >/dev/null 2>&1; then\n"
         f"\trm -f '{HELPER_PATH}'\n"
         f"\trmdir '{POLICY_DIR}' 2>/dev/null || :\n"
         f"\trmdir '{POLICY_DIR.rsplit('/', 1)[0]}' 2>/dev/null || :\n"
         f"fi\n"
         f'if [ -n "$home" ] && [ "$(getent passwd {user} | cut -d: -f5)" = "pppssh link" ] &&\n'
-        f'\t! grep -q . "$keys" 2>/dev/null; then\n'
+        f'\t! grep -q . "$home/.ssh/authorized_keys" 2>/dev/null; then\n'
         f"\tuserdel -r {user} 2>/dev/null || userdel {user}\n"
         f'\tsay "removed account {user}"\n'
         f"fi\n"

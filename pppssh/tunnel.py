@@ -323,7 +323,8 @@ class Tunnel:
         while True:
             out = await self._run_remote(command)
             if self.cfg.helper:  # the helper answers with the name, or nothing yet
-                name = out.split()[0] if out.split() else None
+                words = out.split()
+                name = words[0] if words else None
             else:
                 name = find_ppp_interface(
                     out, str(self.cfg.remote_address), str(self.cfg.local_address)

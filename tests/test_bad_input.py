@@ -659,9 +659,9 @@ def _assert_no_shell_syntax(cfg: SiteConfig) -> None:
         assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]", text), text
     # The key line: exactly the quoted options pppssh writes, the key, a plain comment.
     quoted = r'"[^"\\\s]*"'
-    command = re.escape(f'"{HELPER_PATH} {cfg.name}"')
+    command = ",command=" + re.escape(f'"{HELPER_PATH} {cfg.name}"') if cfg.helper else ""
     assert re.fullmatch(
-        rf"restrict,pty,command={command}(,from={quoted})? {re.escape(PUBKEY)} [\w.:-]+",
+        rf"restrict,pty{command}(,from={quoted})? {re.escape(PUBKEY)} [\w.:-]+",
         texts[0],
         re.ASCII,
     ), texts[0]

@@ -14,6 +14,7 @@ import pytest
 from pppssh import check
 from pppssh.check import Check, addresses_of, clashes, kernel_ppp, parse_helper_check, routes_of
 from pppssh.cli import main
+from pppssh.remote_setup import sudo_commands, sudoers_rules
 
 from .sshserver import SSHTestServer
 
@@ -103,11 +104,11 @@ def test_parse_helper_check() -> None:
     facts = parse_helper_check(
         "pppd present /usr/sbin/pppd\nsudo allowed /usr/sbin/pppd call pppssh-x\n"
         "sudo refused /usr/sbin/ip route add 10.1.0.0/24 via 192.168.77.1\n"
-        "ip_forward 1\nroute default via 192.0.2.1 dev eth0\n"
+        "ip_forward 1\nnetwork 10.1.0.0/24 free\nnetwork 10.3.0.0/16 taken\n"
     )
     assert facts["pppd"] == ["present /usr/sbin/pppd"]
     assert facts["sudo"][1].startswith("refused ")
-    assert facts["route"] == ["default via 192.0.2.1 dev eth0"]
+    assert facts["network"] == ["10.1.0.0/24 free", "10.3.0.0/16 taken"]
 
 
 def test_bad_site_file_is_one_failed_line_and_exit_2(
@@ -139,9 +140,12 @@ def _answers(table: dict[str, tuple[int, str]]) -> Callable[..., Coroutine[Any, 
 
 PLAIN_OK = {
     "test -f /usr/sbin/pppd": (0, ""),
-    "sudo -n -l /usr/sbin/pppd ": (0, "/usr/sbin/pppd nodetach\n"),
+    "test -x /etc/ppp/ip-up.d/pppssh-lab": (0, ""),
+    "sudo -n -l /usr/sbin/pppd call pppssh-lab": (0, "/usr/sbin/pppd call pppssh-lab\n"),
+    "sudo -n -l /usr/bin/pkill ": (0, "/usr/bin/pkill\n"),
     "sudo -n -l /usr/sbin/ip route ": (0, "/usr/sbin/ip route\n"),
     "cat /proc/sys/net/ipv4/ip_forward": (0, "1\n"),
+    "cat /proc/sys/net/ipv4/conf/all/rp_filter": (0, "0\n"),
     "/usr/sbin/ip -4 route show": (0, "default via 192.0.2.1 dev eth0\n"),
     "/usr/sbin/ip -o -4 addr show": (0, "2: lan0    inet 10.2.0.1/24 scope global lan0\n"),
 }
@@ -154,15 +158,16 @@ def test_remote_checks_all_pass_and_run_nothing_privileged(tmp_path: Path) -> No
             assert [c.what for c in checks if not c.ok] == []
             assert [c.what for c in checks] == [
                 "SSH reachable", "host key known", "key accepted", "remote pppd",
-                "remote sudo allows pppd", "remote sudo allows the routes",
-                "IP forwarding on the remote gateway", "networks free on the remote gateway",
+                "remote sudo allows pppd", "remote sudo allows the routes", "remote link filter",
+                "IP forwarding on the remote gateway", "reverse-path filter on the remote gateway",
+                "networks free on the remote gateway",
             ]  # fmt: skip
             commands = [s.command or "" for s in srv.rec.sessions]
-            # sudo only ever asked (-l), never told to run anything
+            # sudo only ever asked (-l), never told to run anything, and exactly the rules'
+            asked = [c.removeprefix("sudo -n -l ") for c in commands if c.startswith("sudo")]
             assert all(c.startswith("sudo -n -l ") for c in commands if c.startswith("sudo"))
-            assert (
-                "sudo -n -l /usr/sbin/ip route add 10.1.0.0/24 via 10.99.0.1 dev ppp0" in commands
-            )
+            assert asked == [" ".join(argv) for argv in sudo_commands(srv.cfg())]
+            assert "sudo -n -l /usr/sbin/ip route add 10.1.0.0/24 via 10.99.0.1" in commands
             assert all(s.term_type is None for s in srv.rec.sessions)
 
     run(main_)
@@ -171,20 +176,61 @@ def test_remote_checks_all_pass_and_run_nothing_privileged(tmp_path: Path) -> No
 def test_remote_checks_report_each_failure(tmp_path: Path) -> None:
     table = dict(PLAIN_OK)
     table["test -f /usr/sbin/pppd"] = (1, "")
-    table["sudo -n -l /usr/sbin/pppd "] = (1, "")
+    table["test -x /etc/ppp/ip-up.d/pppssh-lab"] = (1, "")
+    table["sudo -n -l /usr/sbin/pppd call pppssh-lab"] = (1, "")
     table["cat /proc/sys/net/ipv4/ip_forward"] = (0, "0\n")
+    table["cat /proc/sys/net/ipv4/conf/all/rp_filter"] = (0, "2\n")
     table["/usr/sbin/ip -4 route show"] = (0, "10.1.0.0/24 dev lan1 scope link\n")
 
     async def main_() -> None:
         async with SSHTestServer(tmp_path, _answers(table)) as srv:
-            checks = {c.what: c for c in await check._remote_checks(srv.cfg())}
+            cfg = srv.cfg()
+            checks = {c.what: c for c in await check._remote_checks(cfg)}
             failed = sorted(w for w, c in checks.items() if not c.ok)
             assert failed == [
                 "IP forwarding on the remote gateway", "networks free on the remote gateway",
-                "remote pppd", "remote sudo allows pppd",
+                "remote link filter", "remote pppd", "remote sudo allows pppd",
+                "reverse-path filter on the remote gateway",
             ]  # fmt: skip
-            assert "NOPASSWD: /usr/sbin/pppd" in checks["remote sudo allows pppd"].fix
+            # the fix is the exact rule remote-setup writes, never more
+            fix = checks["remote sudo allows pppd"].fix
+            assert f"{cfg.user} ALL=(root) NOPASSWD: /usr/sbin/pppd call pppssh-lab" in fix
+            assert f"pppssh remote-setup {cfg.path}" in fix
             assert "10.1.0.0/24 dev lan1" in checks["networks free on the remote gateway"].detail
+            assert "rp_filter=0" in checks["reverse-path filter on the remote gateway"].fix
+
+    run(main_)
+
+
+def test_no_fix_suggests_more_than_pppssh_runs(tmp_path: Path) -> None:
+    """Every sudo rule check prints comes from remote_setup.sudoers_rules: no `*`, no bare
+    pppd, no route rule for anything but a configured network via the peer."""
+    table = {k: v for k, v in PLAIN_OK.items() if not k.startswith("sudo")}
+
+    async def main_() -> None:
+        async with SSHTestServer(tmp_path, _answers(table)) as srv:
+            cfg = srv.cfg()
+            checks = {c.what: c for c in await check._remote_checks(cfg)}
+            fixes = (
+                checks["remote sudo allows pppd"].fix + checks["remote sudo allows the routes"].fix
+            )
+            assert "*" not in fixes and "NOPASSWD: /usr/sbin/pppd," not in fixes
+            for rule in sudoers_rules(cfg):
+                assert rule in fixes
+            assert fixes.count("NOPASSWD:") == len(sudoers_rules(cfg))
+
+    run(main_)
+
+
+def test_remote_text_is_made_printable(tmp_path: Path) -> None:
+    table = dict(PLAIN_OK)
+    table["sudo -n -l /usr/sbin/pppd call pppssh-lab"] = (1, "")
+    table["/usr/sbin/ip -4 route show"] = (0, "10.1.0.0/24 dev \x1b]0;pwned\x07lan1 scope link\n")
+
+    async def main_() -> None:
+        async with SSHTestServer(tmp_path, _answers(table)) as srv:
+            out = check.render(await check._remote_checks(srv.cfg()))
+            assert "\x1b" not in out and "\x07" not in out and "\\x1b]0;pwned" in out
 
     run(main_)
 
@@ -219,19 +265,29 @@ def test_helper_check_request(tmp_path: Path) -> None:
     answer = (
         "pppd present /usr/sbin/pppd\n"
         "sudo allowed /usr/sbin/pppd call pppssh-lab\n"
+        "sudo allowed /usr/bin/pkill -TERM -x -F /run/ppp-pppssh-lab-10.99.0.1.pid pppd\n"
+        "sudo allowed /usr/bin/pkill -KILL -x -F /run/ppp-pppssh-lab-10.99.0.1.pid pppd\n"
         "sudo refused /usr/sbin/ip route add 10.1.0.0/24 via 10.99.0.1\n"
+        "sudo allowed /usr/sbin/ip route del 10.1.0.0/24 via 10.99.0.1\n"
+        "filter present\n"
         "ip_forward 1\n"
-        "route default via 192.0.2.1 dev eth0\n"
-        "addr 2: lan0    inet 10.2.0.1/24 scope global lan0\n"
+        "rp_filter_all 2\n"
+        "network 10.1.0.0/24 taken\n"
     )
 
     async def main_() -> None:
         async with SSHTestServer(tmp_path, _answers({"check": (0, answer)})) as srv:
             checks = {c.what: c for c in await check._remote_checks(srv.cfg(helper="yes"))}
             assert [s.command for s in srv.rec.sessions] == ["check"]
-            bad = checks["remote sudo allows pppd and the routes"]
+            assert checks["remote sudo allows pppd"].ok
+            bad = checks["remote sudo allows the routes"]
             assert not bad.ok and "route add 10.1.0.0/24" in bad.detail
-            assert checks["remote pppd"].ok
-            assert checks["networks free on the remote gateway"].ok
+            assert "route del" not in bad.detail
+            assert checks["remote pppd"].ok and checks["remote link filter"].ok
+            assert not checks["networks free on the remote gateway"].ok
+            assert (
+                "10.1.0.0/24 is taken there" in checks["networks free on the remote gateway"].detail
+            )
+            assert not checks["reverse-path filter on the remote gateway"].ok
 
     run(main_)

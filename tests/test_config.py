@@ -201,7 +201,7 @@ def test_ipv6_networks_beside_ipv4_ones() -> None:
         "remote",
         "10.2.0.0/24 2001:db8:b::/48, 2001:db8:b:1::/64",
     )
-    cfg = parse(text, CONF)
+    cfg = parse(text.replace("[ppp]", "helper = no\n[ppp]"), CONF)  # no IPv6 with the helper
     assert cfg.ipv6 is True and cfg.remote_networks == (NET("10.2.0.0/24"),)
     assert cfg.remote_networks6 == (
         ipaddress.IPv6Network("2001:db8:b:1::/64"),

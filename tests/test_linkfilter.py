@@ -28,13 +28,16 @@ from pppssh.tunnel import Tunnel, TunnelError
 
 
 def site(
-    ppp: str = "", networks: str = "local = 10.1.0.0/24\nremote = 10.2.0.0/24\n"
+    ppp: str = "",
+    networks: str = "local = 10.1.0.0/24\nremote = 10.2.0.0/24\n",
+    remote: str = "",
 ) -> SiteConfig:
-    """A typical site file, with extra [ppp] lines and its own [networks]."""
+    """A typical site file, with extra [remote] and [ppp] lines and its own [networks]."""
     text = (
         "[site]\nname = site-b\n"
         "[remote]\nhost = gw.example.net\nuser = pppssh\n"
         "identity = id_ed25519\nknown_hosts = known_hosts\n"
+        f"{remote}"
         "[ppp]\nlocal_address = 10.99.0.1\nremote_address = 10.99.0.2\n"
         f"{ppp}"
         f"[networks]\n{networks}"
@@ -99,6 +102,7 @@ def test_full_tunnel_forwards_only_to_local_networks() -> None:
 
 def test_ipv6_rules_name_the_sources() -> None:
     cfg = site(
+        remote="helper = no\n",  # IPv6 is not available through the helper
         ppp="ipv6 = yes\n",
         networks="local = 10.1.0.0/24, 2001:db8:a::/64\nremote = 10.2.0.0/24, 2001:db8:b::/64\n",
     )

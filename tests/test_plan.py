@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from pppssh.plan import (
     local_pppd_argv,
     local_routes,
     remote_pppd_argv,
+    remote_pppd_options,
     remote_routes,
     server_route,
     shell_join,
@@ -27,7 +29,7 @@ def site(
     text = (
         "[site]\nname = site-b\n"
         "[remote]\nhost = gw.example.net\nuser = pppssh\n"
-        "identity = id_ed25519\nknown_hosts = known_hosts\n"
+        "identity = id_ed25519\nknown_hosts = known_hosts\nhelper = no\n"
         "[ppp]\nlocal_address = 10.99.0.1\nremote_address = 10.99.0.2\n"
         f"{ppp}"
         f"[networks]\n{networks}"
@@ -60,8 +62,7 @@ def test_local_pppd_typical() -> None:
 
 
 def test_remote_pppd_typical() -> None:
-    assert remote_pppd_argv(site()) == [
-        "sudo", "-n", "/usr/sbin/pppd",
+    assert remote_pppd_options(site()) == [
         "nodetach", "noauth", "local", "nocrtscts",
         "linkname", "pppssh-site-b-10.99.0.1",  # unique on the remote gateway
         "ipparam", "pppssh-site-b",
@@ -74,16 +75,20 @@ def test_remote_pppd_typical() -> None:
 
 
 def test_remote_pppd_command_string() -> None:
-    assert shell_join(remote_pppd_argv(site())) == (
-        "sudo -n /usr/sbin/pppd nodetach noauth local nocrtscts linkname pppssh-site-b-10.99.0.1 "
-        "ipparam pppssh-site-b 10.99.0.2:10.99.0.1 mtu 1400 mru 1400 nodefaultroute noccp "
-        "lcp-echo-interval 10 lcp-echo-failure 3 lcp-echo-adaptive noproxyarp"
+    # the options live in the peers file there: sudo can pin the whole argv
+    assert shell_join(remote_pppd_argv(site())) == "sudo -n /usr/sbin/pppd call pppssh-site-b"
+    dotted = parse(
+        "[site]\nname = a.b_c\n[remote]\nhost = h\nuser = u\nidentity = i\nknown_hosts = k\n"
+        "helper = no\n[ppp]\nlocal_address = 10.99.0.1\nremote_address = 10.99.0.2\n",
+        Path("/etc/pppssh/x.conf"),
     )
+    assert remote_pppd_argv(dotted)[-1] == "pppssh-a_2eb_5fc"
+    assert remote_pppd_argv(replace(site(), helper=True)) == ["pppd"]
 
 
 def test_no_logfd_or_local_options_on_the_remote() -> None:
     cfg = site(ppp="local_options = debug\nremote_options = novj\n")
-    remote = remote_pppd_argv(cfg)
+    remote = remote_pppd_options(cfg)
     assert "logfd" not in remote
     assert remote[-1] == "novj" and "debug" not in remote
 
@@ -93,7 +98,7 @@ def test_proxyarp_both_and_custom_sizes() -> None:
     cfg = parse(
         "[site]\nname = site-b\n"
         "[remote]\nhost = gw.example.net\nport = 2222\nuser = pppssh\n"
-        "identity = id_ed25519\nknown_hosts = known_hosts\n"
+        "identity = id_ed25519\nknown_hosts = known_hosts\nhelper = no\n"
         "sudo = /usr/bin/sudo -n\npppd = /usr/local/sbin/pppd\n"
         "[ppp]\nlocal_address = 192.168.50.250\nremote_address = 10.1.2.250\n"
         "mtu = 1280\nmru = 1500\nproxyarp = both\n"
@@ -109,8 +114,9 @@ def test_proxyarp_both_and_custom_sizes() -> None:
         "proxyarp",
         "logfd", "7",
     ]  # fmt: skip
-    assert remote_pppd_argv(cfg) == [
-        "/usr/bin/sudo", "-n", "/usr/local/sbin/pppd",
+    assert remote_pppd_argv(cfg) == ["/usr/bin/sudo", "-n", "/usr/local/sbin/pppd", "call",
+                                     "pppssh-site-b"]  # fmt: skip
+    assert remote_pppd_options(cfg) == [
         "nodetach", "noauth", "local", "nocrtscts",
         "linkname", "pppssh-site-b-192.168.50.250", "ipparam", "pppssh-site-b",
         "10.1.2.250:192.168.50.250",
@@ -133,7 +139,7 @@ def test_proxyarp_goes_to_the_right_pppd(
 ) -> None:
     # with proxyarp on a side, the peer's PPP address sits inside that side's LAN
     cfg = site(ppp=f"proxyarp = {proxyarp}\n", networks=networks)
-    local, remote = local_pppd_argv(cfg, 7), remote_pppd_argv(cfg)
+    local, remote = local_pppd_argv(cfg, 7), remote_pppd_options(cfg)
     assert [w for w in local if w.endswith("proxyarp")] == [local_has]
     assert [w for w in remote if w.endswith("proxyarp")] == [remote_has]
 
@@ -145,21 +151,21 @@ def test_lcp_echo_off() -> None:
         "noccp", "lcp-echo-interval", "0", "noproxyarp", "logfd", "3",
     ]  # fmt: skip
     assert "lcp-echo-failure" not in local
-    remote = remote_pppd_argv(cfg)
+    remote = remote_pppd_options(cfg)
     assert remote[remote.index("noccp") :] == ["noccp", "lcp-echo-interval", "0", "noproxyarp"]
 
 
 def test_extra_options_come_last_in_order() -> None:
     cfg = site(ppp="local_options = debug kdebug 1\nremote_options = novj nopcomp receive-all\n")
     assert local_pppd_argv(cfg, logfd=9)[-5:] == ["logfd", "9", "debug", "kdebug", "1"]
-    remote = remote_pppd_argv(cfg)
+    remote = remote_pppd_options(cfg)
     assert remote[-4:] == ["noproxyarp", "novj", "nopcomp", "receive-all"]
     assert shell_join(remote).endswith(" noproxyarp novj nopcomp receive-all")
 
 
 def test_pppd_options_appear_once() -> None:
     """Options pppssh manages are never duplicated (a second value would win in pppd)."""
-    for argv in (local_pppd_argv(site(), 7), remote_pppd_argv(site())):
+    for argv in (local_pppd_argv(site(), 7), remote_pppd_options(site())):
         words = [w for w in argv if not w[0].isdigit() and "/" not in w and w != "pppssh-site-b"]
         assert len(words) == len(set(words)), argv
 
@@ -209,23 +215,28 @@ def test_local_routes_with_ip_path() -> None:
 
 def test_remote_routes_several_networks() -> None:
     routes = remote_routes(site(networks=SEVERAL), "ppp0")
+    # exact argv a sudo rule can pin: no interface name, which is known only when up
     assert [r.add.shown for r in routes] == [
-        "sudo -n /usr/sbin/ip route add 10.1.5.0/24 via 10.99.0.1 dev ppp0",
-        "sudo -n /usr/sbin/ip route add 10.1.0.0/16 via 10.99.0.1 dev ppp0",
-        "sudo -n /usr/sbin/ip route add 172.16.0.0/12 via 10.99.0.1 dev ppp0",
+        "sudo -n /usr/sbin/ip route add 10.1.5.0/24 via 10.99.0.1",
+        "sudo -n /usr/sbin/ip route add 10.1.0.0/16 via 10.99.0.1",
+        "sudo -n /usr/sbin/ip route add 172.16.0.0/12 via 10.99.0.1",
     ]
     assert [r.delete.shown for r in routes] == [
-        "sudo -n /usr/sbin/ip route del 10.1.5.0/24 via 10.99.0.1 dev ppp0",
-        "sudo -n /usr/sbin/ip route del 10.1.0.0/16 via 10.99.0.1 dev ppp0",
-        "sudo -n /usr/sbin/ip route del 172.16.0.0/12 via 10.99.0.1 dev ppp0",
+        "sudo -n /usr/sbin/ip route del 10.1.5.0/24 via 10.99.0.1",
+        "sudo -n /usr/sbin/ip route del 10.1.0.0/16 via 10.99.0.1",
+        "sudo -n /usr/sbin/ip route del 172.16.0.0/12 via 10.99.0.1",
     ]
+    helper = replace(site(networks=SEVERAL), helper=True)
+    assert next(r.add.shown for r in remote_routes(helper, "ppp0")) == (
+        "route add 10.1.5.0/24 via 10.99.0.1"
+    )
 
 
 def test_remote_routes_use_configured_sudo_and_ip() -> None:
     text_cfg = parse(
         "[site]\nname = site-b\n"
         "[remote]\nhost = gw.example.net\nuser = pppssh\n"
-        "identity = id_ed25519\nknown_hosts = known_hosts\n"
+        "identity = id_ed25519\nknown_hosts = known_hosts\nhelper = no\n"
         "sudo = /usr/bin/doas\nip = /sbin/ip\n"
         "[ppp]\nlocal_address = 10.99.0.1\nremote_address = 10.99.0.2\n"
         "[networks]\nlocal = 10.1.0.0/24\n",
@@ -234,7 +245,6 @@ def test_remote_routes_use_configured_sudo_and_ip() -> None:
     [route] = remote_routes(text_cfg, "ppp1")
     assert route.add.argv == (
         "/usr/bin/doas", "/sbin/ip", "route", "add", "10.1.0.0/24", "via", "10.99.0.1",
-        "dev", "ppp1",
     )  # fmt: skip
     assert local_routes(text_cfg, "ppp0") == []
 
@@ -268,7 +278,7 @@ def test_each_delete_is_the_exact_inverse_of_its_add(side: str) -> None:
 ])  # fmt: skip
 def test_compression_reaches_both_pppds(compression: str, expected: list[str]) -> None:
     cfg = site(ppp=f"compression = {compression}\n")
-    for argv in (local_pppd_argv(cfg, logfd=3), remote_pppd_argv(cfg)):
+    for argv in (local_pppd_argv(cfg, logfd=3), remote_pppd_options(cfg)):
         at = argv.index("nodefaultroute") + 1
         assert argv[at : at + len(expected)] == expected
         others = {"noccp", "deflate", "bsdcomp"} - {expected[0]}
@@ -324,19 +334,19 @@ def test_ipv6_options_and_routes_both_sides() -> None:
         ppp="ipv6 = yes\n",
         networks="local = 10.1.0.0/24, 2001:db8:a::/64\nremote = 2001:db8:b::/48, 10.2.0.0/24\n",
     )
-    local, remote = local_pppd_argv(cfg, logfd=4), remote_pppd_argv(cfg)
+    local, remote = local_pppd_argv(cfg, logfd=4), remote_pppd_options(cfg)
     assert local[local.index("+ipv6") :][:3] == ["+ipv6", "ipv6", "::1,::2"]
     assert remote[remote.index("+ipv6") :][:3] == ["+ipv6", "ipv6", "::2,::1"]
     assert [r.add.shown for r in local_routes(cfg, "ppp0")] == [
         "ip route add 10.2.0.0/24 via 10.99.0.2 dev ppp0",
         "ip route add 2001:db8:b::/48 dev ppp0",
     ]
+    # the remote IPv6 routes come from the ipv6-up.d script remote-setup writes
     assert [r.delete.shown for r in remote_routes(cfg, "ppp5")] == [
-        "sudo -n /usr/sbin/ip route del 10.1.0.0/24 via 10.99.0.1 dev ppp5",
-        "sudo -n /usr/sbin/ip route del 2001:db8:a::/64 dev ppp5",
+        "sudo -n /usr/sbin/ip route del 10.1.0.0/24 via 10.99.0.1",
     ]
     plain = site()
-    assert "+ipv6" not in local_pppd_argv(plain, logfd=4) + remote_pppd_argv(plain)
+    assert "+ipv6" not in local_pppd_argv(plain, logfd=4) + remote_pppd_options(plain)
 
 
 def test_ipv6_not_with_the_helper() -> None:

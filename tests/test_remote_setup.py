@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,14 +18,22 @@ from pppssh import cli
 from pppssh.config import parse
 from pppssh.remote_setup import (
     HELPER_PATH,
+    _sudoers_word,
     apply,
+    filter_lines,
     helper_text,
+    hook_files,
+    ip_down_text,
+    ip_up_text,
     key_line,
     peers_text,
     policy_text,
     public_key,
     removal_script,
     setup_script,
+    sudo_commands,
+    sudo_safe,
+    sudoers_rules,
     sudoers_text,
 )
 from pppssh.ssh import TunnelError
@@ -119,10 +129,17 @@ def test_scripts_pass_shellcheck(tmp_path: Path) -> None:
     shellcheck = shutil.which("shellcheck")
     assert shellcheck, "shellcheck is missing: bash scripts/install-deps.sh installs it"
     cfg = cfg_of()
+    plain = cfg_of(NO_HELPER)
     files = {
         "helper": helper_text(),
         "setup": setup_script(cfg, PUB),
         "removal": removal_script(cfg, PUB),
+        "setup-no-helper": setup_script(plain, PUB),
+        "removal-no-helper": removal_script(plain, PUB),
+        **{
+            path.rsplit("/", 1)[1] + path.split("/")[3]: text
+            for path, text in hook_files(cfg).items()
+        },
     }
     for name, text in files.items():
         path = tmp_path / name
@@ -136,7 +153,11 @@ def test_setup_script_embeds_each_file_verbatim() -> None:
     script = setup_script(cfg, PUB)
     for text in (helper_text(), policy_text(cfg), peers_text(cfg), sudoers_text(cfg)):
         assert f"<<'PPPSSH_EOF'\n{text}PPPSSH_EOF\n" in script
-    assert f"\n{key_line(cfg, PUB)}\nPPPSSH_EOF\n" in script
+    # the key line goes in as an argument of the script the link account runs itself
+    assert f" {shlex.quote(key_line(cfg, PUB))} <<'PPPSSH_EOF' ||\n" in script
+    assert (
+        "runuser -u tunnel -- /bin/sh -s" in script and "mktemp" not in script.split("runuser")[0]
+    )
     # sudoers is checked with visudo before anything else changes
     assert script.index("visudo -cqf") < script.index("useradd")
     assert script.index("useradd") < script.index("mv -f '/etc/sudoers.d/.pppssh-site-b.new'")
@@ -157,15 +178,125 @@ def test_public_key_from_private_key_or_pub(tmp_path: Path) -> None:
         public_key(cfg)
 
 
-def test_remote_setup_needs_helper_yes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+NO_HELPER = SITE.replace("helper = yes", "helper = no")
+
+
+def test_no_helper_mode_is_set_up_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """helper = no: the same exact sudo rules, pppd options and filter; the key line has no
+    forced command, and no helper or policy is installed."""
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (tmp_path / "known_hosts").write_text("")  # the site names it: it must be there
     conf = tmp_path / "site-b.conf"
-    conf.write_text(SITE.replace("helper = yes", "helper = no"))
-    assert cli.main(["remote-setup", str(conf)]) == 2
-    err = capsys.readouterr().err
-    assert err.strip() == (
-        f"pppssh: {conf}:8: helper: remote-setup installs pppssh-helper for the link key; "
-        "set `helper = yes` in [remote] first"
+    conf.write_text(NO_HELPER)
+    assert cli.main(["remote-setup", str(conf)]) == 0
+    script = capsys.readouterr().out
+    cfg = parse(NO_HELPER, conf)
+    assert script == setup_script(cfg, public_key(cfg))
+    assert HELPER_PATH not in script.split("# 0.")[1] and ".policy" not in script
+    assert key_line(cfg, PUB) == f'restrict,pty,from="198.51.100.1" {PUB} pppssh-site-b'
+    assert sudoers_text(cfg).splitlines()[5:] == sudoers_text(cfg_of()).splitlines()[5:]
+    for text in (peers_text(cfg), sudoers_text(cfg), *hook_files(cfg).values()):
+        assert f"<<'PPPSSH_EOF'\n{text}PPPSSH_EOF\n" in script
+
+
+def test_sudoers_text_has_no_pattern_and_escapes_specials() -> None:
+    for cfg in (cfg_of(), cfg_of(NO_HELPER)):
+        text = sudoers_text(cfg)
+        assert not set("*?[]") & set(text), text
+        rules = sudoers_rules(cfg)
+        assert len(rules) == 3 + 2 * len(cfg.local_networks)
+        for net in cfg.local_networks:
+            for verb in ("add", "del"):
+                line = (
+                    f"tunnel ALL=(root) NOPASSWD: /usr/sbin/ip route {verb} {net} via 192.168.77.1"
+                )
+                assert rules.count(line) == 1
+    assert _sudoers_word("a:b,c=d\\e") == "a\\:b\\,c\\=d\\\\e"
+    for bad in ("*", "x*", "a b", "[0-9]", "!x", ""):
+        with pytest.raises(ValueError, match="cannot be an exact argument"):
+            _sudoers_word(bad)
+
+
+def test_sudo_safe_is_injective_and_plain() -> None:
+    names = ["a.b", "a_b", "a_2eb", "a-b", "ab", "a._b", "a_.b", "A.B"]
+    safe = [sudo_safe(n) for n in names]
+    assert len(set(safe)) == len(names), safe
+    assert sudo_safe("a.b") == "a_2eb" and sudo_safe("a_b") == "a_5fb" and sudo_safe("a-b") == "a-b"
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", x) for x in safe)
+    dotted = cfg_of(SITE.replace("name = site-b", "name = a.b"))
+    under = cfg_of(SITE.replace("name = site-b", "name = a_b"))
+    assert set(hook_files(dotted)).isdisjoint(hook_files(under))
+    assert setup_script(dotted, PUB).count("/etc/sudoers.d/pppssh-a_2eb'") == 1
+    assert "/etc/ppp/peers/pppssh-a_5fb'" in setup_script(under, PUB)
+
+
+def test_run_parts_runs_the_hook_files(tmp_path: Path) -> None:
+    """Debian's run-parts skips names with a dot: the hooks' names must pass its filter."""
+    cfg = cfg_of(SITE.replace("name = site-b", "name = a.b_c"))
+    for path in hook_files(cfg):
+        name = path.rsplit("/", 1)[1]
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+    listed = subprocess.run(["run-parts", "--test", str(tmp_path)], capture_output=True,
+                            text=True, check=True).stdout.split()  # fmt: skip
+    assert listed == [str(tmp_path / "pppssh-a_2eb_5fc")]
+
+
+def _run_hook(tmp_path: Path, text: str, env: dict[str, str]) -> list[str]:
+    """Run a hook script with `ip` and /proc/sys replaced by recorders; return what it ran."""
+    record = tmp_path / "ran"
+    record.unlink(missing_ok=True)
+    ip = tmp_path / "ip"
+    ip.write_text(f'#!/bin/sh\necho "ip $*" >>{record}\n[ "$3" != del ]\n')
+    ip.chmod(0o755)
+    proc_sys = tmp_path / "proc"
+    (proc_sys / "ppp3").mkdir(parents=True, exist_ok=True)
+    text = text.replace("/usr/sbin/ip ", f"{ip} ").replace(
+        '"/proc/sys/net/ipv4/conf/$IF/rp_filter"', f'"{proc_sys}/$IF/rp_filter"'
     )
+    script = tmp_path / "hook"
+    script.write_text(text)
+    subprocess.run(["/bin/sh", str(script)], env=env, check=True, timeout=10)
+    ran = record.read_text().splitlines() if record.exists() else []
+    rp = proc_sys / "ppp3" / "rp_filter"
+    if rp.exists():
+        ran.append(f"rp_filter={rp.read_text().strip()}")
+        rp.unlink()
+    return ran
+
+
+def test_link_filter_acts_only_for_this_sites_remote_pppd(tmp_path: Path) -> None:
+    cfg = cfg_of()
+    assert "ipparam pppssh-site-b" in peers_text(cfg).splitlines(), "the hook tells by ipparam"
+    assert "linkname pppssh-site-b-192.168.77.1" in peers_text(cfg).splitlines()
+    env = {"PPP_IFACE": "ppp3", "PPP_IPPARAM": "pppssh-site-b",
+           "LINKNAME": "pppssh-site-b-192.168.77.1", "PATH": "/usr/bin:/bin"}  # fmt: skip
+    up = ip_up_text(cfg)
+    assert _run_hook(tmp_path, up, env) == [
+        "ip -4 rule del iif ppp3 priority 5200",
+        "ip -4 rule del iif ppp3 priority 5201",
+        "ip -4 rule add iif ppp3 to 10.2.0.0/24 lookup main priority 5200",
+        "ip -4 rule add iif ppp3 priority 5201 prohibit",
+        "rp_filter=1",
+    ]
+    assert _run_hook(tmp_path, ip_down_text(cfg), env) == [
+        "ip -4 rule del iif ppp3 priority 5200",
+        "ip -4 rule del iif ppp3 priority 5201",
+    ]
+    others = [
+        {**env, "PPP_IPPARAM": "pppssh-site-c"},  # another site
+        {**env, "LINKNAME": "pppssh-site-b"},  # this site's local pppd (the lab shares files)
+        {**env, "PPP_IFACE": "eth0"},
+        {**env, "PPP_IFACE": "ppp3;reboot"},
+        {**env, "PPP_IFACE": "ppp"},
+        {k: v for k, v in env.items() if k != "PPP_IFACE"},
+    ]
+    for other in others:
+        assert _run_hook(tmp_path, up, other) == [], other
+    full = cfg_of(SITE.replace("remote = 10.2.0.0/24", "full_tunnel = yes"))
+    assert "prohibit" not in ip_up_text(full) and "rp_filter" in ip_up_text(full)
+    assert filter_lines(cfg)[0] == 'echo 1 >"/proc/sys/net/ipv4/conf/$IF/rp_filter"'
 
 
 def test_remote_setup_prints_the_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -189,7 +320,7 @@ def helper(tmp_path: Path) -> tuple[Path, Path]:
     """The helper with its policy directory and sudo moved into tmp_path; sudo records argv."""
     policies = tmp_path / "policies"
     policies.mkdir()
-    (policies / "site-b.policy").write_text(policy_text(cfg_of()))
+    (policies / "pppssh-site-b.policy").write_text(policy_text(cfg_of()))
     log = tmp_path / "sudo.log"
     sudo = tmp_path / "sudo"
     sudo.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >>{log}\necho >>{log}\n')
@@ -198,6 +329,13 @@ def helper(tmp_path: Path) -> tuple[Path, Path]:
     assert "\nPOLICY_DIR=/etc/pppssh/helper\n" in text and "\nSUDO=/usr/bin/sudo\n" in text
     text = text.replace("\nPOLICY_DIR=/etc/pppssh/helper\n", f"\nPOLICY_DIR={policies}\n")
     text = text.replace("\nSUDO=/usr/bin/sudo\n", f"\nSUDO={sudo}\n")
+    logger = tmp_path / "logger"  # what the helper sends to syslog
+    logger.write_text(
+        f'#!/bin/sh\nprintf "%s|" "$@" >>{tmp_path / "syslog"}\necho >>{tmp_path / "syslog"}\n'
+    )
+    logger.chmod(0o755)
+    assert text.count("\tlogger -t ") == 1
+    text = text.replace("\tlogger -t ", f"\t{logger} -t ")
     path = tmp_path / "pppssh-helper"
     path.write_text(text)
     path.chmod(0o755)
@@ -272,6 +410,8 @@ def test_helper_interface_needs_no_sudo(helper: tuple[Path, Path]) -> None:
 HOSTILE = {
     None: "a login shell",
     "": "a login shell",
+    " ": "a login shell",
+    "   ": "a login shell",
     "id": "'id' is not a pppssh request",
     "sh -c id": "'sh' is not a pppssh request",
     "/bin/sh": "'/bin/sh' is not a pppssh request",
@@ -320,6 +460,44 @@ def test_helper_refuses_everything_else(helper: tuple[Path, Path], request_: str
     assert ran == [], "a refused request reached sudo"
     assert err.startswith("pppssh-helper: refused: ") and err.count("\n") == 1, err
     assert HOSTILE[request_] in err
+    assert "parameter not set" not in err and "unbound" not in err
+
+
+@pytest.mark.parametrize("request_", [None, "", "  "], ids=["unset", "empty", "spaces"])
+def test_helper_logs_a_login_shell_attempt(
+    helper: tuple[Path, Path], tmp_path: Path, request_: str | None
+) -> None:
+    """SSH_ORIGINAL_COMMAND unset (a login shell), empty or blank: refused, and logged."""
+    status, err, ran = ask(helper, request_)
+    assert (status, ran) == (REFUSED, []), err
+    assert err == "pppssh-helper: refused: a login shell (this key only makes pppssh requests)\n"
+    logged = (tmp_path / "syslog").read_text().splitlines()
+    assert len(logged) == 1, logged
+    assert logged[0].startswith("-t|pppssh-helper|-p|auth.warning|--|site=site-b user="), logged
+    assert "client=198.51.100.1: refused: a login shell" in logged[0], logged
+
+
+def test_helper_check_reveals_only_what_check_needs(helper: tuple[Path, Path]) -> None:
+    """`check`: pppd, sudo's verdicts, ip_forward, rp_filter and each network free or taken;
+    not the routing table or the addresses of this gateway."""
+    path, log = helper
+    env = {"PATH": "/usr/bin:/bin", "SSH_ORIGINAL_COMMAND": "check"}
+    proc = subprocess.run(["/bin/sh", str(path), "site-b"], env=env, capture_output=True,
+                          text=True, timeout=30)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    keys = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert set(keys) == {"pppd", "sudo", "filter", "ip_forward", "rp_filter_all", "network"}, (
+        proc.stdout
+    )
+    networks = [x for x in proc.stdout.splitlines() if x.startswith("network ")]
+    assert [x.rsplit(" ", 1)[0] for x in networks] == ["network 10.1.0.0/24", "network 10.3.0.0/16"]
+    assert all(x.endswith((" free", " taken")) for x in networks), networks
+    sudo = [x for x in proc.stdout.splitlines() if x.startswith("sudo ")]
+    assert [x.removeprefix("sudo allowed ") for x in sudo] == [
+        " ".join(argv) for argv in sudo_commands(cfg_of())
+    ], "the helper asks sudo about exactly the commands remote-setup allows"
+    asked = log.read_text().splitlines()
+    assert all(x.startswith("-n|-l|") for x in asked), "check only asks sudo, runs nothing"
 
 
 def test_helper_without_policy_or_with_a_bad_site(helper: tuple[Path, Path]) -> None:
@@ -333,7 +511,7 @@ def test_helper_without_policy_or_with_a_bad_site(helper: tuple[Path, Path]) -> 
 
 def test_helper_refuses_a_broken_policy(helper: tuple[Path, Path]) -> None:
     path, _ = helper
-    policy = path.parent / "policies" / "site-b.policy"
+    policy = path.parent / "policies" / "pppssh-site-b.policy"
     good = policy.read_text()
     for bad in ("network 10.1.0.0/24 10.2.0.0/24\n", "shell /bin/sh\n", "peer\n"):
         policy.write_text(good + bad)
@@ -399,3 +577,27 @@ def test_peers_file_keeps_the_compression_window_on_its_line() -> None:
     text = SITE.replace("[networks]", "compression = deflate\n[networks]")
     lines = peers_text(cfg_of(text)).splitlines()
     assert "deflate 15" in lines and "nobsdcomp" in lines and "noccp" not in lines
+
+
+def test_ipv6_routes_and_filter_come_from_ipv6_up(tmp_path: Path) -> None:
+    """Without the helper, IPv6 routes there are the ipv6-up.d script's: no sudo rule could
+    name their interface. The filter forwards only to the site's IPv6 networks there."""
+    text = NO_HELPER.replace("remote_options = debug", "ipv6 = yes").replace(
+        "local = 10.1.0.0/24, 10.3.0.0/16", "local = 10.1.0.0/24, 2001:db8:a::/64"
+    )
+    text = text.replace("remote = 10.2.0.0/24", "remote = 10.2.0.0/24, 2001:db8:b::/64")
+    cfg = cfg_of(text)
+    files = hook_files(cfg)
+    assert sorted(p.split("/")[3] for p in files) == [
+        "ip-down.d", "ip-up.d", "ipv6-down.d", "ipv6-up.d",
+    ]  # fmt: skip
+    assert not any(":" in " ".join(argv) for argv in sudo_commands(cfg)), "no IPv6 sudo rule"
+    env = {"PPP_IFACE": "ppp3", "PPP_IPPARAM": "pppssh-site-b",
+           "LINKNAME": "pppssh-site-b-192.168.77.1", "PATH": "/usr/bin:/bin"}  # fmt: skip
+    assert _run_hook(tmp_path, files["/etc/ppp/ipv6-up.d/pppssh-site-b"], env) == [
+        "ip -6 route add 2001:db8:a::/64 dev ppp3",
+        "ip -6 rule del iif ppp3 priority 5200",
+        "ip -6 rule del iif ppp3 priority 5201",
+        "ip -6 rule add iif ppp3 to 2001:db8:b::/64 lookup main priority 5200",
+        "ip -6 rule add iif ppp3 priority 5201 prohibit",
+    ]

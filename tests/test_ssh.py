@@ -54,11 +54,8 @@ T = TypeVar("T")
 LIMIT = 20  # seconds: a bound on a hung test, never a synchronisation point
 
 # What the remote pppd command looks like for SSHTestServer.cfg() (site "lab", defaults).
-LAB_REMOTE_COMMAND = (
-    "sudo -n /usr/sbin/pppd nodetach noauth local nocrtscts linkname pppssh-lab-10.99.0.1 "
-    "ipparam pppssh-lab 10.99.0.2:10.99.0.1 mtu 1400 mru 1400 nodefaultroute noccp "
-    "lcp-echo-interval 10 lcp-echo-failure 3 lcp-echo-adaptive noproxyarp"
-)
+# helper = no: the options are in /etc/ppp/peers/pppssh-lab there, so sudo pins the argv
+LAB_REMOTE_COMMAND = "sudo -n /usr/sbin/pppd call pppssh-lab"
 
 # The eight modes that must be off for PPP frames to pass a remote pty unchanged.
 MUST_BE_OFF = {

@@ -9,8 +9,11 @@ Runs as root in a kernel with PPP (/dev/ppp): inside UML (see uml.py) or on a ho
     ws-a: default route via 10.1.0.1       ws-b: default route via 10.2.0.1
     gw-a: ip_forward=1; pppssh runs here as root, with <lab dir>/id_ed25519 and
           <lab dir>/known_hosts (gw-b's host key for 198.51.100.2)
-    gw-b: ip_forward=1; Debian's sshd on 198.51.100.2:22, key login only, for user vpn,
-          who may sudo (no password) /usr/sbin/pppd and /usr/sbin/ip route add|del, no more
+    gw-b: ip_forward=1, rp_filter of all 0; Debian's sshd on 198.51.100.2:22, key login
+          only, for user vpn. Each site file the lab writes is set up there the way a user
+          would: `pppssh remote-setup SITE.conf | sh` as root (the gateways share one
+          filesystem), with the site's own key <lab dir>/id_SITE; helper = yes unless the
+          test asks for remote_helper="no". vpn may sudo exactly the sites' commands.
 
     net A 10.1.0.0/24            WAN 198.51.100.0/24             net B 10.2.0.0/24
     The tunnel (made by the tests): ppp gw-a 192.168.77.1  <->  gw-b 192.168.77.2
@@ -55,14 +58,8 @@ USER = "vpn"
 ADMIN = "lab-admin"  # an administrator with sudo, made on demand (make_admin)
 LINK_USER = "tunnel"  # the account `pppssh remote-setup` creates in the tests
 SUDOERS_DIR = Path("/etc/sudoers.d")
-DEFAULT_SUDOERS = (
-    "# pppssh lab: {user} may start pppd, add or remove routes, and stop a pppd of a pppssh\n"
-    "# site an earlier session left; nothing else (README.md, without the helper).\n"
-    "{user} ALL=(root) NOPASSWD: /usr/sbin/pppd, "
-    "/usr/sbin/ip route add *, /usr/sbin/ip route del *, "
-    "/usr/bin/pkill -TERM -x -F /run/ppp-pppssh-* pppd, "
-    "/usr/bin/pkill -KILL -x -F /run/ppp-pppssh-* pppd\n"
-)
+ASIDE = ".lab-aside"  # a site's sudoers drop-in while a test replaces the policy (set_sudoers)
+RULE_PRIORITIES = ("5200", "5201")  # the remote link filter's ip rules (remote_setup)
 SITE_CONF: dict[str, dict[str, str]] = {
     "site": {"name": "site-b"},
     "remote": {"host": GW_B_WAN, "port": "22", "user": USER, "identity": "", "known_hosts": ""},
@@ -150,6 +147,7 @@ class Lab:
         self._made_admin = False
         self._key_line = ""
         self._baseline: dict[str, list[str]] = {}
+        self._setup: dict[str, str] = {}  # site -> the site file text it was last set up with
         self.spokes: list[Spoke] = []
 
     # --- building -------------------------------------------------------------------------
@@ -193,19 +191,18 @@ class Lab:
                 self.run(ns, ["ip", "link", "set", ifname, "up"])
         for gw in ("gw-a", "gw-b"):
             self.run(gw, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        # as `pppssh check` asks: a loose rp_filter of all would void the link's strict one
+        self.run("gw-b", ["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"])
         if self.ws_default_routes:
             for ws, via in DEFAULT_ROUTES.items():
                 self.run(ws, ["ip", "route", "add", "default", "via", via])
         self._make_user()
         self._start_sshd()
-        self.restore_sudoers()
-        bad = [what for what, ok in self.sudo_check().items() if not ok]
-        if bad:
-            raise LabError(f"sudo policy for {self.user} is wrong: {', '.join(bad)}")
         self._baseline = {ns: self.routes(ns) for ns in NAMESPACES}
 
     def _make_user(self) -> None:
-        """Create the non-root account sshd lets in, and the client key it accepts."""
+        """Create the non-root account sshd lets in, and the lab's own key for it: a login
+        with no sudo rule of its own (sites get theirs from remote-setup, each its own key)."""
         try:
             pw = pwd.getpwnam(self.user)
         except KeyError:
@@ -332,24 +329,33 @@ class Lab:
         argv += [*options, f"{user}@{GW_B_WAN}", *command]
         return self.run("gw-a", argv, check=False, timeout=60)
 
-    def sudo_check(self) -> dict[str, bool]:
-        """Check the sudo policy as the vpn user in gw-b: what works, what is refused."""
+    def sudo_check(self, site: str = "site-b") -> dict[str, bool]:
+        """Ask sudo, as the vpn user in gw-b, about site's exact commands and a few others
+        (`sudo -n -l`: it runs nothing); the site is set up first if it is not yet."""
+        from pppssh.config import load
+        from pppssh.remote_setup import sudo_commands
 
-        def sudo(*argv: str) -> bool:
-            """Run one command under sudo -n as the vpn user; tell whether it succeeded."""
-            proc = self.run("gw-b", ["sudo", "-n", *argv], check=False, user=self.user)
+        conf = self.dir / f"{site}.conf"
+        if site not in self._setup:
+            conf = self.write_site_conf(site)
+        commands = sudo_commands(load(conf))
+
+        def allowed(*argv: str) -> bool:
+            """Tell whether sudo -n -l allows argv for the vpn user."""
+            proc = self.run("gw-b", ["sudo", "-n", "-l", *argv], check=False, user=self.user)
             return proc.returncode == 0
 
-        route = ["203.0.113.7/32", "dev", "lo"]  # a probe route, added and removed again
-        found = {"sudo pppd allowed": sudo("/usr/sbin/pppd", "--version")}
-        found["sudo ip route add allowed"] = sudo("/usr/sbin/ip", "route", "add", *route)
-        if not found["sudo ip route add allowed"]:
-            self.run("gw-b", ["ip", "route", "add", *route], check=False)
-        found["sudo ip route del allowed"] = sudo("/usr/sbin/ip", "route", "del", *route)
-        if not found["sudo ip route del allowed"]:
-            self.run("gw-b", ["ip", "route", "del", *route], check=False)
-        found["sudo id refused"] = not sudo("/usr/bin/id")
-        found["sudo ip link refused"] = not sudo("/usr/sbin/ip", "link", "show")
+        pppd, route_add, route_del = commands[0], commands[3], commands[4]
+        found = {"sudo pppd allowed": allowed(*pppd)}
+        found["sudo ip route add allowed"] = allowed(*route_add)
+        found["sudo ip route del allowed"] = allowed(*route_del)
+        found["sudo pkill of the pid file allowed"] = allowed(*commands[1])
+        found["sudo id refused"] = not allowed("/usr/bin/id")
+        found["sudo ip link refused"] = not allowed("/usr/sbin/ip", "link", "show")
+        found["sudo pppd with options refused"] = not allowed("/usr/sbin/pppd", "--version")
+        found["sudo other route refused"] = not allowed(
+            "/usr/sbin/ip", "route", "add", "203.0.113.7/32", "dev", "lo"
+        )
         return found
 
     def add_spoke(self, index: int, workstation: bool = True) -> Spoke:
@@ -385,6 +391,7 @@ class Lab:
             _run(["ip", "-n", ns, "addr", "add", addr, "dev", ifname])
             _run(["ip", "-n", ns, "link", "set", ifname, "up"])
         _run(["ip", "netns", "exec", spoke.gw, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        _run(["ip", "netns", "exec", spoke.gw, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"])
         if workstation:
             _run(["ip", "-n", spoke.ws, "route", "add", "default", "via", spoke.lan_gw])
         config = self.dir / f"sshd_config.s{index}"
@@ -534,20 +541,32 @@ class Lab:
             found.append(int(entry.name))
         return sorted(found)
 
+    def site_key(self, name: str) -> Path:
+        """The site's own link key, <lab dir>/id_NAME (made on first use)."""
+        key = self.dir / f"id_{name}"
+        if not key.exists():
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"pppssh-lab-{name}",
+                  "-f", str(key)])  # fmt: skip
+        return key
+
     def write_site_conf(
         self,
         name: str = "site-b",
         sections: Mapping[str, Mapping[str, object]] | None = None,
+        setup: bool = True,
         **overrides: object,
     ) -> Path:
-        """Write <lab dir>/<name>.conf, a pppssh site config for this lab, and return its path.
+        """Write <lab dir>/<name>.conf, a pppssh site config for this lab, and return its path;
+        then set the site up on the remote gateway with `pppssh remote-setup` (setup=False:
+        leave the remote side as it is).
 
-        Overrides are section_key=value keywords (ppp_proxyarp="remote") or a dict
-        {section: {key: value}}; a None value drops the key; unknown sections are written too.
+        Overrides are section_key=value keywords (ppp_proxyarp="remote", remote_helper="no"
+        for the no-helper mode) or a dict {section: {key: value}}; a None value drops the
+        key; unknown sections are written too. The identity is the site's own key.
         """
         conf = {section: dict(keys) for section, keys in SITE_CONF.items()}
         conf["site"]["name"] = name
-        conf["remote"].update(identity=str(self.key), known_hosts=str(self.known_hosts))
+        conf["remote"].update(identity=str(self.site_key(name)), known_hosts=str(self.known_hosts))
         changes: list[tuple[str, str, object]] = []
         for section, keys in (sections or {}).items():
             changes += [(section, key, value) for key, value in keys.items()]
@@ -568,10 +587,45 @@ class Lab:
         )
         path = self.dir / f"{name}.conf"
         path.write_text(text)
+        if setup:
+            self.remote_setup(path)
         return path
 
+    def remote_setup(self, conf: Path, remove: bool = False) -> bool:
+        """Run `pppssh remote-setup [--remove] CONF` and its script as root in gw-b, as a user
+        would; False (nothing done) if pppssh refuses the site file. A site whose file is
+        unchanged since its last set-up is not set up again."""
+        import io
+        from contextlib import redirect_stderr, redirect_stdout
+
+        from pppssh import cli
+
+        text = conf.read_text()
+        if not remove and self._setup.get(conf.stem) == text:
+            return True
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            status = cli.main(["remote-setup", *(["--remove"] if remove else []), str(conf)])
+        if status == 2:  # a bad site file: the test is about pppssh refusing it
+            self._setup.pop(conf.stem, None)
+            return False
+        if status != 0:
+            raise LabError(f"pppssh remote-setup {conf} exited {status}: {err.getvalue()}")
+        done = self.run("gw-b", ["sh", "-s"], check=False, input=out.getvalue(), timeout=120)
+        if done.returncode:
+            raise LabError(f"remote-setup script of {conf} failed: {done.stdout}{done.stderr}")
+        if self.sudoers.exists():  # a test's own policy stays the whole policy until reset
+            for drop_in in self._site_sudoers():
+                os.replace(drop_in, drop_in.with_name(f".{drop_in.name}{ASIDE}"))
+        if remove:
+            self._setup.pop(conf.stem, None)
+        else:
+            self._setup[conf.stem] = text
+        return True
+
     def set_sudoers(self, text: str) -> None:
-        """Install text as the lab's sudoers drop-in (0440), after visudo accepts it."""
+        """Make text the vpn account's whole sudo policy (the sites' drop-ins are put aside
+        until restore_sudoers), after visudo accepts it."""
         tmp = self.sudoers.with_name(f".{self.sudoers.name}.new")  # a dot: sudo ignores it
         tmp.write_text(text if text.endswith("\n") or not text else text + "\n")
         tmp.chmod(0o440)
@@ -579,11 +633,24 @@ class Lab:
         if check.returncode:
             tmp.unlink()
             raise ValueError(f"visudo refuses the sudoers text: {check.stdout}{check.stderr}")
+        for drop_in in self._site_sudoers():
+            os.replace(drop_in, drop_in.with_name(f".{drop_in.name}{ASIDE}"))
         os.replace(tmp, self.sudoers)
 
     def restore_sudoers(self) -> None:
-        """Install the lab's default sudoers policy for the vpn user."""
-        self.set_sudoers(DEFAULT_SUDOERS.format(user=self.user))
+        """Back to the sites' own policies, as remote-setup wrote them."""
+        self.sudoers.unlink(missing_ok=True)
+        for aside in SUDOERS_DIR.glob(f".pppssh-*{ASIDE}"):
+            os.replace(aside, aside.with_name(aside.name[1 : -len(ASIDE)]))
+
+    def _site_sudoers(self) -> list[Path]:
+        """The sudoers drop-ins remote-setup wrote for the vpn account's sites."""
+        found = []
+        for path in SUDOERS_DIR.glob("pppssh-*"):
+            with contextlib.suppress(OSError):
+                if f"\n{self.user} ALL=(root) NOPASSWD: " in path.read_text():
+                    found.append(path)
+        return found
 
     # --- checking and tearing down --------------------------------------------------------
 
@@ -603,6 +670,11 @@ class Lab:
         self.restore_sudoers()
         wait_for(lambda: not self.leftovers(), timeout=grace, interval=0.2)
         found = self.leftovers()
+        if not self.ppp_links("gw-b"):  # rules a SIGKILLed remote pppd's ip-down never removed
+            for prio in RULE_PRIORITIES:
+                while self.run("gw-b", ["ip", "-4", "rule", "del", "priority", prio],
+                               check=False).returncode == 0:  # fmt: skip
+                    pass
         if found:
             for ns in NAMESPACES:
                 self._kill(self.pids(ns, "pppd"), f"pppd in {ns}")
@@ -649,8 +721,10 @@ class Lab:
                 log.warning("lab teardown: ppp interfaces stay in %s", self.ns(ns))
             _run(["ip", "netns", "del", self.ns(ns)], check=False)
         self._made_ns = []
-        if self.sudoers.exists():
-            self.sudoers.unlink()
+        self.restore_sudoers()
+        for site in list(self._setup):
+            with contextlib.suppress(LabError, OSError):
+                self.remote_setup(self.dir / f"{site}.conf", remove=True)
         self._remove_user()
         if self._made_admin:
             (SUDOERS_DIR / "pppssh-lab-admin").unlink(missing_ok=True)

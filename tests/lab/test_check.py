@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pppssh.config import load
+from pppssh.remote_setup import sudoers_rules
 from tests.lab.netlab import GW_B_WAN, NET_B, Lab
 from tests.lab.test_tunnel import no_leftovers, pppssh, show
 
@@ -31,7 +33,9 @@ def test_all_checks_pass_and_nothing_changes(lab: Lab) -> None:
                  "kernel PPP support", "IP forwarding on this gateway",
                  "networks free on this gateway", "SSH reachable", "host key known",
                  "key accepted", "remote pppd", "remote sudo allows pppd",
-                 "remote sudo allows the routes", "IP forwarding on the remote gateway",
+                 "remote sudo allows the routes", "remote link filter",
+                 "IP forwarding on the remote gateway",
+                 "reverse-path filter on the remote gateway",
                  "networks free on the remote gateway"):  # fmt: skip
         assert any(line.startswith(f"{OK} {what}") for line in lines), f"{what}: {show(proc)}"
     assert {ns: lab.routes(ns) for ns in ("gw-a", "gw-b")} == before
@@ -66,19 +70,35 @@ def test_forwarding_off(
     assert "fix: sysctl -w net.ipv4.ip_forward=1" in proc.stdout
 
 
-@pytest.mark.parametrize("ns, route, what", [
-    ("gw-a", ["10.2.0.128/25", "via", GW_B_WAN], "networks free on this gateway"),
-    ("gw-b", ["10.1.0.0/24", "dev", "lan0"], "networks free on the remote gateway"),
+@pytest.mark.parametrize("ns, route, what, said", [
+    ("gw-a", ["10.2.0.128/25", "via", GW_B_WAN], "networks free on this gateway",
+     "a route exists already: 10.2.0.128/25 via 198.51.100.2"),
+    # the helper tells only that the network is taken, not the routing table
+    ("gw-b", ["10.1.0.0/24", "dev", "lan0"], "networks free on the remote gateway",
+     "10.1.0.0/24 is taken there"),
+    ("gw-b", ["10.1.0.128/25", "dev", "lan0"], "networks free on the remote gateway",
+     "10.1.0.0/24 is taken there"),
 ])  # fmt: skip
-def test_clashing_route(lab: Lab, ns: str, route: list[str], what: str) -> None:
+def test_clashing_route(lab: Lab, ns: str, route: list[str], what: str, said: str) -> None:
+    conf = lab.write_site_conf("site-b")
     lab.run(ns, ["ip", "route", "add", *route])
     try:
-        proc = pppssh(lab, "check", str(lab.write_site_conf("site-b")))
+        proc = pppssh(lab, "check", str(conf))
     finally:
         lab.run(ns, ["ip", "route", "del", *route])
     assert proc.returncode == 1, show(proc)
     assert failed(proc.stdout) == [what], show(proc)
-    assert f"a route exists already: {' '.join(route)}" in proc.stdout, show(proc)
+    assert said in proc.stdout, show(proc)
+    assert "lan0" not in proc.stdout or ns == "gw-a", "the helper revealed the route"
+
+
+def test_interface_network_around_a_network_is_taken(lab: Lab) -> None:
+    """gw-b's LAN 10.2.0.0/24 holds 10.2.0.128/25: a site routing that there clashes."""
+    conf = lab.write_site_conf("site-n", networks_local="10.2.0.128/25", networks_remote="10.7.0.0/24",
+                               ppp_local_address="192.168.79.1", ppp_remote_address="192.168.79.2")  # fmt: skip
+    proc = pppssh(lab, "check", str(conf))
+    assert failed(proc.stdout) == ["networks free on the remote gateway"], show(proc)
+    assert "10.2.0.128/25 is taken there" in proc.stdout
 
 
 def test_remote_lan_already_on_this_gateway(lab: Lab) -> None:
@@ -102,7 +122,7 @@ def test_unknown_host_key(lab: Lab, tmp_path: Path) -> None:
 
 def test_key_refused(lab: Lab, tmp_path: Path) -> None:
     lab.run(None, ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "id")])
-    conf = lab.write_site_conf("site-b", remote_identity=tmp_path / "id")
+    conf = lab.write_site_conf("site-b", remote_identity=tmp_path / "id", setup=False)
     proc = pppssh(lab, "check", str(conf))
     assert proc.returncode == 1, show(proc)
     assert failed(proc.stdout) == ["key accepted"], show(proc)
@@ -115,25 +135,39 @@ def test_unreachable(lab: Lab) -> None:
     assert "Connection refused" in proc.stdout
 
 
-def test_sudo_refuses_pppd(lab: Lab) -> None:
-    lab.set_sudoers("vpn ALL=(root) NOPASSWD: /usr/sbin/ip route add *, /usr/sbin/ip route del *")
-    proc = pppssh(lab, "check", str(lab.write_site_conf("site-b")))
+@pytest.mark.parametrize("helper", ["yes", "no"])
+def test_sudo_refuses_pppd(lab: Lab, helper: str) -> None:
+    conf = lab.write_site_conf("site-b", remote_helper=helper)
+    rules = sudoers_rules(load(conf))
+    lab.set_sudoers("\n".join(rules[3:]))  # the routes only
+    proc = pppssh(lab, "check", str(conf))
     assert proc.returncode == 1, show(proc)
     assert failed(proc.stdout) == ["remote sudo allows pppd"], show(proc)
+    for rule in rules[:3]:  # the fix: the exact rules remote-setup writes, and no others
+        assert rule in proc.stdout, show(proc)
+    assert "*" not in proc.stdout
     assert lab.pids("gw-b", "pppd") == [], "check must not start pppd"
 
 
-def test_sudo_refuses_routes(lab: Lab) -> None:
-    lab.set_sudoers("vpn ALL=(root) NOPASSWD: /usr/sbin/pppd")
-    proc = pppssh(lab, "check", str(lab.write_site_conf("site-b")))
+@pytest.mark.parametrize("helper", ["yes", "no"])
+def test_sudo_refuses_routes(lab: Lab, helper: str) -> None:
+    conf = lab.write_site_conf("site-b", remote_helper=helper)
+    rules = sudoers_rules(load(conf))
+    lab.set_sudoers("\n".join(rules[:3]))  # pppd only
+    proc = pppssh(lab, "check", str(conf))
     assert proc.returncode == 1, show(proc)
     assert failed(proc.stdout) == ["remote sudo allows the routes"], show(proc)
+    assert rules[3] in proc.stdout and rules[4] in proc.stdout, show(proc)
 
 
 def test_pppd_missing_on_either_side(lab: Lab) -> None:
+    # without the helper pppssh asks for the site file's remote pppd itself (with the helper,
+    # remote-setup refuses to set up a pppd that is not there)
+    lab.write_site_conf("site-b", remote_helper="no")
     conf = lab.write_site_conf(
-        "site-b", remote_pppd="/usr/sbin/no-pppd", ppp_local_pppd="/usr/sbin/no-pppd"
-    )
+        "site-b", remote_pppd="/usr/sbin/no-pppd", ppp_local_pppd="/usr/sbin/no-pppd",
+        remote_helper="no", setup=False,
+    )  # fmt: skip
     proc = pppssh(lab, "check", str(conf))
     assert proc.returncode == 1, show(proc)
     assert failed(proc.stdout) == ["local pppd", "remote pppd", "remote sudo allows pppd"], show(

@@ -17,6 +17,7 @@ from tests.lab.netlab import (
     GW_B_WAN,
     LINK_USER,
     NET_A,
+    NET_B,
     PPP_LOCAL,
     PPP_REMOTE,
     WS_A,
@@ -29,7 +30,9 @@ pytestmark = pytest.mark.lab
 
 SITE = "site-h"
 HELPER = Path("/usr/local/libexec/pppssh-helper")
-POLICY = Path(f"/etc/pppssh/helper/{SITE}.policy")
+POLICY = Path(f"/etc/pppssh/helper/pppssh-{SITE}.policy")
+IP_UP = Path(f"/etc/ppp/ip-up.d/pppssh-{SITE}")
+IP_DOWN = Path(f"/etc/ppp/ip-down.d/pppssh-{SITE}")
 PEERS = Path(f"/etc/ppp/peers/pppssh-{SITE}")
 SUDOERS = Path(f"/etc/sudoers.d/pppssh-{SITE}")
 CANARY = Path("/tmp/pppssh-helper-canary")
@@ -78,7 +81,7 @@ def helper_site(lab: Lab) -> Iterator[tuple[Path, Path]]:
         lab.run(None, ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
     conf = lab.write_site_conf(
         SITE, remote_user=LINK_USER, remote_identity=key, remote_helper="yes",
-        remote_from=GW_A_WAN,
+        remote_from=GW_A_WAN, setup=False,  # the test sets it up itself, as an administrator
     )  # fmt: skip
     admin, admin_key = lab.make_admin()
     yield conf, key
@@ -91,7 +94,7 @@ def helper_site(lab: Lab) -> Iterator[tuple[Path, Path]]:
 
 def gw_b_files() -> dict[str, bool]:
     """Which of remote-setup's files exist on gw-b (the lab's gateways share one filesystem)."""
-    return {str(p): p.exists() for p in (HELPER, POLICY, PEERS, SUDOERS)}
+    return {str(p): p.exists() for p in (HELPER, POLICY, PEERS, SUDOERS, IP_UP, IP_DOWN)}
 
 
 def authorized_keys() -> list[str]:
@@ -146,7 +149,11 @@ def test_remote_setup_helper_link_and_refusals(
     # The preflight asks the helper (`check`), which asks sudo and changes nothing.
     checked = pppssh(lab, "check", str(conf))
     assert checked.returncode == 0 and "\u2717" not in checked.stdout, show(checked)
-    assert "\u2713 remote sudo allows pppd and the routes: 3 command(s)" in checked.stdout
+    assert "\u2713 remote sudo allows pppd: /usr/sbin/pppd call pppssh-site-h;" in checked.stdout
+    assert "\u2713 remote sudo allows the routes: /usr/sbin/ip route add|del for 1 network(s)" in (
+        checked.stdout
+    )
+    assert "\u2713 remote link filter" in checked.stdout
 
     # The link, through the helper.
     started = pppssh(lab, "start", str(conf))
@@ -159,6 +166,12 @@ def test_remote_setup_helper_link_and_refusals(
     if_b = ppp_link(lab, "gw-b", PPP_REMOTE, PPP_LOCAL)
     ppp_link(lab, "gw-a", PPP_LOCAL, PPP_REMOTE)
     assert f"{NET_A} via {PPP_LOCAL} dev {if_b}" in lab.routes("gw-b")
+    # the link filter pppd ran through ip-up.d: strict rp_filter, forwarding only to NET_B
+    rules = lab.run("gw-b", ["ip", "-4", "rule", "show"]).stdout.splitlines()
+    assert any(r.startswith("5200:") and f"iif {if_b}" in r and f"to {NET_B}" in r for r in rules)
+    assert any(r.startswith("5201:") and f"iif {if_b}" in r and "prohibit" in r for r in rules)
+    rp = lab.run("gw-b", ["cat", f"/proc/sys/net/ipv4/conf/{if_b}/rp_filter"]).stdout.strip()
+    assert rp == "1", rules
     assert lab.ping("ws-a", WS_B, count=3) and lab.ping("ws-b", WS_A, count=3)
     status = pppssh(lab, "status", SITE)
     assert status.returncode == 0 and if_b in status.stdout, show(status)
@@ -215,6 +228,8 @@ def test_remote_setup_helper_link_and_refusals(
     assert stopped.returncode == 0, show(stopped)
     assert f"{remote} route del {NET_A} via {PPP_LOCAL}\n" in stopped.stdout
     assert no_leftovers(lab) == []
+    rules_after = lab.run("gw-b", ["ip", "-4", "rule", "show"]).stdout
+    assert "5200:" not in rules_after and "5201:" not in rules_after, "ip-down left its rules"
 
     removed = pppssh(lab, "remote-setup", "--remove", *apply[1:], str(conf))
     assert removed.returncode == 0, show(removed)

@@ -49,7 +49,7 @@ def routes6(lab: Lab, ns: str) -> list[str]:
 def test_ipv6_across_the_link(lab: Lab, stop_all: None, ipv6_lans: None) -> None:  # noqa: F811
     before = {gw: routes6(lab, gw) for gw in ("gw-a", "gw-b")}
     conf = lab.write_site_conf(
-        "site-b", ppp_ipv6="yes", networks_local=f"{NET_A}, {NET6_A}",
+        "site-b", ppp_ipv6="yes", remote_helper="no", networks_local=f"{NET_A}, {NET6_A}",
         networks_remote=f"{NET_B}, {NET6_B}",
     )  # fmt: skip
     started = pppssh(lab, "start", str(conf))

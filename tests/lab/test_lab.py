@@ -43,7 +43,7 @@ def test_sshd_accepts_the_vpn_key_with_host_key_checking(lab: Lab) -> None:
 
 
 def test_sudo_allows_pppd_and_routes_only(lab: Lab) -> None:
-    """vpn may sudo pppd and ip route add/del without a password, and nothing else."""
+    """vpn may sudo the site's exact pppd and route commands without a password, no other."""
     assert all(lab.sudo_check().values()), lab.sudo_check()
     refused = lab.run("gw-b", ["sudo", "-n", "/usr/bin/id"], check=False, user=lab.user)
     assert refused.returncode != 0
@@ -61,7 +61,7 @@ def test_write_site_conf(lab: Lab) -> None:
     """The site config points at the lab's key and known_hosts; overrides apply."""
     path = lab.write_site_conf(ppp_proxyarp="remote", sections={"extra": {"x": "1"}})
     text = path.read_text()
-    assert f"identity = {lab.key}\n" in text
+    assert f"identity = {lab.site_key('site-b')}\n" in text  # each site its own key
     assert f"known_hosts = {lab.known_hosts}\n" in text
     assert "proxyarp = remote\n" in text
     assert "[extra]\nx = 1\n" in text
