@@ -130,10 +130,9 @@ def remote_pppd_options(cfg: SiteConfig) -> list[str]:
 
 
 def remote_peers_name(cfg: SiteConfig) -> str:
-    """The remote pppd's options file, /etc/ppp/peers/NAME, that `pppssh remote-setup` wrote."""
-    from .remote_setup import file_name  # the one naming of remote-setup's files
-
-    return file_name(cfg)
+    """`pppssh-<file stem>`: the name of the remote pppd's options file /etc/ppp/peers/NAME and
+    of every other file `pppssh remote-setup` writes for the site (no '.', one-to-one)."""
+    return f"pppssh-{cfg.file_stem}"
 
 
 def remote_pppd_argv(cfg: SiteConfig) -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 import shlex
 import sys
 from importlib import resources
@@ -24,6 +23,7 @@ from .config import SiteConfig
 from .plan import (
     PKILL,
     remote_leftover_kill,
+    remote_peers_name,
     remote_pidfile,
     remote_pppd_argv,
     remote_pppd_options,
@@ -48,7 +48,6 @@ __all__ = [
     "removal_script",
     "setup_script",
     "sudo_commands",
-    "sudo_safe",
     "sudoers_rules",
     "sudoers_text",
 ]
@@ -67,17 +66,10 @@ _WITH_ARGUMENT = {
     "linkname", "ipparam", "mtu", "mru", "lcp-echo-interval", "lcp-echo-failure", "deflate",
     "bsdcomp",
 }  # fmt: skip
-_SAFE = re.compile(r"[A-Za-z0-9-]")
 # characters sudoers gives a meaning inside a command's arguments, escaped with a backslash
 _SUDOERS_SPECIAL = set(",:=\\")
 # characters that would make an argument a pattern (or several arguments) in sudoers
 _SUDOERS_PATTERN = set("*?[]!# \t\n\"'")
-
-
-def sudo_safe(name: str) -> str:
-    """A site name as a file name part sudo, run-parts and pppd `call` accept, injectively:
-    letters, digits and '-' stay, '.' becomes '_2e', '_' becomes '_5f' (a.b and a_b differ)."""
-    return "".join(c if _SAFE.fullmatch(c) else f"_{ord(c):02x}" for c in name)
 
 
 def helper_text() -> str:
@@ -102,9 +94,7 @@ def public_key(cfg: SiteConfig) -> str:
     return f"{kind} {blob}"
 
 
-def file_name(cfg: SiteConfig) -> str:
-    """`pppssh-<sudo_safe(site)>`: the name of every file remote-setup writes for the site."""
-    return "pppssh-" + sudo_safe(cfg.name)
+file_name = remote_peers_name  # every file remote-setup writes for a site has this name
 
 
 def sudoers_name(cfg: SiteConfig) -> str:
