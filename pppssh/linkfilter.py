@@ -38,11 +38,13 @@ __all__ = [
     "link_filter",
     "local_filter",
     "loose_warning",
+    "remote_filter",
     "rp_filter_key",
     "teardown",
 ]
 
 PRIORITY = 5000  # allow rules here; the prohibit rule one after
+REMOTE_SYSCTL = "/usr/sbin/sysctl"  # procps on Debian 12 (/sbin is a link to it)
 STRICT = 1
 LOOSE = 2
 
@@ -85,11 +87,14 @@ def link_filter(
     priority: int = PRIORITY,
     ip: str = "ip",
     sysctl: str = "sysctl",
+    forward_anywhere: bool = False,
 ) -> list[FilterStep]:
     """The filter of one link end, in the order to apply it (undo in reverse).
 
     forward_to: the networks behind this gateway that traffic from the link may be forwarded
     to; with ipv6, sources6 are the far side's IPv6 networks and forward_to6 this side's.
+    forward_anywhere: no IPv4 forwarding rules at all (the far end's full tunnel: this
+    gateway is its way to everywhere), only the reverse-path filter.
     """
     steps = [
         FilterStep(
@@ -98,11 +103,12 @@ def link_filter(
             undo=None,
         )
     ]
-    for net in forward_to:
-        steps.append(_rule(ip, "-4", ifname, ("to", str(net)), priority, ("lookup", "main"),
-                           f"forward from the link to {net}"))  # fmt: skip
-    steps.append(_rule(ip, "-4", ifname, (), priority + 1, ("prohibit",),
-                       "forward nothing else from the link (IPv4)"))  # fmt: skip
+    if not forward_anywhere:
+        for net in forward_to:
+            steps.append(_rule(ip, "-4", ifname, ("to", str(net)), priority, ("lookup", "main"),
+                               f"forward from the link to {net}"))  # fmt: skip
+        steps.append(_rule(ip, "-4", ifname, (), priority + 1, ("prohibit",),
+                           "forward nothing else from the link (IPv4)"))  # fmt: skip
     if ipv6:
         for dst in forward_to6:
             for src in sources6:
@@ -128,6 +134,25 @@ def local_filter(cfg: SiteConfig, ifname: str, priority: int = PRIORITY) -> list
         sources6=cfg.remote_networks6,
         forward_to6=cfg.local_networks6,
         priority=priority,
+    )
+
+
+def remote_filter(cfg: SiteConfig, ifname: str, priority: int = PRIORITY) -> list[FilterStep]:
+    """The remote gateway's filter on its end of the site's link (run there by pppd's ip-up).
+
+    It forwards from the link only to the remote networks; with full_tunnel it is this
+    gateway's way to everywhere, so only the reverse-path filter applies.
+    """
+    return link_filter(
+        ifname,
+        cfg.remote_networks,
+        ipv6=cfg.ipv6,
+        sources6=cfg.local_networks6,
+        forward_to6=cfg.remote_networks6,
+        priority=priority,
+        ip=cfg.remote_ip,
+        sysctl=REMOTE_SYSCTL,
+        forward_anywhere=cfg.full_tunnel,
     )
 
 

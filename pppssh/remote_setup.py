@@ -20,8 +20,10 @@ from importlib import resources
 
 from ._asyncssh import asyncssh
 from .config import SiteConfig
+from .linkfilter import PRIORITY, remote_filter
 from .plan import (
     PKILL,
+    Command,
     remote_leftover_kill,
     remote_peers_name,
     remote_pidfile,
@@ -34,7 +36,6 @@ from .ssh import TunnelError
 __all__ = [
     "HELPER_PATH",
     "POLICY_DIR",
-    "RULE_PRIORITY",
     "apply",
     "filter_lines",
     "helper_text",
@@ -60,7 +61,6 @@ PPP_DIR = "/etc/ppp"
 SUDO = "/usr/bin/sudo"
 EOF_MARK = "PPPSSH_EOF"
 # ip rule priorities of the link filter: the allowed networks, then `prohibit` for the rest
-RULE_PRIORITY = 5200
 # pppd options that take one argument (for one option per line in the peers file)
 _WITH_ARGUMENT = {
     "linkname", "ipparam", "mtu", "mru", "lcp-echo-interval", "lcp-echo-failure", "deflate",
@@ -194,23 +194,19 @@ def sudoers_text(cfg: SiteConfig) -> str:
 
 def filter_lines(cfg: SiteConfig, family: int = 4) -> list[str]:
     """Shell lines that filter what arrives from the link on interface "$IF" of the remote
-    gateway: strict reverse-path filtering (IPv4), and policy rules that forward only to the
-    site's networks there (none with full_tunnel, which forwards anywhere)."""
-    ip = f"{cfg.remote_ip} -{family}"
-    lines: list[str] = []
-    if family == 4:
-        lines.append('echo 1 >"/proc/sys/net/ipv4/conf/$IF/rp_filter"')
-        networks: tuple[object, ...] = cfg.remote_networks
-    else:
-        networks = cfg.remote_networks6
-    lines += _unfilter_lines(cfg, family)
-    if cfg.full_tunnel and family == 4:
-        return lines
-    lines += [
-        f'{ip} rule add iif "$IF" to {net} lookup main priority {RULE_PRIORITY}' for net in networks
-    ]
-    lines.append(f'{ip} rule add iif "$IF" priority {RULE_PRIORITY + 1} prohibit')
-    return lines
+    gateway: linkfilter.remote_filter's commands (the local side's, with the remote networks)
+    for one address family, after removing what an earlier pppd of the site left."""
+    flag = f"-{family}"
+    steps = [
+        step for step in remote_filter(cfg, "$IF")
+        if (flag in step.apply.argv) or (family == 4 and step.undo is None)
+    ]  # fmt: skip
+    return [*_unfilter_lines(cfg, family), *(_shell_with_if(step.apply) for step in steps)]
+
+
+def _shell_with_if(command: Command) -> str:
+    """A command as a shell line in which "$IF" (alone or inside a word) is expanded."""
+    return " ".join(f'"{word}"' if "$IF" in word else shlex.quote(word) for word in command.argv)
 
 
 def _unfilter_lines(cfg: SiteConfig, family: int = 4) -> list[str]:
@@ -219,7 +215,7 @@ def _unfilter_lines(cfg: SiteConfig, family: int = 4) -> list[str]:
     ip = f"{cfg.remote_ip} -{family}"
     return [
         f'while {ip} rule del iif "$IF" priority {prio} 2>/dev/null; do :; done'
-        for prio in (RULE_PRIORITY, RULE_PRIORITY + 1)
+        for prio in (PRIORITY, PRIORITY + 1)
     ]
 
 

@@ -243,20 +243,14 @@ def _run_hook(tmp_path: Path, text: str, env: dict[str, str]) -> list[str]:
     ip = tmp_path / "ip"
     ip.write_text(f'#!/bin/sh\necho "ip $*" >>{record}\n[ "$3" != del ]\n')
     ip.chmod(0o755)
-    proc_sys = tmp_path / "proc"
-    (proc_sys / "ppp3").mkdir(parents=True, exist_ok=True)
-    text = text.replace("/usr/sbin/ip ", f"{ip} ").replace(
-        '"/proc/sys/net/ipv4/conf/$IF/rp_filter"', f'"{proc_sys}/$IF/rp_filter"'
-    )
+    sysctl = tmp_path / "sysctl"
+    sysctl.write_text(f'#!/bin/sh\necho "sysctl $*" >>{record}\n')
+    sysctl.chmod(0o755)
+    text = text.replace("/usr/sbin/ip ", f"{ip} ").replace("/usr/sbin/sysctl ", f"{sysctl} ")
     script = tmp_path / "hook"
     script.write_text(text)
     subprocess.run(["/bin/sh", str(script)], env=env, check=True, timeout=10)
-    ran = record.read_text().splitlines() if record.exists() else []
-    rp = proc_sys / "ppp3" / "rp_filter"
-    if rp.exists():
-        ran.append(f"rp_filter={rp.read_text().strip()}")
-        rp.unlink()
-    return ran
+    return record.read_text().splitlines() if record.exists() else []
 
 
 def test_link_filter_acts_only_for_this_sites_remote_pppd(tmp_path: Path) -> None:
@@ -267,15 +261,15 @@ def test_link_filter_acts_only_for_this_sites_remote_pppd(tmp_path: Path) -> Non
            "LINKNAME": "pppssh-site-b-192.168.77.1", "PATH": "/usr/bin:/bin"}  # fmt: skip
     up = ip_up_text(cfg)
     assert _run_hook(tmp_path, up, env) == [
-        "ip -4 rule del iif ppp3 priority 5200",
-        "ip -4 rule del iif ppp3 priority 5201",
-        "ip -4 rule add iif ppp3 to 10.2.0.0/24 lookup main priority 5200",
-        "ip -4 rule add iif ppp3 priority 5201 prohibit",
-        "rp_filter=1",
+        "ip -4 rule del iif ppp3 priority 5000",
+        "ip -4 rule del iif ppp3 priority 5001",
+        "sysctl -q -w net.ipv4.conf.ppp3.rp_filter=1",
+        "ip -4 rule add iif ppp3 to 10.2.0.0/24 priority 5000 lookup main",
+        "ip -4 rule add iif ppp3 priority 5001 prohibit",
     ]
     assert _run_hook(tmp_path, ip_down_text(cfg), env) == [
-        "ip -4 rule del iif ppp3 priority 5200",
-        "ip -4 rule del iif ppp3 priority 5201",
+        "ip -4 rule del iif ppp3 priority 5000",
+        "ip -4 rule del iif ppp3 priority 5001",
     ]
     others = [
         {**env, "PPP_IPPARAM": "pppssh-site-c"},  # another site
@@ -289,7 +283,7 @@ def test_link_filter_acts_only_for_this_sites_remote_pppd(tmp_path: Path) -> Non
         assert _run_hook(tmp_path, up, other) == [], other
     full = cfg_of(SITE.replace("remote = 10.2.0.0/24", "full_tunnel = yes"))
     assert "prohibit" not in ip_up_text(full) and "rp_filter" in ip_up_text(full)
-    assert filter_lines(cfg)[0] == 'echo 1 >"/proc/sys/net/ipv4/conf/$IF/rp_filter"'
+    assert filter_lines(cfg)[2] == '/usr/sbin/sysctl -q -w "net.ipv4.conf.$IF.rp_filter=1"'
 
 
 def test_remote_setup_prints_the_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -589,8 +583,8 @@ def test_ipv6_routes_and_filter_come_from_ipv6_up(tmp_path: Path) -> None:
            "LINKNAME": "pppssh-site-b-192.168.77.1", "PATH": "/usr/bin:/bin"}  # fmt: skip
     assert _run_hook(tmp_path, files["/etc/ppp/ipv6-up.d/pppssh-site-b"], env) == [
         "ip -6 route add 2001:db8:a::/64 dev ppp3",
-        "ip -6 rule del iif ppp3 priority 5200",
-        "ip -6 rule del iif ppp3 priority 5201",
-        "ip -6 rule add iif ppp3 to 2001:db8:b::/64 lookup main priority 5200",
-        "ip -6 rule add iif ppp3 priority 5201 prohibit",
+        "ip -6 rule del iif ppp3 priority 5000",
+        "ip -6 rule del iif ppp3 priority 5001",
+        "ip -6 rule add iif ppp3 from 2001:db8:a::/64 to 2001:db8:b::/64 priority 5000 lookup main",
+        "ip -6 rule add iif ppp3 priority 5001 prohibit",
     ]

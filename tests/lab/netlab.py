@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from pppssh.linkfilter import PRIORITY
+
 log = logging.getLogger("tests.lab")
 
 WS_A, GW_A_LAN, GW_A_WAN = "10.1.0.10", "10.1.0.1", "198.51.100.1"
@@ -59,7 +61,7 @@ ADMIN = "lab-admin"  # an administrator with sudo, made on demand (make_admin)
 LINK_USER = "tunnel"  # the account `pppssh remote-setup` creates in the tests
 SUDOERS_DIR = Path("/etc/sudoers.d")
 ASIDE = ".lab-aside"  # a site's sudoers drop-in while a test replaces the policy (set_sudoers)
-RULE_PRIORITIES = ("5200", "5201")  # the remote link filter's ip rules (remote_setup)
+RULE_PRIORITIES = (str(PRIORITY), str(PRIORITY + 1))  # the link filter's ip rules
 SITE_CONF: dict[str, dict[str, str]] = {
     "site": {"name": "site-b"},
     "remote": {"host": GW_B_WAN, "port": "22", "user": USER, "identity": "", "known_hosts": ""},

@@ -168,8 +168,8 @@ def test_remote_setup_helper_link_and_refusals(
     assert f"{NET_A} via {PPP_LOCAL} dev {if_b}" in lab.routes("gw-b")
     # the link filter pppd ran through ip-up.d: strict rp_filter, forwarding only to NET_B
     rules = lab.run("gw-b", ["ip", "-4", "rule", "show"]).stdout.splitlines()
-    assert any(r.startswith("5200:") and f"iif {if_b}" in r and f"to {NET_B}" in r for r in rules)
-    assert any(r.startswith("5201:") and f"iif {if_b}" in r and "prohibit" in r for r in rules)
+    assert any(r.startswith("5000:") and f"iif {if_b}" in r and f"to {NET_B}" in r for r in rules)
+    assert any(r.startswith("5001:") and f"iif {if_b}" in r and "prohibit" in r for r in rules)
     rp = lab.run("gw-b", ["cat", f"/proc/sys/net/ipv4/conf/{if_b}/rp_filter"]).stdout.strip()
     assert rp == "1", rules
     assert lab.ping("ws-a", WS_B, count=3) and lab.ping("ws-b", WS_A, count=3)
@@ -229,7 +229,7 @@ def test_remote_setup_helper_link_and_refusals(
     assert f"{remote} route del {NET_A} via {PPP_LOCAL}\n" in stopped.stdout
     assert no_leftovers(lab) == []
     rules_after = lab.run("gw-b", ["ip", "-4", "rule", "show"]).stdout
-    assert "5200:" not in rules_after and "5201:" not in rules_after, "ip-down left its rules"
+    assert "5000:" not in rules_after and "5001:" not in rules_after, "ip-down left its rules"
 
     removed = pppssh(lab, "remote-setup", "--remove", *apply[1:], str(conf))
     assert removed.returncode == 0, show(removed)
