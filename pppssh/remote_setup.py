@@ -17,7 +17,9 @@ import dataclasses
 import shlex
 import sys
 from importlib import resources
+from pathlib import Path
 
+from . import trust
 from ._asyncssh import asyncssh
 from .config import SiteConfig
 from .linkfilter import PRIORITY, remote_filter
@@ -31,7 +33,8 @@ from .plan import (
     remote_pppd_options,
     remote_routes,
 )
-from .ssh import TunnelError
+from .sanitize import printable
+from .ssh import TunnelError, close_connection, connect, load_identity, read_identity
 
 __all__ = [
     "HELPER_PATH",
@@ -78,17 +81,18 @@ def helper_text() -> str:
 
 
 def public_key(cfg: SiteConfig) -> str:
-    """`type base64` of the site's key: from the private key when readable, else its .pub."""
+    """`type base64` of the site's key: from the private key when usable, else its .pub (both
+    read through the same trust checks as `start`)."""
     try:
-        key = asyncssh.read_private_key(str(cfg.identity))
-    except (OSError, asyncssh.KeyImportError, ValueError) as exc:
+        key = load_identity(cfg)
+    except TunnelError as exc:
         pub = cfg.identity.with_name(cfg.identity.name + ".pub")
         try:
-            key = asyncssh.read_public_key(str(pub))
-        except (OSError, asyncssh.KeyImportError, ValueError):
+            key = asyncssh.import_public_key(trust.read_trusted(pub, "public key").data)
+        except (trust.Untrusted, asyncssh.KeyImportError, ValueError):
             raise TunnelError(
-                f"identity {cfg.identity}: cannot read it ({exc}) nor {pub}; "
-                f"make the key with: ssh-keygen -t ed25519 -N '' -f {cfg.identity}"
+                f"{exc}; nor is {pub} usable; make the key with: "
+                f"ssh-keygen -t ed25519 -N '' -f {cfg.identity}"
             ) from None
     kind, blob = key.export_public_key("openssh").decode("ascii").split()[:2]
     return f"{kind} {blob}"
@@ -469,36 +473,24 @@ def removal_script(cfg: SiteConfig, pubkey: str) -> str:
 
 
 async def apply(cfg: SiteConfig, script: str, admin: str, admin_identity: str | None) -> int:
-    """Run the script as root on the remote gateway over an administrator's SSH login."""
-    options: dict[str, object] = {}
-    if admin_identity:
-        try:
-            options["client_keys"] = [asyncssh.read_private_key(admin_identity)]
-        except (OSError, asyncssh.KeyImportError, ValueError) as exc:
-            raise TunnelError(f"admin identity {admin_identity}: {exc}") from None
-        options["agent_path"] = None
-    if not cfg.known_hosts.is_file():
-        raise TunnelError(f"known_hosts file {cfg.known_hosts} does not exist")
+    """Run the script as root on the remote gateway over an administrator's SSH login, with
+    the same host key check and algorithms as the link (ssh.connect)."""
+    keys = [read_identity(Path(admin_identity), "admin identity")] if admin_identity else None
+    conn, _client = await connect(
+        cfg, username=admin, client_keys=keys, default_keys=not admin_identity
+    )
     try:
-        async with asyncssh.connect(
-            cfg.host, cfg.port, username=admin, known_hosts=str(cfg.known_hosts),
-            config=None, password_auth=False, kbdint_auth=False, gss_auth=False,
-            host_based_auth=False, connect_timeout=cfg.connect_timeout,
-            **options,
-        ) as conn:  # fmt: skip
-            command = "sh -s" if admin == "root" else "sudo -n sh -s"
-            result = await conn.run(command, input=script, check=False, errors="replace")
-    except asyncssh.HostKeyNotVerifiable as exc:
+        command = "sh -s" if admin == "root" else "sudo -n sh -s"
+        result = await conn.run(command, input=script, check=False, errors="replace")
+    except (OSError, asyncssh.Error) as exc:
         raise TunnelError(
-            f"host key of {cfg.host}:{cfg.port} not accepted with {cfg.known_hosts}: {exc}"
+            f"{admin}@{cfg.host}:{cfg.port}: the set-up did not finish: {printable(str(exc))}"
         ) from None
-    except asyncssh.PermissionDenied:
-        raise TunnelError(f"{admin}@{cfg.host}:{cfg.port} refused the login") from None
-    except (OSError, asyncssh.Error, TimeoutError) as exc:
-        raise TunnelError(f"cannot log in as {admin}@{cfg.host}:{cfg.port}: {exc}") from None
+    finally:
+        await close_connection(conn)
     for stream, text in ((sys.stdout, result.stdout), (sys.stderr, result.stderr)):
-        if isinstance(text, str) and text:
-            stream.write(text)
+        if isinstance(text, str) and text:  # the remote's words: shown line by line, escaped
+            stream.write("".join(printable(line, 1000) + "\n" for line in text.splitlines()))
     status = result.exit_status
     return 0 if status == 0 else (status or 1)
 
