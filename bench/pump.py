@@ -38,18 +38,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import asyncssh
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pppssh.ssh import (  # noqa: E402
-    open_bridge,
-    skip_ignore_packets,
-    skip_packet_logging,
-)
+from pppssh.config import SiteConfig, parse  # noqa: E402
+from pppssh.ssh import CIPHERS, connect, open_bridge  # noqa: E402
 
-CIPHER = "aes128-gcm@openssh.com"
+CIPHER = CIPHERS[0]  # what pppssh negotiates first; OpenSSH is told to use the same
 MIB = 1024 * 1024
 READY = b"READY\n"
 SSHD_CONFIG = """\
@@ -138,13 +133,8 @@ async def _rtt_pppssh(port: int, d: Path, count: int) -> list[float]:
     """Frame RTTs through pppssh's Bridge to `cat` on the far pty."""
     master, slave = os.openpty()
     tty.setraw(slave)
-    async with asyncssh.connect(
-        "127.0.0.1", port, username="root", known_hosts=str(d / "known_hosts"),
-        client_keys=[str(d / "id_ed25519")], config=None, agent_path=None,
-        encryption_algs=[CIPHER],
-    ) as conn:  # fmt: skip
-        skip_ignore_packets(conn)  # as pppssh.ssh.connect does
-        skip_packet_logging(conn)
+    conn, _client = await connect(_site(port, d), username="root")  # as Tunnel.up does
+    async with conn:
         session = await open_bridge(conn, ECHO)  # as Tunnel.up does
         session.attach(master)
         await asyncio.to_thread(_wait_ready, slave)
@@ -154,6 +144,17 @@ async def _rtt_pppssh(port: int, d: Path, count: int) -> list[float]:
     os.close(master)
     os.close(slave)
     return rtts
+
+
+def _site(port: int, d: Path) -> SiteConfig:
+    """A site for the throw-away sshd, so that pppssh connects with its own options (as root,
+    the one account that sshd has: the site's user is only the default login)."""
+    text = (
+        f"[site]\nname = pump\n[remote]\nhost = 127.0.0.1\nport = {port}\nuser = pump\n"
+        f"identity = {d / 'id_ed25519'}\nknown_hosts = {d / 'known_hosts'}\n"
+        "[ppp]\nlocal_address = 192.168.77.1\nremote_address = 192.168.77.2\n"
+    )
+    return parse(text, d / "pump.conf")
 
 
 def run_rtt(port: int, d: Path, count: int, rounds: int) -> list[dict[str, object]]:
@@ -206,7 +207,9 @@ def sshd() -> Iterator[tuple[int, Path]]:
     if not os.path.exists(binary):
         raise SystemExit("bench.pump: no sshd; apt-get install openssh-server")
     made_run_dir = not os.path.isdir("/run/sshd")
-    with tempfile.TemporaryDirectory(prefix="pppssh-pump-") as tmp:
+    # in /run, not /tmp: pppssh reads the key and known_hosts only from directories that
+    # only root can write (pppssh.trust)
+    with tempfile.TemporaryDirectory(prefix="pppssh-pump-", dir="/run") as tmp:
         d = Path(tmp)
         os.chmod(d, 0o700)
         for name in ("host_key", "id_ed25519"):
@@ -304,13 +307,8 @@ async def _run_pppssh(port: int, d: Path, direction: str, nbytes: int) -> Sample
     tty.setraw(slave)
     command = (UP if direction == "up" else DOWN).format(n=nbytes)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    async with asyncssh.connect(
-        "127.0.0.1", port, username="root", known_hosts=str(d / "known_hosts"),
-        client_keys=[str(d / "id_ed25519")], config=None, agent_path=None,
-        encryption_algs=[CIPHER],
-    ) as conn:  # fmt: skip
-        skip_ignore_packets(conn)  # as pppssh.ssh.connect does
-        skip_packet_logging(conn)
+    conn, _client = await connect(_site(port, d), username="root")  # as Tunnel.up does
+    async with conn:
         session = await open_bridge(conn, command)  # as Tunnel.up does
         session.attach(master)
         early = await asyncio.to_thread(_wait_ready, slave)
