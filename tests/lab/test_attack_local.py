@@ -183,7 +183,7 @@ def test_identity_readable_by_others(lab: Lab, mallory: pwd.struct_passwd) -> No
     """A link key any local user can read (and then use) is refused, as OpenSSH refuses it."""
     mark = marker("identity-hook-ran")
     key = lab.dir / "id_everyone"
-    shutil.copyfile(lab.key, key)
+    shutil.copyfile(lab.site_key("site-b"), key)
     key.chmod(0o644)
     conf = lab.write_site_conf("site-b", remote_identity=key, hooks_up=f"/bin/sh -c 'id > {mark}'")
     tried = f"identity {key} mode 0644 (readable by {ATTACKER})"
@@ -193,6 +193,7 @@ def test_identity_readable_by_others(lab: Lab, mallory: pwd.struct_passwd) -> No
     nothing_ran(lab, mark, tried)
 
     key.chmod(0o600)  # the same key, closed: the same site file is accepted
+    assert lab.remote_setup(conf), "remote-setup refused the site with a 0600 key"
     proc = pppssh(lab, "check", str(conf), timeout=120)
     print(f"control: {key} mode 0600 -> pppssh check exit {proc.returncode}")
     assert proc.returncode == 0, f"the same site file with a 0600 key must pass\n{show(proc)}"
