@@ -535,9 +535,11 @@ SCHEMA: tuple[Key, ...] = (
         "Where the key may be used from (sshd `from=` patterns: this gateway's public "
         "address, a network, a host name); `pppssh remote-setup` writes it into the key line."),
     Key("remote", "pppd", "remote_pppd", "/usr/sbin/pppd", _program,
-        "pppd on the remote gateway; the command run is `<sudo> <pppd> <options>`."),
+        "pppd on the remote gateway, run as `<sudo> <pppd> call pppssh-NAME` (its options "
+        "are in the peers file remote-setup writes there)."),
     Key("remote", "ip", "remote_ip", "/usr/sbin/ip", _program,
-        "iproute2's ip on the remote gateway (routes are changed as `<sudo> <ip> route ...`)."),
+        "iproute2's ip on the remote gateway (routes are changed as `<sudo> <ip> route "
+        "add|del NET via PEER`, exactly as the sudo rules remote-setup writes name them)."),
     Key("remote", "connect_timeout", "connect_timeout", "20", _as_seconds(1, 600),
         "Seconds allowed for the TCP connect and SSH handshake."),
     Key("remote", "keepalive_interval", "keepalive_interval", "10", _as_int(0, 3600),
