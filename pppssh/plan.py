@@ -97,8 +97,10 @@ LOCAL_IPV6_ID, REMOTE_IPV6_ID = "::1", "::2"  # link-local fe80::1 here, fe80::2
 
 
 def _ipv6_options(cfg: SiteConfig, ours: str, peer: str) -> list[str]:
-    """IPV6CP with fixed interface identifiers, so both link-local addresses are known."""
-    return ["+ipv6", "ipv6", f"{ours},{peer}"] if cfg.ipv6 else []
+    """IPV6CP with fixed interface identifiers, so both link-local addresses are known; or
+    none at all: Debian's pppd negotiates IPv6 by default, which would give the peer an
+    unfiltered IPv6 path to this gateway on a link meant to carry IPv4 only."""
+    return ["+ipv6", "ipv6", f"{ours},{peer}"] if cfg.ipv6 else ["noipv6"]
 
 
 def local_pppd_argv(cfg: SiteConfig, logfd: int) -> list[str]:

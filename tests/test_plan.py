@@ -57,6 +57,7 @@ def test_local_pppd_typical() -> None:
         "nodefaultroute", "noccp",
         "lcp-echo-interval", "10", "lcp-echo-failure", "3", "lcp-echo-adaptive",
         "noproxyarp",
+        "noipv6",  # Debian's pppd would negotiate IPv6 otherwise
         "logfd", "7",
     ]  # fmt: skip
 
@@ -70,7 +71,7 @@ def test_remote_pppd_typical() -> None:
         "mtu", "1400", "mru", "1400",
         "nodefaultroute", "noccp",
         "lcp-echo-interval", "10", "lcp-echo-failure", "3", "lcp-echo-adaptive",
-        "noproxyarp",
+        "noproxyarp", "noipv6",
     ]  # fmt: skip
 
 
@@ -111,7 +112,7 @@ def test_proxyarp_both_and_custom_sizes() -> None:
         "mtu", "1280", "mru", "1500",
         "nodefaultroute", "noccp",
         "lcp-echo-interval", "10", "lcp-echo-failure", "3", "lcp-echo-adaptive",
-        "proxyarp",
+        "proxyarp", "noipv6",
         "logfd", "7",
     ]  # fmt: skip
     assert remote_pppd_argv(cfg) == ["/usr/bin/sudo", "-n", "/usr/local/sbin/pppd", "call",
@@ -123,7 +124,7 @@ def test_proxyarp_both_and_custom_sizes() -> None:
         "mtu", "1280", "mru", "1500",
         "nodefaultroute", "noccp",
         "lcp-echo-interval", "10", "lcp-echo-failure", "3", "lcp-echo-adaptive",
-        "proxyarp",
+        "proxyarp", "noipv6",
     ]  # fmt: skip
 
 
@@ -148,19 +149,21 @@ def test_lcp_echo_off() -> None:
     cfg = site(ppp="lcp_echo_interval = 0\nlcp_echo_failure = 9\n")
     local = local_pppd_argv(cfg, logfd=3)
     assert local[local.index("noccp") :] == [
-        "noccp", "lcp-echo-interval", "0", "noproxyarp", "logfd", "3",
+        "noccp", "lcp-echo-interval", "0", "noproxyarp", "noipv6", "logfd", "3",
     ]  # fmt: skip
     assert "lcp-echo-failure" not in local
     remote = remote_pppd_options(cfg)
-    assert remote[remote.index("noccp") :] == ["noccp", "lcp-echo-interval", "0", "noproxyarp"]
+    assert remote[remote.index("noccp") :] == [
+        "noccp", "lcp-echo-interval", "0", "noproxyarp", "noipv6",
+    ]  # fmt: skip
 
 
 def test_extra_options_come_last_in_order() -> None:
     cfg = site(ppp="local_options = debug kdebug 1\nremote_options = novj nopcomp receive-all\n")
     assert local_pppd_argv(cfg, logfd=9)[-5:] == ["logfd", "9", "debug", "kdebug", "1"]
     remote = remote_pppd_options(cfg)
-    assert remote[-4:] == ["noproxyarp", "novj", "nopcomp", "receive-all"]
-    assert shell_join(remote).endswith(" noproxyarp novj nopcomp receive-all")
+    assert remote[-4:] == ["noipv6", "novj", "nopcomp", "receive-all"]
+    assert shell_join(remote).endswith(" noipv6 novj nopcomp receive-all")
 
 
 def test_pppd_options_appear_once() -> None:
