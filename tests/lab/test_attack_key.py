@@ -26,12 +26,14 @@ from pathlib import Path
 import pytest
 
 from tests.lab.netlab import (
+    ADMIN,
     GW_A_WAN,
     GW_B_WAN,
     LINK_USER,
     NET_A,
     PPP_LOCAL,
     PPP_REMOTE,
+    SSHD_CONFIG,
     WS_A,
     WS_B,
     Lab,
@@ -150,8 +152,14 @@ def stopper(out: str) -> str:
 
 
 def report(what: str, tried: str, stopped: str) -> None:
-    """Print one attack: what it tried, what stopped it."""
-    print(f"ATTACK {what}\n  tried:      {tried[:300]!r}\n  stopped by: {stopped}")
+    """Print one attack: what it tried, what stopped it (also kept in the lab's results, in
+    attacks.txt beside the UML run's report, when there is one)."""
+    text = f"ATTACK {what}\n  tried:      {tried[:300]!r}\n  stopped by: {stopped[:300]}\n"
+    print(text, end="")
+    results = os.environ.get("PPPSSH_LAB_REPORT")
+    if results:
+        with (Path(results).parent / "attacks.txt").open("a") as f:
+            f.write(text)
 
 
 def client_options(lab: Lab, key: Path) -> list[str]:
@@ -284,22 +292,69 @@ def test_allowed_requests_still_answer(lab: Lab, site: LinkKey) -> None:
 # --- 2. SSH channels: file transfer, forwarding, environment, tun ------------------------------
 
 
-def test_sftp_refused(lab: Lab, site: LinkKey) -> None:
-    """The sftp subsystem: no file goes either way."""
+SFTP_PORT = 2222
+# sshd's Subsystem line: none (the lab's sshd), Debian's default, and the in-process server
+SUBSYSTEMS = {
+    "no Subsystem line": None,
+    "Subsystem sftp-server": "/usr/lib/openssh/sftp-server",
+    "Subsystem internal-sftp": "internal-sftp",
+}
+
+
+@contextlib.contextmanager
+def sshd_with_sftp(lab: Lab, subsystem: str) -> Iterator[Path]:
+    """A second sshd on gw-b, port SFTP_PORT, like the lab's but with an sftp Subsystem line
+    (as Debian ships it); yields a known_hosts file for it. Stopped by its pid afterwards."""
+    config = lab.dir / "sshd_config.sftp"
+    text = SSHD_CONFIG.format(ns=lab.ns("gw-b"), user=lab.user, addr=GW_B_WAN, dir=lab.dir,
+                              admin=ADMIN, link_user=LINK_USER)  # fmt: skip
+    text = text.replace(f"{GW_B_WAN}:22", f"{GW_B_WAN}:{SFTP_PORT}")
+    text = text.replace("sshd.pid", "sshd.sftp.pid") + f"Subsystem sftp {subsystem}\n"
+    config.write_text(text)
+    lab.run(None, ["/usr/sbin/sshd", "-t", "-f", str(config)])
+    kind, blob = lab.known_hosts.read_text().split()[1:3]
+    known = lab.dir / "known_hosts.sftp"
+    known.write_text(f"[{GW_B_WAN}]:{SFTP_PORT} {kind} {blob}\n")
+    sshd = ["/usr/sbin/sshd", "-D", "-f", str(config), "-E", str(lab.dir / "sshd.sftp.log")]
+    with background(lab, "gw-b", sshd, "sshd-sftp"):
+        assert wait_for(lambda: listens(lab, "gw-b", SFTP_PORT), timeout=30), "no second sshd"
+        yield known
+
+
+@contextlib.contextmanager
+def sftp_server(lab: Lab, subsystem: str | None) -> Iterator[list[str]]:
+    """Client options reaching gw-b's sshd with that Subsystem line (None: the lab's own)."""
+    if subsystem is None:
+        yield []
+        return
+    with sshd_with_sftp(lab, subsystem) as known:
+        yield ["-P", str(SFTP_PORT), "-o", f"UserKnownHostsFile={known}"]
+
+
+@pytest.mark.parametrize("server", list(SUBSYSTEMS))
+def test_sftp_refused(lab: Lab, site: LinkKey, server: str) -> None:
+    """The sftp subsystem: no file goes either way, whatever sshd's Subsystem line (with
+    one, the forced command runs instead, and the helper refuses the server's path)."""
     before = gw_state(lab)
     got = lab.dir / "attack-sftp-got"
     batch = f"get /etc/shadow {got}\nput /etc/hostname {MARK}\n"
-    argv = ["sftp", *client_options(lab, site.key), "-b", "-", f"{LINK_USER}@{GW_B_WAN}"]
-    proc = lab.run("gw-a", argv, check=False, input=batch, timeout=60)
-    report("sftp subsystem", batch.replace("\n", "; "), stopper(proc.stdout + proc.stderr))
-    assert proc.returncode != 0, show(proc)
-    assert not got.exists(), "sftp fetched a file"
-    nothing_happened(lab, before, "sftp")
+    with sftp_server(lab, SUBSYSTEMS[server]) as port:
+        argv = ["sftp", *client_options(lab, site.key), *port, "-b", "-",
+                f"{LINK_USER}@{GW_B_WAN}"]  # fmt: skip
+        proc = lab.run("gw-a", argv, check=False, input=batch, timeout=60)
+        report(f"sftp subsystem ({server})", batch.replace("\n", "; "),
+               stopper(proc.stdout + proc.stderr))  # fmt: skip
+        assert proc.returncode != 0, show(proc)
+        assert not got.exists(), "sftp fetched a file"
+        if SUBSYSTEMS[server]:
+            assert REFUSED in proc.stderr, f"the helper did not refuse: {show(proc)}"
+        nothing_happened(lab, before, "sftp")
 
 
+@pytest.mark.parametrize("server", ["no Subsystem line", "Subsystem sftp-server"])
 @pytest.mark.parametrize("legacy", [True, False], ids=["scp -O", "scp over sftp"])
 @pytest.mark.parametrize("direction", ["upload", "download"])
-def test_scp_refused(lab: Lab, site: LinkKey, legacy: bool, direction: str) -> None:
+def test_scp_refused(lab: Lab, site: LinkKey, legacy: bool, direction: str, server: str) -> None:
     """scp both ways, in the legacy protocol (-O: `scp -t|-f` as a command) and over sftp."""
     before = gw_state(lab)
     source = lab.dir / "attack-scp-source"
@@ -310,12 +365,15 @@ def test_scp_refused(lab: Lab, site: LinkKey, legacy: bool, direction: str) -> N
         ends = [str(source), f"{remote}:{MARK}"]
     else:
         ends = [f"{remote}:/etc/shadow", str(got)]
-    argv = ["scp", *(["-O"] if legacy else []), *client_options(lab, site.key), *ends]
-    proc = lab.run("gw-a", argv, check=False, timeout=60)
-    what = f"{'scp -O' if legacy else 'scp (sftp)'} {direction}"
+    with sftp_server(lab, SUBSYSTEMS[server]) as port:
+        argv = ["scp", *(["-O"] if legacy else []), *client_options(lab, site.key), *port, *ends]
+        proc = lab.run("gw-a", argv, check=False, timeout=60)
+    what = f"{'scp -O' if legacy else 'scp (sftp)'} {direction}, {server}"
     report(what, " ".join(ends), stopper(proc.stdout + proc.stderr))
     assert proc.returncode != 0, show(proc)
     assert not got.exists(), f"{what}: a file came back"
+    if legacy or SUBSYSTEMS[server]:
+        assert REFUSED in proc.stderr, f"the helper did not refuse: {show(proc)}"
     nothing_happened(lab, before, what)
 
 
@@ -393,17 +451,39 @@ def test_remote_forwarding_refused(lab: Lab, site: LinkKey) -> None:
     nothing_happened(lab, before, "-R")
 
 
+TUN_CLIENT = """
+import asyncio, sys
+import asyncssh
+
+async def main() -> None:
+    host, user, key, known_hosts = sys.argv[1:]
+    async with asyncssh.connect(
+        host, username=user, client_keys=[key], known_hosts=known_hosts, config=None,
+        agent_path=None, password_auth=False, kbdint_auth=False,
+    ) as conn:
+        try:
+            await conn.open_tun()
+        except asyncssh.ChannelOpenError as exc:
+            print(f"tun channel refused: {exc.reason}")
+            return
+        print("TUN CHANNEL OPEN")
+
+asyncio.run(main())
+"""
+
+
 def test_tun_forwarding_refused(lab: Lab, site: LinkKey) -> None:
-    """-w: no tun device on gw-b (a layer-3 tunnel around pppssh's own)."""
+    """A tun device (ssh -w; its channel `tun@openssh.com`, opened with asyncssh because
+    OpenSSH's client needs a local tun device first): refused, no tun device on gw-b."""
     before = gw_state(lab)
-    options = ("-N", "-o", "ExitOnForwardFailure=yes", "-o", "Tunnel=point-to-point",
-               "-w", "any:any")  # fmt: skip
-    proc = lab.ssh(LINK_USER, site.key, options=options)
-    report("tun device -w", " ".join(options), stopper(proc.stderr))
-    assert proc.returncode == 255 and "Tunnel forwarding failed" in proc.stderr, show(proc)
+    argv = [sys.executable, "-c", TUN_CLIENT, GW_B_WAN, LINK_USER, str(site.key),
+            str(lab.known_hosts)]  # fmt: skip
+    proc = lab.run("gw-a", argv, check=False, timeout=60)
+    report("tun device (ssh -w)", "a tun@openssh.com channel", stopper(proc.stdout))
+    assert proc.returncode == 0 and "tun channel refused" in proc.stdout, show(proc)
     tuns = lab.run("gw-b", ["ip", "-o", "link", "show", "type", "tun"]).stdout
     assert tuns == "", f"a tun device on gw-b: {tuns}"
-    nothing_happened(lab, before, "-w")
+    nothing_happened(lab, before, "tun")
 
 
 def granted(stderr: str) -> str:
@@ -572,6 +652,51 @@ def test_cleanup_kills_only_pppd(lab: Lab, site: LinkKey) -> None:
         pidfile.unlink(missing_ok=True)
         victim.kill()
         victim.wait()
+
+
+def test_key_holder_pppd_cannot_take_a_lan_address(lab: Lab, site: LinkKey) -> None:
+    """The key holder's own pppd (root on gw-a, through `ssh ... pppd`) claims ws-b's address
+    and offers gw-b one of gw-a's: gw-b's pppd, whose options are fixed on gw-b, keeps
+    192.168.77.2 <-> 192.168.77.1; ws-b stays reached through gw-b's LAN."""
+    log = lab.dir / "attack-holder-pppd.log"
+    ssh = " ".join(["ssh", *client_options(lab, site.key), "-tt", "-e", "none",
+                    f"{LINK_USER}@{GW_B_WAN}", "pppd"])  # fmt: skip
+    argv = ["/usr/sbin/pppd", "nodetach", "noauth", "local", "nocrtscts", "debug",
+            "logfile", str(log), "linkname", "pppssh-attack-holder", "noccp",
+            f"{WS_B}:10.1.0.99", "ipcp-accept-local", "ipcp-accept-remote",
+            "lcp-echo-interval", "0", "pty", ssh]  # fmt: skip
+    before = gw_state(lab)
+    holder = subprocess.Popen(lab.command("gw-a", argv), stdin=subprocess.DEVNULL)
+    links: set[tuple[str | None, str | None]] = set()
+
+    def settled() -> bool:
+        """IPCP came up on the holder's side, or its pppd ended."""
+        links.update((x["local"], x["peer"]) for x in lab.ppp_links("gw-b"))
+        text = log.read_text() if log.exists() else ""
+        return holder.poll() is not None or "remote IP address" in text
+
+    try:
+        assert wait_for(settled, timeout=90, interval=0.2), "the holder's pppd never settled"
+        route = lab.run("gw-b", ["ip", "-4", "route", "get", WS_B]).stdout
+        links.update((x["local"], x["peer"]) for x in lab.ppp_links("gw-b"))
+    finally:
+        if holder.poll() is None:
+            holder.terminate()
+        holder.wait(30)
+    assert wait_for(lambda: not lab.pids("gw-b", "pppd"), timeout=20), "gw-b's pppd stays"
+    text = log.read_text()
+    from_b = re.findall(r"rcvd \[IPCP (ConfReq|ConfAck|ConfNak) id=0x[0-9a-f]+(.*?)\]", text)
+    said = [f"{kind}{body}" for kind, body in from_b]
+    report("the key holder's pppd claims ws-b's address", f"pppd {WS_B}:10.1.0.99 via the key",
+           f"gw-b's pppd said {said[-3:]}; gw-b's link {sorted(links, key=str)}")  # fmt: skip
+    assert from_b, f"no IPCP from gw-b's pppd:\n{text}"
+    for kind, body in from_b:
+        for addr in re.findall(r"<addr ([0-9.]+)>", body):
+            want = PPP_REMOTE if kind == "ConfReq" else PPP_LOCAL
+            assert addr == want, f"gw-b's pppd sent {kind} <addr {addr}>:\n{text}"
+    assert links <= {(None, None), (PPP_REMOTE, PPP_LOCAL)}, f"gw-b's ppp link had {links}"
+    assert "dev lan0" in route, f"gw-b reaches ws-b through {route}"
+    nothing_happened(lab, before, "the key holder's pppd")
 
 
 # --- 4. sudo as the link account; from= --------------------------------------------------------
