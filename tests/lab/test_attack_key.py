@@ -735,14 +735,19 @@ def test_key_holder_pppd_cannot_take_a_lan_address(lab: Lab, site: LinkKey) -> N
     text = log.read_text()
     from_b = re.findall(r"rcvd \[IPCP (ConfReq|ConfAck|ConfNak) id=0x[0-9a-f]+(.*?)\]", text)
     said = [f"{kind}{body}" for kind, body in from_b]
+    ipv6cp = re.findall(r"rcvd \[IPV6CP ConfAck[^\]]*\]", text)
     report("the key holder's pppd claims ws-b's address", f"pppd {WS_B}:10.1.0.99 via the key",
-           f"gw-b's pppd said {said[-3:]}; gw-b's link {sorted(links, key=str)}")  # fmt: skip
+           f"gw-b's pppd said {said[-3:]}; gw-b's link {sorted(links, key=str)}; "
+           f"IPV6CP acked by gw-b: {ipv6cp or 'no'}")  # fmt: skip
     assert from_b, f"no IPCP from gw-b's pppd:\n{text}"
     for kind, body in from_b:
         for addr in re.findall(r"<addr ([0-9.]+)>", body):
             want = PPP_REMOTE if kind == "ConfReq" else PPP_LOCAL
             assert addr == want, f"gw-b's pppd sent {kind} <addr {addr}>:\n{text}"
     assert links <= {(None, None), (PPP_REMOTE, PPP_LOCAL)}, f"gw-b's ppp link had {links}"
+    # gw-b's pppd must not agree to IPV6CP either: the site has ipv6 = no, and link-local
+    # IPv6 would open gw-b's own IPv6 services (and, with forwarding, its LAN) to the holder.
+    assert not ipv6cp, f"gw-b's pppd agreed to IPv6CP with the key holder: {ipv6cp}"
     assert "dev lan0" in route, f"gw-b reaches ws-b through {route}"
     nothing_happened(lab, before, "the key holder's pppd")
 

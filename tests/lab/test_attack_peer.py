@@ -44,6 +44,7 @@ ADDRESSES = f"{PPP_REMOTE}:{PPP_LOCAL}"  # the remote pppd's own line in its pee
 
 # name: (the hostile pppd's `OURS:HIS` line, extra options)
 HOSTILE: dict[str, tuple[str, list[str]]] = {
+    "the control: the site's own options (ipv6 = no)": (ADDRESSES, []),
     "the peer takes ws-a's address": (f"{WS_A}:{PPP_LOCAL}", []),
     "the peer takes gw-a's LAN address": (f"{GW_A_LAN}:{PPP_LOCAL}", []),
     "the peer gives gw-a a LAN address": (f"{PPP_REMOTE}:10.1.0.99", []),
@@ -89,6 +90,7 @@ class Watch:
         self.lab = lab
         self.links: set[tuple[str | None, str | None]] = set()
         self.routes: set[str] = set()
+        self.ipv6: set[str] = set()
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -104,6 +106,7 @@ class Watch:
         for link in self.lab.ppp_links("gw-a"):
             self.links.add((link["local"], link["peer"]))
         self.routes.update(r for r in self.lab.routes("gw-a") if " dev ppp" in r)
+        self.ipv6.update(ppp_ipv6(self.lab, "gw-a"))
 
     def stop(self) -> None:
         """Stop sampling and take a last sample."""
@@ -156,13 +159,18 @@ def test_hostile_peer(lab: Lab, site: LinkKey, what: str) -> None:
     rejs = packets(log, "rcvd", "ConfRej")
     answer = [f"ConfNak{x}" for x in naks[-1:]] or [f"ConfRej{x}" for x in rejs[-1:]]
     answer = answer or [f"ConfAck{x}" for x in acks[-1:]]
-    protrej = re.findall(r"Protocol-Reject for '[^']*'", log)
+    pushed = [x for x in packets(log, "sent", "ConfNak") if "<addr" in x]
+    protrej = re.findall(r"rcvd \[LCP ProtRej[^\]]*\]", log)
+    ipv6cp = re.findall(r"rcvd \[IPV6CP (?:ConfAck|ConfReq)[^\]]*\]", log)
     outcome = "started" if started.returncode == 0 else f"start failed ({started.returncode})"
     report(
         f"hostile peer: {what}",
         f"remote pppd with {addresses} {' '.join(extra)}".strip(),
-        f"gw-a's pppd answered [IPCP {answer[0].strip() if answer else '-'}]; {outcome}; "
-        f"gw-a's link {sorted(watch.links, key=str)}; {', '.join(sorted(set(protrej)))}",
+        f"gw-a's pppd answered [IPCP {answer[0].strip() if answer else '-'}]; "
+        f"it ignored {len(pushed)} ConfNak(s) pushing an address on it "
+        f"({pushed[-1].strip() if pushed else '-'}) and asked {len(from_a)} time(s) for "
+        f"{PPP_LOCAL}; {' '.join(protrej[:1])} {outcome}; "
+        f"gw-a's link {sorted(watch.links, key=str)}; gw-a's IPV6CP {ipv6cp[-2:] or 'none'}",
     )
     assert from_a, f"no IPCP from gw-a reached the hostile pppd: {show(started)}\n{log}"
     # Everything gw-a's pppd asked for itself is its configured address, and every peer
@@ -181,7 +189,12 @@ def test_hostile_peer(lab: Lab, site: LinkKey, what: str) -> None:
         destination = route.split()[0]
         assert destination in (PPP_REMOTE, NET_B), f"a route into the link on gw-a: {route}"
     assert "dev lan0" in lan_route, f"gw-a reaches ws-a through {lan_route}"
-    assert ipv6 == [], f"IPv6 on gw-a's ppp link: {ipv6}"
+    # ipv6 = no: gw-a's pppd must not agree to IPV6CP, whose link-local addresses would
+    # open gw-a's own IPv6 services (and, with IPv6 forwarding, its LAN) to the peer.
+    assert "rcvd [IPV6CP ConfAck" not in log, f"gw-a's pppd agreed to IPv6CP: {ipv6cp}"
+    assert ipv6 == [] and not watch.ipv6, f"IPv6 on gw-a's ppp link: {ipv6 or watch.ipv6}"
     resolv_after = {str(p): p.read_text() if p.exists() else None for p in RESOLV}
     assert resolv_after == resolv_before, "the peer's DNS servers were written"
     assert not [r for r in lab.routes("gw-a") if r.startswith("default")]
+    if "+ipv6" in extra:  # the peer did offer IPv6 (and gw-a's pppd never agreed, above)
+        assert "sent [IPV6CP ConfReq" in log, f"the hostile pppd offered no IPv6:\n{log}"
