@@ -745,11 +745,11 @@ def test_key_holder_pppd_cannot_take_a_lan_address(lab: Lab, site: LinkKey) -> N
             want = PPP_REMOTE if kind == "ConfReq" else PPP_LOCAL
             assert addr == want, f"gw-b's pppd sent {kind} <addr {addr}>:\n{text}"
     assert links <= {(None, None), (PPP_REMOTE, PPP_LOCAL)}, f"gw-b's ppp link had {links}"
+    assert "dev lan0" in route, f"gw-b reaches ws-b through {route}"
+    nothing_happened(lab, before, "the key holder's pppd")
     # gw-b's pppd must not agree to IPV6CP either: the site has ipv6 = no, and link-local
     # IPv6 would open gw-b's own IPv6 services (and, with forwarding, its LAN) to the holder.
     assert not ipv6cp, f"gw-b's pppd agreed to IPv6CP with the key holder: {ipv6cp}"
-    assert "dev lan0" in route, f"gw-b reaches ws-b through {route}"
-    nothing_happened(lab, before, "the key holder's pppd")
 
 
 # --- 4. sudo as the link account; from= --------------------------------------------------------
