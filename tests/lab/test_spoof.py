@@ -305,7 +305,8 @@ def test_ipv6_spoofed_sources_stay_out(
     try:
         assert wait_for(lambda: path.exists() and path.read_text().startswith("ready"), 30)
         conf = lab.write_site_conf(
-            "site-b", ppp_ipv6="yes", networks_local=f"{NET_A}, {NET6_A}",
+            "site-b", ppp_ipv6="yes", remote_helper="no",  # IPv6: not through the helper
+            networks_local=f"{NET_A}, {NET6_A}",
             networks_remote=f"10.2.0.0/24, {NET6_B}",
         )  # fmt: skip
         started = pppssh(lab, "start", str(conf))
