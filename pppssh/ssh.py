@@ -92,24 +92,6 @@ OPENSSH9_KEX = (
     "diffie-hellman-group18-sha512",
     "diffie-hellman-group14-sha256",
 )
-OPENSSH9_HOST_KEY = (
-    "ssh-ed25519-cert-v01@openssh.com",
-    "ecdsa-sha2-nistp256-cert-v01@openssh.com",
-    "ecdsa-sha2-nistp384-cert-v01@openssh.com",
-    "ecdsa-sha2-nistp521-cert-v01@openssh.com",
-    "sk-ssh-ed25519-cert-v01@openssh.com",
-    "sk-ecdsa-sha2-nistp256-cert-v01@openssh.com",
-    "rsa-sha2-512-cert-v01@openssh.com",
-    "rsa-sha2-256-cert-v01@openssh.com",
-    "ssh-ed25519",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-    "rsa-sha2-512",
-    "rsa-sha2-256",
-)
 # CASignatureAlgorithms, and the plain half of PubkeyAcceptedAlgorithms (our own signatures)
 OPENSSH9_SIGNATURES = (
     "ssh-ed25519",
@@ -120,6 +102,18 @@ OPENSSH9_SIGNATURES = (
     "sk-ecdsa-sha2-nistp256@openssh.com",
     "rsa-sha2-512",
     "rsa-sha2-256",
+)
+# HostKeyAlgorithms: certificates first, then the plain keys
+OPENSSH9_HOST_KEY = (
+    "ssh-ed25519-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp256-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp384-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp521-cert-v01@openssh.com",
+    "sk-ssh-ed25519-cert-v01@openssh.com",
+    "sk-ecdsa-sha2-nistp256-cert-v01@openssh.com",
+    "rsa-sha2-512-cert-v01@openssh.com",
+    "rsa-sha2-256-cert-v01@openssh.com",
+    *OPENSSH9_SIGNATURES,  # then the plain keys, in the same order
 )
 OPENSSH9_CIPHERS = (
     "chacha20-poly1305@openssh.com",
