@@ -114,7 +114,7 @@ def test_remote_setup_helper_link_and_refusals(
         pwd.getpwnam(LINK_USER)
 
     before = gw_b_files()  # the helper itself may be there already, for the lab's other sites
-    assert not any(v for k, v in before.items() if k != HELPER), before
+    assert not any(v for k, v in before.items() if k != str(HELPER)), before
     printed = pppssh(lab, "remote-setup", str(conf))
     assert printed.returncode == 0, show(printed)
     assert gw_b_files() == before, "printing must change nothing"
