@@ -154,7 +154,7 @@ def _uml_run(config: pytest.Config) -> UmlRun:
         run.status = uml.boot(
             argv,
             results=results,
-            timeout=float(os.environ.get("PPPSSH_LAB_TIMEOUT", "1800")),
+            timeout=float(os.environ.get("PPPSSH_LAB_TIMEOUT", "2700")),
             env={"PPPSSH_LAB_REPORT": str(report)},
             console=run.console,
         )
