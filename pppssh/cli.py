@@ -19,6 +19,7 @@ from typing import NoReturn
 from . import __version__
 from .backoff import delays
 from .config import ConfigError, SiteConfig, check_files, load
+from .errors import EXIT_USAGE, Fail
 from .plan import Command
 from .system import (
     CommandFailed,
@@ -39,17 +40,6 @@ from .system import (
 )
 
 __all__ = ["entry", "main"]
-
-EXIT_USAGE = 2  # bad config or arguments (RestartPreventExitStatus=2 in the unit)
-
-
-class Fail(Exception):
-    """A one-line error with an exit status."""
-
-    def __init__(self, message: str, status: int = 1) -> None:
-        """Message and exit status."""
-        super().__init__(message)
-        self.status = status
 
 
 def _load(path: str, files: bool = True) -> SiteConfig:

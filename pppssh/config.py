@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import trust
+from .errors import ConfigError
 
 __all__ = [
     "SCHEMA",
@@ -28,28 +29,6 @@ __all__ = [
     "parse",
     "safe_name",
 ]
-
-
-class ConfigError(Exception):
-    """A problem in a site file, reported as `file:line: key: what is wrong`."""
-
-    def __init__(self, path: str, line: int, key: str, message: str) -> None:
-        """Remember where the problem is and what it is."""
-        self.path = path
-        self.line = line
-        self.key = key
-        self.message = message
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        """Render the one-line form users see: printable, of bounded length."""
-        path = _printable(self.path)
-        where = f"{path}:{self.line}" if self.line else path
-        message = _printable(self.message)
-        if len(message) > MAX_MESSAGE:
-            message = message[: MAX_MESSAGE - 3] + "..."
-        key = _printable(self.key)
-        return f"{where}: {key}: {message}" if key else f"{where}: {message}"
 
 
 MAX_MESSAGE = 400  # room for the list of allowed pppd options

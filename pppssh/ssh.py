@@ -27,6 +27,14 @@ from . import known_hosts, trust
 from ._asyncssh import asyncssh
 from .bridge import RAW_PTY_MODES, Bridge
 from .config import SiteConfig
+from .errors import (
+    AlgorithmRefused,
+    HostKeyRefused,
+    KeyRefused,
+    RemoteFailed,
+    TunnelError,
+    Unreachable,
+)
 from .plan import Command
 from .sanitize import printable, valid_ifname
 
@@ -207,40 +215,6 @@ def describe(alg: str) -> str:
     """An algorithm name for a message, with why OpenSSH 9 refuses it when it does."""
     note = WEAK.get(alg)
     return f"{alg} ({note})" if note else alg
-
-
-class TunnelError(Exception):
-    """A failure explained in one line for the user."""
-
-
-class Unreachable(TunnelError):
-    """The remote gateway's SSH port did not answer."""
-
-
-class HostKeyRefused(TunnelError):
-    """The remote gateway's host key is unknown, changed or revoked."""
-
-
-class AlgorithmRefused(TunnelError):
-    """The remote gateway offers or uses only algorithms OpenSSH 9 (and pppssh) refuse."""
-
-
-class KeyRefused(TunnelError):
-    """The remote account refused our key."""
-
-
-class RemoteFailed(TunnelError):
-    """A remote command exited non-zero."""
-
-    def __init__(self, shown: str, status: int | None, stderr: str) -> None:
-        """Remember what ran remotely and how it failed (its stderr made printable)."""
-        self.shown = shown
-        self.status = status
-        self.stderr = printable(
-            " | ".join(line.strip() for line in stderr.strip().splitlines() if line.strip())
-        )
-        detail = self.stderr or f"exit status {status}"
-        super().__init__(f"remote `{shown}` failed: {detail}")
 
 
 def _string(data: bytes, offset: int = 0) -> tuple[bytes, int]:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from .errors import CommandFailed
 from .plan import Command
 
 __all__ = [
@@ -45,18 +46,6 @@ __all__ = [
     "stop_process",
     "write_state",
 ]
-
-
-class CommandFailed(Exception):
-    """A program exited non-zero; the message carries its stderr."""
-
-    def __init__(self, shown: str, status: int | None, stderr: str) -> None:
-        """Remember what ran and how it failed."""
-        self.shown = shown
-        self.status = status
-        self.stderr = stderr.strip()
-        detail = self.stderr.splitlines()[-1] if self.stderr else f"exit status {status}"
-        super().__init__(f"`{shown}` failed: {detail}")
 
 
 def echo(prefix: str, text: str, out: TextIO | None = None) -> None:

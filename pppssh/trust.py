@@ -22,6 +22,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import Missing, TooLarge, Untrusted
+
 __all__ = [
     "TOP",
     "Missing",
@@ -37,18 +39,6 @@ __all__ = [
 # private directory of their own, since /tmp (mode 1777) is rightly trusted by nobody.
 TOP = "/"
 MAX_READ = 1024 * 1024
-
-
-class Untrusted(Exception):
-    """A file root would trust fails the ownership or permission check (one-line message)."""
-
-
-class Missing(Untrusted):
-    """A file root would trust does not exist."""
-
-
-class TooLarge(Untrusted):
-    """A trusted file is larger than its reader's limit."""
 
 
 @dataclass(frozen=True)
