@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._asyncssh import asyncssh
+from .commands import root_ops, sudoers_rules
 from .config import Network, SiteConfig
 from .plan import Command
-from .remote_setup import SUDOERS_DIR, file_name, sudo_commands, sudoers_name, sudoers_rules
+from .remote_setup import SUDOERS_DIR, file_name, sudoers_name
 from .sanitize import printable, valid_ifname
 from .ssh import (
     HostKeyRefused,
@@ -320,23 +321,27 @@ def rp_filter(value: str) -> Check:
 
 
 def _sudo_checks(cfg: SiteConfig, verdicts: list[bool]) -> list[Check]:
-    """Whether sudo there allows each command of sudo_commands (in its order): one line for
-    pppd (start and stop), one for the routes; the fix names the exact missing rules."""
-    commands, rules = sudo_commands(cfg), sudoers_rules(cfg)
+    """Whether sudo there allows each operation of commands.root_ops (in its order): one line
+    for pppd (start and stop), one for the routes; the fix names the exact missing rules."""
+    ops, rules = root_ops(cfg), sudoers_rules(cfg)
     where = f"{SUDOERS_DIR}/{sudoers_name(cfg)}"
     fix_all = f"pppssh remote-setup {cfg.path} writes the exact rules to {where}"
+    groups = (
+        ("pppd", [i for i, op in enumerate(ops) if op.request[0] != "route"]),
+        ("the routes", [i for i, op in enumerate(ops) if op.request[0] == "route"]),
+    )
     lines = []
-    for what, picked in (("pppd", range(3)), ("the routes", range(3, len(commands)))):
+    for what, picked in groups:
         if not picked:
             continue
         missing = [i for i in picked if i >= len(verdicts) or not verdicts[i]]
         if not missing:
-            detail = "; ".join(" ".join(commands[i]) for i in picked)
+            detail = "; ".join(" ".join(ops[i].argv) for i in picked)
             if what == "the routes":
                 detail = f"{cfg.remote_ip} route add|del for {len(cfg.local_networks)} network(s)"
             lines.append(Check(f"remote sudo allows {what}", True, detail))
             continue
-        refused = "; ".join(" ".join(commands[i]) for i in missing)
+        refused = "; ".join(" ".join(ops[i].argv) for i in missing)
         lines.append(Check(
             f"remote sudo allows {what}", False, f"{refused} refused",
             f"{fix_all} (" + "; ".join(rules[i] for i in missing) + ")",
@@ -353,8 +358,8 @@ async def _remote_plain(cfg: SiteConfig, conn: asyncssh.SSHClientConnection) -> 
         "apt-get install ppp on the remote gateway (or set pppd in [remote])",
     ))  # fmt: skip
     verdicts = []
-    for argv in sudo_commands(cfg):
-        ok, _ = await _answer(conn, (*cfg.sudo, "-l", *argv))
+    for op in root_ops(cfg):
+        ok, _ = await _answer(conn, (*cfg.sudo, "-l", *op.argv))
         verdicts.append(ok)
     checks += _sudo_checks(cfg, verdicts)
     hook = f"/etc/ppp/ip-up.d/{file_name(cfg)}"
@@ -397,7 +402,7 @@ async def _remote_helper(cfg: SiteConfig, conn: asyncssh.SSHClientConnection) ->
         "apt-get install ppp on the remote gateway",
     ))  # fmt: skip
     said_sudo = {s.partition(" ")[2]: s.startswith("allowed ") for s in facts.get("sudo", [])}
-    verdicts = [said_sudo.get(" ".join(argv), False) for argv in sudo_commands(cfg)]
+    verdicts = [said_sudo.get(" ".join(op.argv), False) for op in root_ops(cfg)]
     checks += _sudo_checks(cfg, verdicts)
     checks.append(_filter_check(cfg, (facts.get("filter") or [""])[0] == "present"))
     checks.append(forwarding("on the remote gateway", (facts.get("ip_forward") or [""])[0]))

@@ -25,6 +25,7 @@ __all__ = [
     "Proxyarp",
     "SiteConfig",
     "check_files",
+    "lan_gateway",
     "load",
     "parse",
     "safe_name",
@@ -767,14 +768,19 @@ def _check_networks(parsed: dict[str, Any], err: Callable[[str, str], ConfigErro
                 raise err(attr, f"{gw} is not inside any of {', '.join(map(str, nets)) or 'none'}")
             if net in seen:
                 raise err(attr, f"{gw} and {seen[net]} are both in {net}: one gateway per LAN")
-            if gw in (net.network_address, net.broadcast_address):
+            if net.prefixlen < 31 and gw in (net.network_address, net.broadcast_address):
                 raise err(attr, f"{gw} is not a host address of {net}")
             seen[net] = gw
 
 
-def _lan_gateway(net: Network, gateways: tuple[Address, ...]) -> Address:
-    """This gateway's address on a LAN: the configured one, else the LAN's first host."""
-    return next((gw for gw in gateways if gw in net), net.network_address + 1)
+def lan_gateway(net: Network, gateways: tuple[Address, ...]) -> Address:
+    """A gateway's address on its LAN: the configured one inside it, else the LAN's first
+    usable address (.1 of a /24; .0 of a /31, whose two addresses are both usable, RFC 3021;
+    the one address of a /32). Never an address outside the network."""
+    configured = next((gw for gw in gateways if gw in net), None)
+    if configured is not None:
+        return configured
+    return net.network_address + 1 if net.prefixlen < 31 else net.network_address
 
 
 def _check_placement(parsed: dict[str, Any], err: Callable[[str, str], ConfigError]) -> None:
@@ -792,7 +798,7 @@ def _check_placement(parsed: dict[str, Any], err: Callable[[str, str], ConfigErr
     for attr, own, gateways_attr, far, proxied, far_side in sides:
         addr: Address = parsed[attr]
         for net in own:
-            gateway = _lan_gateway(net, parsed[gateways_attr])
+            gateway = lan_gateway(net, parsed[gateways_attr])
             if addr in net and addr != gateway:
                 raise err(
                     attr,

@@ -8,6 +8,8 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import commands
+from .commands import RouteFact
 from .config import Compression, Network, Network6, SiteConfig
 
 __all__ = [
@@ -134,30 +136,23 @@ def remote_pppd_options(cfg: SiteConfig) -> list[str]:
 def remote_peers_name(cfg: SiteConfig) -> str:
     """`pppssh-<file stem>`: the name of the remote pppd's options file /etc/ppp/peers/NAME and
     of every other file `pppssh remote-setup` writes for the site (no '.', one-to-one)."""
-    return f"pppssh-{cfg.file_stem}"
+    return commands.peers_name(cfg)
 
 
 def remote_pppd_argv(cfg: SiteConfig) -> list[str]:
     """What the remote gateway runs on the raw pty: the helper's `pppd`, or `sudo pppd call
     pppssh-SITE` (its options fixed in the peers file there, so sudo can pin the argv)."""
-    if cfg.helper:
-        return ["pppd"]
-    return [*cfg.remote_pppd_command(), "call", remote_peers_name(cfg)]
+    return list(commands.start_pppd(cfg).sent(cfg))
 
 
 def remote_interface_command(cfg: SiteConfig) -> Command:
     """Ask the remote gateway for its addresses, or the helper for the link's interface."""
-    if cfg.helper:
-        return Command(("interface",))
-    return Command((cfg.remote_ip, "-o", "-4", "addr", "show"))
-
-
-PKILL = "/usr/bin/pkill"
+    return Command(commands.interface(cfg).sent(cfg))
 
 
 def remote_pidfile(cfg: SiteConfig) -> str:
     """Where the remote pppd (linkname pppssh-SITE-ADDRESS) writes its pid."""
-    return f"/run/ppp-{cfg.remote_linkname}.pid"
+    return commands.remote_pidfile(cfg)
 
 
 def remote_leftover_check(cfg: SiteConfig) -> Command:
@@ -167,16 +162,14 @@ def remote_leftover_check(cfg: SiteConfig) -> Command:
 
 def remote_leftover_kill(cfg: SiteConfig, signal: str = "TERM") -> Command:
     """Stop that pppd: the helper's `cleanup` request, or sudo pkill (pid file and name)."""
-    if cfg.helper:
-        return Command(("cleanup",))
-    return Command((*cfg.sudo, PKILL, f"-{signal}", "-x", "-F", remote_pidfile(cfg), "pppd"))
+    return Command(commands.stop_pppd(cfg, signal).sent(cfg))
 
 
-def _route(prefix: Sequence[str], network: Network, via: str, dev: str) -> RouteChange:
+def _route(prefix: Sequence[str], fact: RouteFact, dev: str) -> RouteChange:
     """`ip route add NET via PEER dev IF` and its matching delete."""
-    tail = (str(network), "via", via, "dev", dev)
+    tail = (str(fact.network), "via", str(fact.via), "dev", dev)
     return RouteChange(
-        network=network,
+        network=fact.network,
         add=Command((*prefix, "route", "add", *tail)),
         delete=Command((*prefix, "route", "del", *tail)),
     )
@@ -196,7 +189,7 @@ def _route6(prefix: Sequence[str], network: Network6, dev: str) -> RouteChange:
 def local_routes(cfg: SiteConfig, ifname: str, ip: str = "ip") -> list[RouteChange]:
     """Routes on this gateway: every remote network via the remote PPP address (IPv6 ones
     through the interface)."""
-    routes = [_route((ip,), net, str(cfg.remote_address), ifname) for net in cfg.remote_networks]
+    routes = [_route((ip,), fact, ifname) for fact in commands.routes_here(cfg)]
     return routes + [_route6((ip,), net, ifname) for net in cfg.remote_networks6]
 
 
@@ -210,15 +203,13 @@ def remote_routes(cfg: SiteConfig, ifname: str) -> list[RouteChange]:
     known only once the link is up, so no exact sudo rule could name it.
     """
     del ifname  # kept for the callers: the remote routes no longer name the interface
-    prefix = ("route",) if cfg.helper else (*cfg.remote_ip_command(), "route")
-    via = str(cfg.local_address)
     return [
         RouteChange(
-            network=net,
-            add=Command((*prefix, "add", str(net), "via", via)),
-            delete=Command((*prefix, "del", str(net), "via", via)),
+            network=fact.network,
+            add=Command(commands.route(cfg, "add", fact).sent(cfg)),
+            delete=Command(commands.route(cfg, "del", fact).sent(cfg)),
         )
-        for net in cfg.local_networks
+        for fact in commands.routes_there(cfg)
     ]
 
 
@@ -230,7 +221,7 @@ def full_tunnel_routes(cfg: SiteConfig, ifname: str, ip: str = "ip") -> list[Rou
     route without replacing it, as wg-quick and OpenVPN do)."""
     if not cfg.full_tunnel:
         return []
-    return [_route((ip,), net, str(cfg.remote_address), ifname) for net in HALVES]
+    return [_route((ip,), RouteFact(net, cfg.remote_address), ifname) for net in HALVES]
 
 
 _ROUTE_GET = re.compile(r"^(?:\S+)\s+(?:via\s+(\S+)\s+)?dev\s+(\S+)")

@@ -13,7 +13,6 @@ was validated by config.py, and the files go in through quoted here-documents.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import shlex
 import sys
 from importlib import resources
@@ -21,18 +20,22 @@ from pathlib import Path
 
 from . import trust
 from ._asyncssh import asyncssh
+from .commands import (
+    HELPER_PATH,
+    PKILL,
+    POLICY_DIR,
+    SUDO,
+    helper_constants,
+    peers_name,
+    policy_text,
+    remote_pidfile,
+    root_ops,
+    sudoers_rules,
+    sudoers_word,
+)
 from .config import SiteConfig
 from .linkfilter import PRIORITY, remote_filter
-from .plan import (
-    PKILL,
-    Command,
-    remote_leftover_kill,
-    remote_peers_name,
-    remote_pidfile,
-    remote_pppd_argv,
-    remote_pppd_options,
-    remote_routes,
-)
+from .plan import Command, remote_pppd_options
 from .sanitize import printable
 from .ssh import TunnelError, close_connection, connect, load_identity, read_identity
 
@@ -56,28 +59,28 @@ __all__ = [
     "sudoers_text",
 ]
 
-HELPER_PATH = "/usr/local/libexec/pppssh-helper"
-POLICY_DIR = "/etc/pppssh/helper"
 PEERS_DIR = "/etc/ppp/peers"
 SUDOERS_DIR = "/etc/sudoers.d"
 PPP_DIR = "/etc/ppp"
-SUDO = "/usr/bin/sudo"
 EOF_MARK = "PPPSSH_EOF"
-# ip rule priorities of the link filter: the allowed networks, then `prohibit` for the rest
 # pppd options that take one argument (for one option per line in the peers file)
 _WITH_ARGUMENT = {
     "linkname", "ipparam", "mtu", "mru", "lcp-echo-interval", "lcp-echo-failure", "deflate",
     "bsdcomp",
 }  # fmt: skip
-# characters sudoers gives a meaning inside a command's arguments, escaped with a backslash
-_SUDOERS_SPECIAL = set(",:=\\")
-# characters that would make an argument a pattern (or several arguments) in sudoers
-_SUDOERS_PATTERN = set("*?[]!# \t\n\"'")
+_sudoers_word = sudoers_word  # the name the tests know it by
 
 
 def helper_text() -> str:
-    """The helper script shipped with pppssh."""
-    return (resources.files("pppssh") / "data" / "pppssh-helper").read_text(encoding="utf-8")
+    """The helper script shipped with pppssh, its settings (paths of the policies, sudo,
+    pkill, pid files) rendered from the command model."""
+    text = (resources.files("pppssh") / "data" / "pppssh-helper").read_text(encoding="utf-8")
+    for name, value in helper_constants().items():
+        head, sep, tail = text.partition(f"\n{name}=")
+        if not sep or f"\n{name}=" in tail:
+            raise ValueError(f"pppssh-helper: no single {name}= line to set")
+        text = f"{head}\n{name}={value}\n{tail.partition(chr(10))[2]}"
+    return text
 
 
 def public_key(cfg: SiteConfig) -> str:
@@ -98,16 +101,11 @@ def public_key(cfg: SiteConfig) -> str:
     return f"{kind} {blob}"
 
 
-file_name = remote_peers_name  # every file remote-setup writes for a site has this name
+file_name = peers_name  # every file remote-setup writes for a site has this name
 
 
 def sudoers_name(cfg: SiteConfig) -> str:
     """The drop-in's file name (sudo skips names with a dot)."""
-    return file_name(cfg)
-
-
-def peers_name(cfg: SiteConfig) -> str:
-    """The remote pppd's options file under /etc/ppp/peers (`pppd call NAME`)."""
     return file_name(cfg)
 
 
@@ -119,20 +117,6 @@ def key_line(cfg: SiteConfig, pubkey: str) -> str:
     if cfg.key_from:
         options.append(f'from="{",".join(cfg.key_from)}"')
     return f"{','.join(options)} {pubkey} {cfg.linkname}"
-
-
-def policy_text(cfg: SiteConfig) -> str:
-    """The helper's policy for this site: programs, link addresses, allowed networks."""
-    lines = [
-        f"# pppssh-helper policy of site {cfg.name}, written by `pppssh remote-setup`.",
-        "# Routes may be added or removed only for these networks, only via the peer.",
-        f"pppd {cfg.remote_pppd}",
-        f"ip {cfg.remote_ip}",
-        f"local {cfg.remote_address}",
-        f"peer {cfg.local_address}",
-        *(f"network {net}" for net in cfg.local_networks),
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def peers_text(cfg: SiteConfig) -> str:
@@ -156,29 +140,9 @@ def peers_text(cfg: SiteConfig) -> str:
 
 def sudo_commands(cfg: SiteConfig) -> list[tuple[str, ...]]:
     """Exactly the commands pppssh (or the helper for it) runs as root on the remote gateway,
-    as argv: the one source of every sudo rule remote-setup writes and `check` suggests."""
-    plain = dataclasses.replace(cfg, helper=False)
-    skip = len(cfg.sudo)
-    commands = [tuple(remote_pppd_argv(plain)[skip:])]
-    commands += [remote_leftover_kill(plain, sig).argv[skip:] for sig in ("TERM", "KILL")]
-    for route in remote_routes(plain, "-"):
-        commands += [route.add.argv[skip:], route.delete.argv[skip:]]
-    return commands
-
-
-def _sudoers_word(word: str) -> str:
-    """One argument as sudoers reads it literally: specials escaped, patterns refused."""
-    if not word or set(word) & _SUDOERS_PATTERN:
-        raise ValueError(f"{word!r} cannot be an exact argument in sudoers")
-    return "".join("\\" + c if c in _SUDOERS_SPECIAL else c for c in word)
-
-
-def sudoers_rules(cfg: SiteConfig) -> list[str]:
-    """One sudoers line per command of sudo_commands: that argv, nothing more."""
-    return [
-        f"{cfg.user} ALL=(root) NOPASSWD: {' '.join(_sudoers_word(w) for w in argv)}"
-        for argv in sudo_commands(cfg)
-    ]
+    as argv: the operations of the command model that need root (commands.root_ops), the one
+    source of every sudo rule remote-setup writes and `check` suggests."""
+    return [op.argv for op in root_ops(cfg)]
 
 
 def sudoers_text(cfg: SiteConfig) -> str:

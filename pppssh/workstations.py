@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
+from .commands import lan_gateway, routes_here, routes_there
 from .config import Address, Network, SiteConfig
 from .plan import full_tunnel_routes, local_routes, remote_routes
 
@@ -41,26 +42,21 @@ class Lan:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def _lan_gateway(network: Network, configured: tuple[Address, ...]) -> Address:
-    """The gateway's address on this LAN: the configured one inside it, else its first host."""
-    for addr in configured:
-        if addr in network:
-            return addr
-    return next(network.hosts()) if network.num_addresses > 2 else network.network_address
-
-
 def plan_lans(cfg: SiteConfig) -> list[Lan]:
     """For every LAN on both sides: what to route through its gateway, and what not."""
+    # a LAN's workstations need what its own gateway routes into the link: the same networks
+    # as that gateway's routes, and the far PPP address they go via
     sides = (
-        ("local", cfg.local_networks, cfg.local_lan_gateways, cfg.remote_networks,
+        ("local", cfg.local_networks, cfg.local_lan_gateways, routes_here(cfg),
          cfg.remote_address, cfg.proxyarp.local, "the remote gateway"),
-        ("remote", cfg.remote_networks, cfg.remote_lan_gateways, cfg.local_networks,
+        ("remote", cfg.remote_networks, cfg.remote_lan_gateways, routes_there(cfg),
          cfg.local_address, cfg.proxyarp.remote, "the local gateway"),
     )  # fmt: skip
     lans: list[Lan] = []
-    for side, own, gateways, far, far_ppp, proxyarp, far_name in sides:
+    for side, own, gateways, facts, far_ppp, proxyarp, far_name in sides:
+        far = [fact.network for fact in facts]
         for network in own:
-            lan = Lan(side, network, _lan_gateway(network, gateways))
+            lan = Lan(side, network, lan_gateway(network, gateways))
             for net in far:
                 lan.routes.append(Route(net, lan.gateway, f"network behind {far_name}"))
             host = IPv4Network(f"{far_ppp}/32")
