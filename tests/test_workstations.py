@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pppssh.cli import main
-from pppssh.config import SiteConfig, parse
+from pppssh.commands import lan_gateway
+from pppssh.config import ConfigError, SiteConfig, parse
 from pppssh.workstations import gateway_commands, plan_lans, render, render_json
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -156,3 +158,55 @@ def test_gateways_show_the_full_tunnel() -> None:
         "ip route add 0.0.0.0/1 via 192.168.77.2 dev ppp3",
         "ip route add 128.0.0.0/1 via 192.168.77.2 dev ppp3",
     ]
+
+
+@pytest.mark.parametrize(
+    ("network", "configured", "expected"),
+    [
+        ("10.1.0.0/24", "", "10.1.0.1"),
+        ("10.1.0.0/24", "10.1.0.254", "10.1.0.254"),
+        ("10.0.0.0/31", "", "10.0.0.0"),  # RFC 3021: .0 and .1 are both usable, .0 first
+        ("10.0.0.0/31", "10.0.0.1", "10.0.0.1"),
+        ("10.0.0.5/32", "", "10.0.0.5"),  # its one address, never .6 outside it
+        ("10.0.0.4/30", "", "10.0.0.5"),
+    ],
+)
+def test_one_lan_gateway_for_config_and_workstations(
+    network: str, configured: str, expected: str
+) -> None:
+    """The address the site file's check and the workstation lines both take as the
+    gateway's own on a LAN: configured, else the first usable one, always inside."""
+    net = ipaddress.IPv4Network(network)
+    gateways = (ipaddress.IPv4Address(configured),) if configured else ()
+    assert str(lan_gateway(net, gateways)) == expected
+    assert lan_gateway(net, gateways) in net
+    extra = f"remote_lan_gateways = {configured}" if configured else ""
+    text = BASE.format(
+        local_address="192.168.77.1", remote_address="192.168.77.2", proxyarp="no",
+        local="10.9.0.0/24", remote=network, extra=extra,
+    )  # fmt: skip
+    lans = plan_lans(parse(text, Path("/etc/pppssh/site-b.conf")))
+    assert [str(lan.gateway) for lan in lans if lan.side == "remote"] == [expected]
+    assert all(r.via in lan.network for lan in lans for r in lan.routes)
+
+
+@pytest.mark.parametrize(
+    ("network", "own"), [("10.0.0.0/31", "10.0.0.0"), ("10.0.0.5/32", "10.0.0.5")]
+)
+def test_ppp_address_may_be_the_gateways_own_on_a_tiny_lan(network: str, own: str) -> None:
+    """A PPP address inside its own side's LAN must be that gateway's address there: the
+    config check and the workstation lines agree on which one it is."""
+
+    def parsed(addr: str) -> SiteConfig:
+        """The site with remote_address addr and its remote LAN the network."""
+        text = BASE.format(
+            local_address="192.168.77.1", remote_address=addr, proxyarp="no",
+            local="10.9.0.0/24", remote=network, extra="",
+        )  # fmt: skip
+        return parse(text, Path("/etc/pppssh/site-b.conf"))
+
+    cfg = parsed(own)
+    assert [str(lan.gateway) for lan in plan_lans(cfg) if lan.side == "remote"] == [own]
+    if network.endswith("/31"):
+        with pytest.raises(ConfigError, match=r"is not its address there \(10\.0\.0\.0\)"):
+            parsed("10.0.0.1")
