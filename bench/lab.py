@@ -145,6 +145,15 @@ def _log(name: str) -> IO[str]:
     return (RESULTS / f"bench-{name}.log").open("w")
 
 
+def howto_ssh(lab: Lab) -> list[str]:
+    """The OpenSSH client of the HOWTO path, its options in one place: the lab's key, strict
+    host key checking, no prompts (pppssh's own path connects with ssh.connect)."""
+    return [
+        "ssh", "-i", str(lab.key), "-o", f"UserKnownHostsFile={lab.known_hosts}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+    ]  # fmt: skip
+
+
 def howto_commands(lab: Lab) -> list[str]:
     """argv of gw-a's pppd, VPN PPP-SSH HOWTO style: OpenSSH runs the remote pppd on a pty."""
     options = ["mtu", str(MTU), "mru", str(MTU), "noccp"]
@@ -153,9 +162,7 @@ def howto_commands(lab: Lab) -> list[str]:
          f"{PPP_REMOTE}:{PPP_LOCAL}", *options]
     )  # fmt: skip
     ssh = [
-        "ssh", "-i", str(lab.key),
-        "-o", f"UserKnownHostsFile={lab.known_hosts}",
-        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+        *howto_ssh(lab),
         "-e", "none",  # no ~ escapes: 0x7e is PPP's frame flag
         "-t", "-t", f"{lab.user}@{GW_B_WAN}", f"stty raw -echo; exec {remote}",
     ]  # fmt: skip
@@ -185,9 +192,7 @@ def howto(lab: Lab) -> Iterator[Ends]:
 @contextlib.contextmanager
 def _howto(lab: Lab) -> Iterator[Ends]:
     """The HOWTO path itself, with its sudo rule in place."""
-    ssh = ["ssh", "-i", str(lab.key), "-o", f"UserKnownHostsFile={lab.known_hosts}",
-           "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"{lab.user}@{GW_B_WAN}",
-           "sudo", "-n", "/usr/sbin/ip", "route"]  # fmt: skip
+    ssh = [*howto_ssh(lab), f"{lab.user}@{GW_B_WAN}", "sudo", "-n", "/usr/sbin/ip", "route"]
     routes = [
         ("gw-a", ["ip", "route"], [NET_B, "via", PPP_REMOTE], None),
         ("gw-a", ssh, [NET_A, "via", PPP_LOCAL], None),  # the remote route, over ssh

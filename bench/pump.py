@@ -107,16 +107,23 @@ def _pingpong(fd: int, count: int) -> list[float]:
     return [float(x) for x in out.stdout.split()]
 
 
+def openssh_argv(port: int, d: Path, command: str) -> list[str]:
+    """The OpenSSH client the pppssh side is compared with, in one place: no config file, a
+    raw pty (`-tt`, no escapes), the cipher pppssh negotiates first, the throw-away key and
+    strict host key checking (pppssh's own side connects with ssh.connect, as Tunnel.up)."""
+    return [
+        "ssh", "-F", "/dev/null", "-tt", "-e", "none", "-q", "-p", str(port), "-c", CIPHER,
+        "-i", str(d / "id_ed25519"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        "-o", f"UserKnownHostsFile={d / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+        "root@127.0.0.1", command,
+    ]  # fmt: skip
+
+
 def rtt_openssh(port: int, d: Path, count: int) -> list[float]:
     """Frame RTTs through `ssh -tt -e none` to `cat` on the far pty."""
     master, slave = os.openpty()
     tty.setraw(slave)
-    argv = [
-        "ssh", "-F", "/dev/null", "-tt", "-e", "none", "-q", "-p", str(port), "-c", CIPHER,
-        "-i", str(d / "id_ed25519"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-        "-o", f"UserKnownHostsFile={d / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
-        "root@127.0.0.1", ECHO,
-    ]  # fmt: skip
+    argv = openssh_argv(port, d, ECHO)
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=subprocess.DEVNULL)
     os.close(slave)
     try:
@@ -273,12 +280,7 @@ def run_openssh(port: int, d: Path, direction: str, nbytes: int) -> Sample:
     master, slave = os.openpty()
     tty.setraw(slave)
     command = (UP if direction == "up" else DOWN).format(n=nbytes)
-    argv = [
-        "ssh", "-F", "/dev/null", "-tt", "-e", "none", "-q", "-p", str(port), "-c", CIPHER,
-        "-i", str(d / "id_ed25519"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-        "-o", f"UserKnownHostsFile={d / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
-        "root@127.0.0.1", command,
-    ]  # fmt: skip
+    argv = openssh_argv(port, d, command)
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=subprocess.DEVNULL)
     os.close(slave)
     try:
