@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import commands
 from ._asyncssh import asyncssh
 from .commands import root_ops, sudoers_rules
 from .config import Network, SiteConfig
@@ -387,7 +388,7 @@ def _filter_check(cfg: SiteConfig, present: bool) -> Check:
 
 async def _remote_helper(cfg: SiteConfig, conn: asyncssh.SSHClientConnection) -> list[Check]:
     """With the helper: its `check` request answers for the policy it keeps there."""
-    ok, said = await _answer(conn, ("check",))
+    ok, said = await _answer(conn, commands.check(cfg).request)
     if not ok:
         return [Check(
             "remote helper answers check", False, said,

@@ -33,7 +33,9 @@ __all__ = [
     "SUDO",
     "RemoteOp",
     "RouteFact",
+    "check",
     "helper_constants",
+    "helper_requests",
     "interface",
     "lan_gateway",
     "peers_name",
@@ -125,6 +127,22 @@ def interface(cfg: SiteConfig) -> RemoteOp:
     """Ask which interface carries the link: the helper answers with its name, without it
     pppssh reads the addresses itself (unprivileged)."""
     return RemoteOp(("interface",), (cfg.remote_ip, "-o", "-4", "addr", "show"), privileged=False)
+
+
+def check(cfg: SiteConfig) -> RemoteOp:
+    """The helper's read-only preflight for `pppssh check` (without the helper, check.py reads
+    the same facts with unprivileged commands and `sudo -l` for each of root_ops)."""
+    del cfg  # one request for every site: the helper reads the site's policy
+    return RemoteOp(("check",), (), privileged=False)
+
+
+def helper_requests(cfg: SiteConfig) -> list[tuple[str, ...]]:
+    """Every request pppssh sends to the helper for this site: the helper's allow-list is
+    exactly these (its routes checked against the policy's networks and peer)."""
+    ops = [start_pppd(cfg), stop_pppd(cfg), interface(cfg), check(cfg)]
+    for fact in routes_there(cfg):
+        ops += [route(cfg, "add", fact), route(cfg, "del", fact)]
+    return [op.request for op in ops]
 
 
 def routes_there(cfg: SiteConfig) -> list[RouteFact]:

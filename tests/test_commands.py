@@ -23,6 +23,7 @@ from pppssh.commands import (
     PKILL,
     RUN_DIR,
     helper_constants,
+    helper_requests,
     peers_name,
     root_ops,
     stop_pppd,
@@ -437,3 +438,29 @@ def test_workstations_route_what_the_gateways_route(case: str) -> None:
         ]
         assert ipaddress.IPv4Network(f"{ppp}/32") in hosts
         assert all(r.via == lan.gateway and r.via in lan.network for r in lan.routes)
+
+
+def test_helper_script_knows_exactly_the_models_requests() -> None:
+    """The arms of the helper's `case $1 in` are the first words of the model's requests,
+    and its refusal names them; each request of a site is accepted by the test above."""
+    text = helper_text()
+    body = text[text.index("case $1 in\n") : text.index("\nesac\n", text.index("case $1 in\n"))]
+    arms = re.findall(r"^([a-z]+)\)$", body, re.MULTILINE)
+    for case in SITES:
+        firsts = {request[0] for request in helper_requests(site(case))}
+        routes = {"route"} if site(case).local_networks else set()
+        assert firsts | {"route"} == set(arms) and firsts & {"route"} == routes
+    assert sorted(arms) == ["check", "cleanup", "interface", "pppd", "route"]
+    assert "(those are: pppd, route add|del, interface, cleanup, check)" in body
+
+
+@pytest.mark.parametrize("case", HELPED)
+def test_helper_accepts_every_request_of_the_model(helper: Helper, case: str) -> None:
+    cfg = site(case)
+    requests = helper_requests(cfg)
+    assert ("check",) in requests and ("interface",) in requests
+    for request in requests:
+        if request == ("cleanup",):
+            continue  # with no leftover it ends at once; the cleanup test has one
+        status, _, err, _ = helper.ask(cfg, " ".join(request))
+        assert (status, err) == (0, ""), request
