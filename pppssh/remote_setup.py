@@ -79,7 +79,8 @@ def helper_text() -> str:
         head, sep, tail = text.partition(f"\n{name}=")
         if not sep or f"\n{name}=" in tail:
             raise ValueError(f"pppssh-helper: no single {name}= line to set")
-        text = f"{head}\n{name}={value}\n{tail.partition(chr(10))[2]}"
+        rest = tail.partition("\n")[2]  # the file's own value is replaced
+        text = f"{head}\n{name}={value}\n{rest}"
     return text
 
 
