@@ -7,14 +7,16 @@ runs for it there (as root when it is privileged). Everything else is derived fr
   `sudo -n ARGV` (plan.py builds the lifecycle's commands from it);
 - `root_ops` / `sudoers_rules`: the exact sudoers lines (remote-setup writes them, `check`
   asks `sudo -l` for each and names the missing ones);
-- `policy_text`: the helper's allow-list of the site (its route requests are exactly
-  `route add|del NETWORK via PEER` for the networks and the peer listed there);
+- `helper_requests` / `policy_text`: the helper's allow-list for the site (`pppd`,
+  `cleanup`, `interface`, `check`, and `route add|del NETWORK via PEER` for exactly the
+  networks and the peer its policy lists);
 - `helper_constants`: the paths the helper script runs and reads (remote-setup renders them);
 - `routes_there` / `routes_here`: the network-via-address facts of the routes on the remote
   gateway and on this one, which plan.py turns into argv and workstations.py into the
   routes workstations need.
 
-`lan_gateway` is the one answer to "which address does a gateway have on its LAN".
+`lan_gateway` (defined in config.py, which checks site files with it) is the one answer to
+"which address does a gateway have on its LAN".
 """
 
 from __future__ import annotations
