@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._asyncssh import asyncssh
+from .asyncssh_compat import asyncssh
 from .config import Network, SiteConfig
 from .plan import Command
 from .remote_setup import SUDOERS_DIR, file_name, sudo_commands, sudoers_name, sudoers_rules

@@ -1,4 +1,4 @@
-"""asyncssh is imported without ctypes linking test programs (pppssh/_asyncssh.py)."""
+"""asyncssh is imported without ctypes linking test programs (pppssh/asyncssh_compat.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pppssh._asyncssh import ld_cache_lookup
+from pppssh.asyncssh_compat import ld_cache_lookup
 
 REPO = Path(__file__).resolve().parents[1]
 
