@@ -15,6 +15,7 @@ What each reliance is for, and what happens without it:
   _server_kexinit               one-line reason for an algorithm refusal a vaguer message
   _server_sig_algs              one-line reason for a SHA-1-only server  a vaguer message
   SSHCertificate.signing_key    refuse a certificate signed with SHA-1   refuse the certificate
+  SSHKey.pyca_key.key_size      refuse RSA host keys under 1024 bits     refuse every RSA key
   send_packet, _enc_alg_cs      no MSG_IGNORE before every packet        one packet more each
   logger._debug_level, log_*    no per-packet log formatting             8 us more per packet
   data_received (asyncio)       one pty write per socket read            one loop turn more
@@ -51,6 +52,7 @@ __all__ = [
     "implemented_certificate_algs",
     "implemented_kex_algs",
     "implemented_public_key_algs",
+    "key_bits",
     "ld_cache_lookup",
     "server_kexinit",
     "server_sig_algs",
@@ -181,6 +183,16 @@ def certificate_signer(cert: object) -> bytes | None:
     attributes without an underscore but outside the documented API."""
     data = getattr(getattr(cert, "signing_key", None), "public_data", None)
     return data if isinstance(data, bytes) and data else None
+
+
+def key_bits(key: object) -> int:
+    """The size of a public key in bits (an RSA modulus); 0 when it cannot be told (an RSA
+    key is then refused as too small, never let through).
+
+    Relies on: SSHKey.pyca_key (the cryptography key object) and its key_size, attributes
+    outside the documented API."""
+    size = getattr(getattr(key, "pyca_key", None), "key_size", 0)
+    return size if isinstance(size, int) else 0
 
 
 # ---------------------------------------------------------------- checks put in its way

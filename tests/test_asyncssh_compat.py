@@ -123,6 +123,13 @@ def _certificate_signer() -> None:
     assert compat.certificate_signer(cert) == ca.public_data
 
 
+def _key_bits() -> None:
+    """An RSA key's pyca_key.key_size is its modulus size; an Ed25519 key has a pyca_key."""
+    rsa = asyncssh.generate_private_key("ssh-rsa", key_size=2048).convert_to_public()
+    assert compat.key_bits(rsa) == 2048
+    assert asyncssh.generate_private_key("ssh-ed25519").pyca_key is not None
+
+
 INTERNALS: dict[str, Callable[[], None]] = {
     "ctypes.util.find_library at import (crypto.umac, crypto.pq/sntrup)": (
         _finds_libraries_through_ctypes_util
@@ -141,6 +148,7 @@ INTERNALS: dict[str, Callable[[], None]] = {
     "asyncssh.logging.logger._debug_level": _debug_level_attribute,
     "SSHConnection.data_received": _data_received,
     "SSHOpenSSHCertificate.signing_key.public_data": _certificate_signer,
+    "SSHKey.pyca_key.key_size": _key_bits,
 }
 
 
@@ -162,7 +170,7 @@ def test_the_module_docstring_lists_each_reliance() -> None:
     doc = compat.__doc__ or ""
     for name in ("find_library", "get_kex_algs", "validate_server_host_key", "SSHKey.verify",
                  "_server_kexinit", "_server_sig_algs", "signing_key", "send_packet",
-                 "_enc_alg_cs", "_debug_level", "data_received"):  # fmt: skip
+                 "_enc_alg_cs", "_debug_level", "data_received", "pyca_key"):  # fmt: skip
         assert name in doc, name
     for name in compat.__all__:
         obj = getattr(compat, name)
@@ -245,6 +253,7 @@ def test_wraps_leave_an_object_without_the_step_alone() -> None:
     assert not compat.wrap_host_key_validation(object(), lambda f: f)
     assert not compat.wrap_data_received(object(), lambda f: f)
     assert compat.certificate_signer(object()) is None  # a certificate is then refused
+    assert compat.key_bits(object()) == 0  # an RSA key is then refused as too small
 
 
 def test_wrap_data_received_calls_the_original_inside() -> None:
