@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import errno
 import os
+from collections.abc import Callable
 
-from ._asyncssh import asyncssh
+from . import asyncssh_compat
+from .asyncssh_compat import asyncssh
 
 __all__ = ["RAW_PTY_MODES", "Bridge"]
 
@@ -104,21 +106,22 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         call and loop turn for every frame received. Only conn (an asyncio protocol) is
         changed: its data_received is wrapped. False, and nothing changed, if it has none.
         """
-        receive = getattr(conn, "data_received", None)
-        if receive is None:
-            return False
 
-        def data_received(data: bytes, *args: object) -> None:
-            self._in_socket_read = True
-            try:
-                receive(data, *args)
-            finally:
-                self._in_socket_read = False
-            if self._outbuf and not self._channel_blocked and not self._flush_pending:
-                self._flush_to_master()
+        def wrap(receive: Callable[..., None]) -> Callable[..., None]:
+            """conn's own data_received, then one flush for all it handed over."""
 
-        conn.data_received = data_received  # type: ignore[attr-defined]
-        return True
+            def data_received(data: bytes, *args: object) -> None:
+                self._in_socket_read = True
+                try:
+                    receive(data, *args)
+                finally:
+                    self._in_socket_read = False
+                if self._outbuf and not self._channel_blocked and not self._flush_pending:
+                    self._flush_to_master()
+
+            return data_received
+
+        return asyncssh_compat.wrap_data_received(conn, wrap)
 
     def _merged_flush(self) -> None:
         """The flush data_received scheduled."""

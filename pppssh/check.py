@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import commands
-from ._asyncssh import asyncssh
+from .asyncssh_compat import asyncssh
 from .commands import root_ops, sudoers_rules
 from .config import Network, SiteConfig
 from .plan import Command

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import trust
-from .errors import ConfigError
+from .errors import ConfigError, Missing, TooLarge, Untrusted
 
 __all__ = [
     "SCHEMA",
@@ -470,6 +470,7 @@ class Key:
     name: str
     attr: str
     default: str | None  # None: required
+    # A parser raises ValueError, never seen outside: parse() makes it the key's ConfigError
     parse: Callable[[str], Any]
     doc: str
 
@@ -827,13 +828,13 @@ def load(path: str | Path, *, files: bool = True) -> SiteConfig:
     p = Path(path)
     try:
         data = trust.read_trusted(p, "site file", limit=MAX_FILE).data
-    except trust.TooLarge:
+    except TooLarge:
         raise ConfigError(
             str(p), 0, "", f"larger than {MAX_FILE // 1024} KiB; not a site file"
         ) from None
-    except trust.Missing:
+    except Missing:
         raise ConfigError(str(p), 0, "", "no such file") from None
-    except trust.Untrusted as exc:
+    except Untrusted as exc:
         # "site file /abs/path is ..." reads "PATH: is ..." after the path ConfigError shows
         message = str(exc).removeprefix(f"site file {os.path.join(os.getcwd(), p)}")
         raise ConfigError(str(p), 0, "", message.removeprefix(":").strip()) from None
@@ -872,10 +873,10 @@ def check_files(cfg: SiteConfig, missing_ok: bool = False) -> None:
                 trust.check_program(path, f"{key} program" if attr.endswith("command") else key)
             else:
                 trust.check_file(path, key, secret=key == "identity")
-        except trust.Missing as exc:
+        except Missing as exc:
             if not missing_ok:
                 raise ConfigError(str(cfg.path), cfg.lines.get(attr, 0), key, str(exc)) from None
-        except trust.Untrusted as exc:
+        except Untrusted as exc:
             raise ConfigError(str(cfg.path), cfg.lines.get(attr, 0), key, str(exc)) from None
 
 

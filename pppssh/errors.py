@@ -42,12 +42,17 @@ __all__ = [
 EXIT_FAILURE = 1
 EXIT_USAGE = 2  # bad config or arguments (RestartPreventExitStatus=2 in the unit)
 MAX_MESSAGE = 400  # room for the list of allowed pppd options in a ConfigError
+MAX_LINE = 4000  # any message: room for a host key refusal with the command that fixes it
 
 
 class PppsshError(Exception):
     """A failure told to the user in one line, with the exit status it ends pppssh with."""
 
     exit_status = EXIT_FAILURE
+
+    def __str__(self) -> str:
+        """The one line users see: control characters (newlines too) escaped, bounded."""
+        return printable(super().__str__(), MAX_LINE)
 
 
 class UsageError(PppsshError):

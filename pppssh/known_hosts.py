@@ -21,7 +21,8 @@ import hmac
 import struct
 from dataclasses import dataclass
 
-from ._asyncssh import asyncssh
+from . import asyncssh_compat
+from .asyncssh_compat import asyncssh
 
 __all__ = [
     "HostKeys",
@@ -159,8 +160,7 @@ def _read_key(text: str) -> asyncssh.SSHKey | None:
         key = asyncssh.import_public_key(f"{kind} {base64.b64encode(blob).decode()}")
     except (asyncssh.KeyImportError, ValueError):
         return None
-    size = getattr(getattr(key, "pyca_key", None), "key_size", 0)
-    if kind == "ssh-rsa" and size < RSA_MIN_BITS:
+    if kind == "ssh-rsa" and asyncssh_compat.key_bits(key) < RSA_MIN_BITS:
         return None  # OpenSSH refuses RSA keys this small outright
     return key
 

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import trust
-from ._asyncssh import asyncssh
+from .asyncssh_compat import asyncssh
 from .commands import (
     HELPER_PATH,
     PKILL,

@@ -14,26 +14,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib
 import os
 import re
 import shlex
 import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
-from . import known_hosts, trust
-from ._asyncssh import asyncssh
+from . import asyncssh_compat, known_hosts, trust
+from .asyncssh_compat import asyncssh
 from .bridge import RAW_PTY_MODES, Bridge
 from .config import SiteConfig
 from .errors import (
     AlgorithmRefused,
     HostKeyRefused,
     KeyRefused,
+    Missing,
     RemoteFailed,
     TunnelError,
     Unreachable,
+    Untrusted,
 )
 from .plan import Command
 from .sanitize import printable, valid_ifname
@@ -73,7 +74,7 @@ CIPHERS = (
     "aes256-ctr",
 )
 # Only SHA-2 MACs, encrypt-then-MAC first; with the AEAD ciphers above none is used at all.
-# No UMAC: its library (nettle) is then never loaded (see _asyncssh.py).
+# No UMAC: its library (nettle) is then never loaded (see asyncssh_compat.py).
 MACS = (
     "hmac-sha2-256-etm@openssh.com",
     "hmac-sha2-512-etm@openssh.com",
@@ -81,7 +82,6 @@ MACS = (
     "hmac-sha2-512",
 )
 MAX_PKTSIZE = 256 * 1024
-MSG_IGNORE = 2  # RFC 4253, section 11.2
 
 
 # OpenSSH 9's client defaults (`ssh -G`, myproposal.h), in its order of preference.
@@ -175,22 +175,12 @@ PSEUDO_KEX = frozenset(
 CERT_SUFFIX = "-cert-v01@openssh.com"
 
 
-def _supported(module: str, function: str) -> frozenset[str]:
-    """Algorithm names this asyncssh implements (asyncssh.<module>.<function>())."""
-    names: list[bytes] = getattr(importlib.import_module(f"asyncssh.{module}"), function)()
-    return frozenset(n.decode("ascii") for n in names)
-
-
-KEX_ALGS = tuple(a for a in OPENSSH9_KEX if a in _supported("kex", "get_kex_algs"))
-HOST_KEY_ALGS = tuple(
-    a
-    for a in OPENSSH9_HOST_KEY
-    if a in _supported("public_key", "get_public_key_algs")
-    or a in _supported("public_key", "get_certificate_algs")
-)
-SIGNATURE_ALGS = tuple(
-    a for a in OPENSSH9_SIGNATURES if a in _supported("public_key", "get_public_key_algs")
-)
+_KEX = asyncssh_compat.implemented_kex_algs()
+_PUBLIC_KEY = asyncssh_compat.implemented_public_key_algs()
+_CERTIFICATE = asyncssh_compat.implemented_certificate_algs()
+KEX_ALGS = tuple(a for a in OPENSSH9_KEX if a in _KEX)
+HOST_KEY_ALGS = tuple(a for a in OPENSSH9_HOST_KEY if a in _PUBLIC_KEY or a in _CERTIFICATE)
+SIGNATURE_ALGS = tuple(a for a in OPENSSH9_SIGNATURES if a in _PUBLIC_KEY)
 CA_SIGNATURE_ALGS = SIGNATURE_ALGS
 
 
@@ -228,8 +218,8 @@ def _string(data: bytes, offset: int = 0) -> tuple[bytes, int]:
 
 def server_offer(conn: object) -> dict[str, list[str]] | None:
     """The algorithm lists of the server's KEXINIT as the client received it, if it did."""
-    payload = getattr(conn, "_server_kexinit", None)
-    if not isinstance(payload, bytes) or not payload:
+    payload = asyncssh_compat.server_kexinit(conn)
+    if payload is None:
         return None
     offset = 1 + 16 if payload[0] == 20 else 16  # SSH_MSG_KEXINIT, cookie
     lists: list[list[str]] = []
@@ -304,18 +294,23 @@ class Connection(asyncssh.SSHClient):
         """Put the algorithm checks in front of asyncssh's host key validation (and refuse
         to go on, rather than go on unchecked, if this asyncssh has no such step)."""
         self.conn = conn
-        original = getattr(conn, "validate_server_host_key", None)
-        if original is None:
+
+        def wrap(
+            original: Callable[[bytes], asyncssh.SSHKey],
+        ) -> Callable[[bytes], asyncssh.SSHKey]:
+            """The checks around asyncssh's own validation (its known_hosts match)."""
+
+            def validate(key_data: bytes) -> asyncssh.SSHKey:
+                self.presented = key_data
+                expected = self._check_host_key(conn, key_data)
+                key: asyncssh.SSHKey = original(key_data)
+                self._check_signatures(key, expected)
+                return key
+
+            return validate
+
+        if not asyncssh_compat.wrap_host_key_validation(conn, wrap):
             self._refuse("this asyncssh has no validate_server_host_key to check host keys at")
-
-        def validate(key_data: bytes) -> asyncssh.SSHKey:
-            self.presented = key_data
-            expected = self._check_host_key(conn, key_data)
-            key: asyncssh.SSHKey = original(key_data)
-            self._check_signatures(key, expected)
-            return key
-
-        conn.validate_server_host_key = validate  # type: ignore[method-assign]
 
     def _refuse(self, message: str) -> NoReturn:
         """Record why, and end the key exchange."""
@@ -362,23 +357,27 @@ class Connection(asyncssh.SSHClient):
 
     def _check_signatures(self, key: asyncssh.SSHKey, expected: set[str]) -> None:
         """Make key accept only signatures made with an expected algorithm."""
-        verify = key.verify
 
-        def strict_verify(data: bytes, sig: bytes) -> bool:
-            try:
-                alg = _string(sig)[0].decode("ascii")
-            except (ValueError, struct.error, UnicodeDecodeError):
-                return False
-            if alg not in expected:
-                self.refusal = printable(
-                    f"host {self.where} signed the key exchange with {describe(alg)} instead "
-                    f"of {', '.join(sorted(expected))}; OpenSSH 9 refuses that too",
-                    400,
-                )
-                return False
-            return bool(verify(data, sig))
+        def wrap(verify: Callable[[bytes, bytes], bool]) -> Callable[[bytes, bytes], bool]:
+            """Check the algorithm, then let asyncssh check the signature."""
 
-        key.verify = strict_verify  # type: ignore[method-assign]
+            def strict_verify(data: bytes, sig: bytes) -> bool:
+                try:
+                    alg = _string(sig)[0].decode("ascii")
+                except (ValueError, struct.error, UnicodeDecodeError):
+                    return False
+                if alg not in expected:
+                    self.refusal = printable(
+                        f"host {self.where} signed the key exchange with {describe(alg)} "
+                        f"instead of {', '.join(sorted(expected))}; OpenSSH 9 refuses that too",
+                        400,
+                    )
+                    return False
+                return bool(verify(data, sig))
+
+            return strict_verify
+
+        asyncssh_compat.wrap_signature_check(key, wrap)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Keepalive timeout, network error or a clean close."""
@@ -392,7 +391,10 @@ def _certificate_signature_alg(cert_data: bytes) -> str | None:
         cert = asyncssh.import_certificate(
             _string(cert_data)[0] + b" " + base64.b64encode(cert_data)
         )
-        signer = _wire_string(cast(Any, cert).signing_key.public_data)
+        signer_key = asyncssh_compat.certificate_signer(cert)
+        if signer_key is None:
+            return None
+        signer = _wire_string(signer_key)
         at = cert_data.rfind(signer)
         if at < 0:
             return None
@@ -418,12 +420,12 @@ def read_known_hosts(cfg: SiteConfig) -> known_hosts.HostKeys:
     """The keys cfg's known_hosts (checked and read through trust) holds for its host."""
     try:
         data = trust.read_trusted(cfg.known_hosts, "known_hosts").data
-    except trust.Untrusted as exc:
-        if not os.path.lexists(cfg.known_hosts):
-            raise TunnelError(
-                f"known_hosts file {cfg.known_hosts} does not exist; create it with the remote "
-                f"gateway's host key (e.g. from its /etc/ssh/ssh_host_ed25519_key.pub)"
-            ) from None
+    except Missing:
+        raise TunnelError(
+            f"known_hosts file {cfg.known_hosts} does not exist; create it with the remote "
+            f"gateway's host key (e.g. from its /etc/ssh/ssh_host_ed25519_key.pub)"
+        ) from None
+    except Untrusted as exc:
         raise TunnelError(str(exc)) from None
     return known_hosts.match(data, cfg.host, cfg.port)
 
@@ -443,17 +445,44 @@ def read_identity(path: Path, what: str = "identity") -> asyncssh.SSHKey:
     """A private key file, checked and read through trust (secret), as an asyncssh key."""
     try:
         data = trust.read_trusted(path, what, secret=True).data
-    except trust.Untrusted as exc:
+    except Untrusted as exc:
         raise TunnelError(str(exc)) from None
     try:
         return asyncssh.import_private_key(data)
     except (asyncssh.KeyImportError, ValueError) as exc:
-        if "passphrase" in str(exc).lower():
+        if encrypted_key(data):
             raise TunnelError(
                 f"{what} {path} is protected by a passphrase; "
                 "an unattended link needs a key without one"
             ) from None
-        raise TunnelError(f"{what} {path}: {exc}") from None
+        raise TunnelError(f"{what} {path}: {printable(str(exc))}") from None
+
+
+_PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.S)
+OPENSSH_KEY_MAGIC = b"openssh-key-v1\0"
+
+
+def encrypted_key(data: bytes) -> bool:
+    """Whether a private key file is encrypted (it needs a passphrase), read from its format:
+    OpenSSH's (cipher name not "none"), PKCS#8's ENCRYPTED PRIVATE KEY, a PEM Proc-Type
+    ENCRYPTED header, PuTTY's Encryption line."""
+    if re.search(rb"^Encryption: *(?!none\s)\S", data, re.M):
+        return True
+    m = _PEM.search(data)
+    if m is None:
+        return False
+    kind, body = m.groups()
+    if kind == b"ENCRYPTED PRIVATE KEY" or re.search(rb"^Proc-Type: *4, *ENCRYPTED", body, re.M):
+        return True
+    if kind != b"OPENSSH PRIVATE KEY":
+        return False
+    try:
+        blob = base64.b64decode(b"".join(body.split()), validate=True)
+        if not blob.startswith(OPENSSH_KEY_MAGIC):
+            return False
+        return _string(blob, len(OPENSSH_KEY_MAGIC))[0] != b"none"
+    except (ValueError, struct.error):
+        return False
 
 
 def load_identity(cfg: SiteConfig) -> asyncssh.SSHKey:
@@ -563,10 +592,10 @@ def _host_key_refusal(cfg: SiteConfig, client: Connection, exc: Exception) -> Ho
 
 def _signature_refusal(client: Connection, who: str) -> str | None:
     """When the server takes only signatures OpenSSH 9 will not make (ssh-rsa SHA-1): why."""
-    server_sig_algs = getattr(client.conn, "_server_sig_algs", None)
-    if not isinstance(server_sig_algs, set):
+    server_sig_algs = asyncssh_compat.server_sig_algs(client.conn)
+    if server_sig_algs is None:
         return None
-    theirs = sorted(a.decode("ascii", "replace") for a in server_sig_algs if a)
+    theirs = sorted(server_sig_algs)
     if not theirs or set(theirs) & set(SIGNATURE_ALGS):
         return None
     shown = ", ".join(describe(a) for a in theirs)
@@ -621,51 +650,9 @@ async def connect(
         if problem:
             raise AlgorithmRefused(problem) from None
         raise TunnelError(f"SSH to {cfg.destination} failed: {printable(exc.reason)}") from None
-    skip_ignore_packets(conn)
-    skip_packet_logging(conn)
+    asyncssh_compat.skip_ignore_packets(conn)
+    asyncssh_compat.skip_packet_logging(conn)
     return conn, client
-
-
-def skip_packet_logging(obj: object) -> bool:
-    """Stop asyncssh from formatting a log line for every packet of obj (a connection or a
-    channel) that its logger then drops: it only keeps them at debug level 3, which pppssh
-    never sets. About 8 us per packet, a tenth of the receive path (bench.pump profile).
-    Unchanged, and False, when the level is 3 or asyncssh is not as expected."""
-    level = getattr(getattr(asyncssh, "logging", None), "logger", None)
-    if getattr(level, "_debug_level", 3) >= 3:
-        return False
-    if not (hasattr(obj, "log_received_packet") and hasattr(obj, "log_sent_packet")):
-        return False
-
-    def drop(*_args: object, **_kwargs: object) -> None:
-        pass
-
-    obj.log_received_packet = drop
-    obj.log_sent_packet = drop
-    return True
-
-
-def skip_ignore_packets(conn: asyncssh.SSHClientConnection) -> bool:
-    """Stop asyncssh from sending an empty SSH_MSG_IGNORE before every packet.
-
-    asyncssh does that once encryption is on, a countermeasure for CBC ciphers. With the
-    ciphers pppssh offers (AEAD and CTR) it buys nothing and costs, per PPP frame, a second
-    packet to encrypt, a second send() and a second packet for sshd to decrypt (28 us of a
-    213 us frame round trip in bench.pump). Only this connection is changed; if asyncssh's
-    internals are not as expected, nothing is, and False says so.
-    """
-    send = getattr(conn, "send_packet", None)
-    if send is None or not hasattr(conn, "_enc_alg_cs"):
-        return False
-
-    def send_packet(pkttype: int, *args: bytes, **kwargs: object) -> None:
-        cipher: bytes = conn._enc_alg_cs
-        if pkttype == MSG_IGNORE and not cipher.endswith(b"-cbc"):
-            return
-        send(pkttype, *args, **kwargs)
-
-    conn.send_packet = send_packet  # type: ignore[method-assign]
-    return True
 
 
 async def open_bridge(
@@ -683,7 +670,7 @@ async def open_bridge(
         window=window, max_pktsize=max_pktsize,
     )  # fmt: skip
     assert isinstance(session, Bridge)
-    skip_packet_logging(chan)  # its PPP data packets: the bulk of all packets
+    asyncssh_compat.skip_packet_logging(chan)  # its PPP data packets: the bulk of all packets
     session.flush_per_read(conn)
     return session
 
@@ -724,5 +711,5 @@ def find_ppp_interface(ip_output: str, local: str, peer: str) -> str | None:
 async def close_connection(conn: asyncssh.SSHClientConnection) -> None:
     """Close the connection and wait (bounded) for it to finish."""
     conn.close()
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
         await asyncio.wait_for(conn.wait_closed(), 10)

@@ -171,7 +171,7 @@ def _checked_file(ffd: int, real: Path, what: str, secret: bool) -> tuple[int, P
         if not stat.S_ISREG(st.st_mode):
             raise Untrusted(f"{what} {real} is not a regular file")
         _check(st, str(real), what, secret)
-    except BaseException:
+    except BaseException:  # whatever stops the check, the descriptor is closed; re-raised
         os.close(ffd)
         raise
     return ffd, real

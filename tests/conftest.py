@@ -145,8 +145,9 @@ def _uml_run(config: pytest.Config) -> UmlRun:
     report = results / "report.json"
     # --basetemp under /run (root's, 0755, a tmpfs of the run): pppssh, started by the lab
     # tests as a real process, trusts hook programs and keys in tmp_path only there, not in /tmp.
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.lab.report",
-            "--color=no", "--basetemp=/run/pppssh-pytest",
+    # -m lab: pyproject's default `-m "not lab"` would deselect every one of them inside.
+    argv = [sys.executable, "-m", "pytest", "-m", "lab", "-p", "no:cacheprovider",
+            "-p", "tests.lab.report", "--color=no", "--basetemp=/run/pppssh-pytest",
             "-v" if config.get_verbosity() > 0 else "-q", *run.nodeids]  # fmt: skip
     _say(config, f"lab: running {len(run.nodeids)} lab tests in UML; console: {run.console}")
     start = time.monotonic()

@@ -1,4 +1,4 @@
-"""asyncssh is imported without ctypes linking test programs (pppssh/_asyncssh.py)."""
+"""asyncssh is imported without ctypes linking test programs (pppssh/asyncssh_compat.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pppssh._asyncssh import ld_cache_lookup
+from pppssh.asyncssh_compat import ld_cache_lookup
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,3 +67,19 @@ def test_nettle_is_not_loaded(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout  # fmt: skip
     assert out.split() == ["False"]
+
+
+def test_the_old_import_path_is_the_same_asyncssh() -> None:
+    """pppssh._asyncssh re-exports the module asyncssh_compat imported, no second import."""
+    import asyncssh
+
+    from pppssh import _asyncssh, asyncssh_compat
+
+    assert _asyncssh.asyncssh is asyncssh_compat.asyncssh is asyncssh
+
+
+def test_a_library_outside_the_cache_counts_as_absent() -> None:
+    """Only `ldconfig -p` answers: a name it does not list is None, never a linker run."""
+    find = ld_cache_lookup(LISTING, "libc6,x86-64")
+    assert find("oqs-not-there") is None
+    assert find("ff") is None  # a name is matched up to its dot, not as a prefix

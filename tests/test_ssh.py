@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import os
 import random
 import shlex
 import socket
+import struct
 import tty
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -19,6 +21,7 @@ import pytest
 
 import pppssh.tunnel
 from pppssh import trust
+from pppssh.asyncssh_compat import skip_packet_logging
 from pppssh.bridge import Bridge
 from pppssh.localppp import describe_exit
 from pppssh.plan import Command, remote_pppd_argv, shell_join
@@ -39,11 +42,11 @@ from pppssh.ssh import (
     _known_hosts_name,
     connect,
     connect_options,
+    encrypted_key,
     find_ppp_interface,
     open_bridge,
     read_identity,
     run_remote,
-    skip_packet_logging,
 )
 from pppssh.system import State
 from pppssh.tunnel import Tunnel
@@ -301,6 +304,15 @@ def test_identity_problems_are_reported_before_connecting(tmp_path: Path) -> Non
                 "an unattended link needs a key without one"
             )
 
+            openssh = tmp_path / "id_locked_openssh"
+            openssh.write_bytes(_openssh_locked(srv.client_key.export_private_key("openssh")))
+            openssh.chmod(0o600)
+            message = await _connect_expecting_error(srv.cfg(identity=openssh.name))
+            assert message == (
+                f"identity {openssh} is protected by a passphrase; "
+                "an unattended link needs a key without one"
+            )
+
             garbage = tmp_path / "id_garbage"
             garbage.write_text("not a key\n")
             garbage.chmod(0o600)
@@ -309,6 +321,47 @@ def test_identity_problems_are_reported_before_connecting(tmp_path: Path) -> Non
             assert srv.rec.connections == 0
 
     run(main)
+
+
+def _openssh_locked(clear: bytes) -> bytes:
+    """An OpenSSH private key file as ssh-keygen -N writes it, as far as its header goes:
+    cipher aes256-ctr, kdf bcrypt (the clear key's body after it)."""
+    lines = clear.strip().splitlines()
+    blob = base64.b64decode(b"".join(lines[1:-1]))
+    magic = b"openssh-key-v1\0"
+    assert blob.startswith(magic + b"\0\0\0\x04none\0\0\0\x04none\0\0\0\0")
+    rest = blob[len(magic) + 8 + 8 + 4 :]
+    kdf = struct.pack(">I", 16) + b"0123456789abcdef" + struct.pack(">I", 16)
+    header = b"".join(struct.pack(">I", len(x)) + x for x in (b"aes256-ctr", b"bcrypt", kdf))
+    body = base64.encodebytes(magic + header + rest).replace(b"\n", b"")
+    wrapped = b"\n".join(body[i : i + 70] for i in range(0, len(body), 70))
+    return lines[0] + b"\n" + wrapped + b"\n" + lines[-1] + b"\n"
+
+
+@pytest.mark.parametrize("fmt", ["openssh", "pkcs8-pem", "pkcs1-pem", "pkcs8-der"])
+def test_encrypted_key_is_told_by_its_format_not_by_an_error_text(fmt: str) -> None:
+    """A passphrase-protected key is recognised from its bytes; the same key in the clear,
+    a public key and garbage are not."""
+    key = asyncssh.generate_private_key("ecdsa-sha2-nistp256")
+    clear = key.export_private_key(fmt)
+    if fmt == "openssh":  # asyncssh needs bcrypt to write it: made from the clear one
+        locked = _openssh_locked(clear)
+        with pytest.raises(asyncssh.KeyImportError):
+            asyncssh.import_private_key(locked)
+    else:
+        locked = key.export_private_key(fmt, passphrase="secret")
+    assert not encrypted_key(clear)
+    if fmt == "pkcs8-der":  # binary: not told apart, reported with asyncssh's own words
+        assert not encrypted_key(locked)
+    else:
+        assert encrypted_key(locked)
+    assert not encrypted_key(key.export_public_key())
+    assert not encrypted_key(
+        b"-----BEGIN OPENSSH PRIVATE KEY-----\n!!\n-----END OPENSSH PRIVATE KEY-----\n"
+    )
+    putty = b"PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: aes256-cbc\n"
+    assert encrypted_key(putty)
+    assert not encrypted_key(putty.replace(b"aes256-cbc", b"none"))
 
 
 def test_connection_refused(tmp_path: Path) -> None:
