@@ -21,7 +21,9 @@ __all__ = [
     "SCHEMA",
     "Compression",
     "ConfigError",
+    "Hop",
     "Key",
+    "Proxy",
     "Proxyarp",
     "SiteConfig",
     "check_files",
@@ -32,6 +34,7 @@ __all__ = [
 ]
 
 
+NO_IDENTITY = Path("")  # no identity file: the keys come from the agent
 MAX_MESSAGE = 400  # room for the list of allowed pppd options
 
 
@@ -72,6 +75,34 @@ class Proxyarp(Enum):
 Network = ipaddress.IPv4Network
 Network6 = ipaddress.IPv6Network
 Address = ipaddress.IPv4Address
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One SSH jump host on the way to the remote gateway: user@host:port."""
+
+    user: str
+    host: str
+    port: int = 22
+
+    def __str__(self) -> str:
+        """user@host:port, for messages (an IPv6 host in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.user}@{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """A proxy the first SSH hop is reached through: http (CONNECT) or socks5."""
+
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        """scheme://host:port, for messages."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -122,6 +153,14 @@ class SiteConfig:
     down_command: tuple[str, ...] = ()
     up_failure_aborts: bool = True
     hook_timeout: float = 30.0
+    jump: tuple[Hop, ...] = ()
+    jump_identity: Path | None = None
+    proxy: Proxy | None = None
+    proxy_auth: Path | None = None
+    proxy_command: tuple[str, ...] = ()
+    agent: str = ""
+    certificate: Path | None = None
+    ssh_config: Path | None = None
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -278,6 +317,11 @@ def _user(value: str) -> str:
     return value
 
 
+def _user_or_empty(value: str) -> str:
+    """A non-root account name, or nothing (then ssh_config must give one)."""
+    return _user(value) if value else ""
+
+
 def _program(value: str) -> str:
     """An absolute program path without shell characters."""
     if not _ABS_PROGRAM.match(value):
@@ -425,6 +469,104 @@ def _hook(value: str) -> tuple[str, ...]:
     return words
 
 
+MAX_HOPS = 8
+_HOP = re.compile(r"^(?:([^@]*)@)?(\[[^\]]*\]|[^:]*)(?::([^:]*))?$")
+
+
+def _host_port(text: str, what: str) -> tuple[str, int | None]:
+    """host, host:port, [v6] or [v6]:port; the port None when not given."""
+    m = re.match(r"^(\[[^\]]*\]|[^:\[\]]*)(?::([0-9]*))?$", text)
+    if not m or not m.group(1):
+        raise ValueError(f"'{text}' is not a {what} like host or host:port")
+    host = m.group(1)
+    if host.startswith("["):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(f"'{text}': only an IPv6 address goes in [brackets]")
+    port = _as_int(1, 65535)(m.group(2)) if m.group(2) is not None else None
+    return _host(host), port
+
+
+def _jump(value: str) -> tuple[Hop, ...]:
+    """Jump hosts in order, like ProxyJump: `[user@]host[:port]`, comma or space separated."""
+    hops: list[Hop] = []
+    for word in re.split(r"[,\s]+", value.strip()):
+        if not word:
+            continue
+        if word.startswith("ssh://") or "%" in word:
+            raise ValueError(f"'{word}': write a jump host as [user@]host[:port]")
+        user, at, rest = word.rpartition("@")
+        if at and not user:
+            raise ValueError(f"'{word}': the account name before @ is empty")
+        host, port = _host_port(rest, "jump host")
+        hops.append(Hop(_user(user) if user else "", host, port or 22))
+        if len(hops) > MAX_HOPS:
+            raise ValueError(f"more than {MAX_HOPS} jump hosts")
+    return tuple(hops)
+
+
+def _proxy(value: str) -> Proxy | None:
+    """http://host:port (HTTP CONNECT) or socks5://host:port; never a password in it."""
+    if not value:
+        return None
+    scheme, sep, rest = value.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("http", "socks5"):
+        raise ValueError(f"'{value}' is not http://host:port or socks5://host:port")
+    if "@" in rest:
+        raise ValueError(
+            "no account or password in the proxy address: put `user:password` in a file "
+            "only root can read and name it in proxy_auth"
+        )
+    rest = rest.removesuffix("/")
+    host, port = _host_port(rest, "proxy address")
+    if port is None:
+        raise ValueError(f"'{value}' needs its port, like {scheme}://{rest}:3128")
+    return Proxy(scheme, host, port)
+
+
+_PROXY_TOKEN = re.compile(r"%(.?)")
+
+
+def _proxy_command(value: str) -> tuple[str, ...]:
+    """A program and its arguments (no shell) that connects stdin/stdout to the SSH server;
+    %h and %p (and %% for a %) are the only substitutions."""
+    words = _hook(value)
+    for word in words:
+        for m in _PROXY_TOKEN.finditer(word):
+            if m.group(1) not in ("h", "p", "%"):
+                raise ValueError(
+                    f"'{word}': only %h (host), %p (port) and %% are substituted, not %{m.group(1)}"
+                )
+    return words
+
+
+def _agent(value: str) -> str:
+    """An ssh-agent socket: an absolute path, or `env` for $SSH_AUTH_SOCK at start."""
+    if value in ("", "env"):
+        return value
+    if not _ABS_PROGRAM.match(value):
+        raise ValueError(f"'{value}' is not an absolute path to an agent socket, nor env")
+    return value
+
+
+def _optional_path(value: str) -> Path | None:
+    """A file path (relative to the site file), or nothing."""
+    return Path(value) if value else None
+
+
+def _ssh_config(value: str) -> Path | None:
+    """no, yes (root's ~/.ssh/config) or the absolute path of an ssh_config file."""
+    word = value.lower()
+    if word in ("no", "false", "off", "0", ""):
+        return None
+    if word in ("yes", "true", "on", "1"):
+        return Path(os.path.expanduser("~/.ssh/config"))
+    if not value.startswith("/"):
+        raise ValueError(f"'{value}' is not yes, no or an absolute path to an ssh_config file")
+    return Path(value)
+
+
 def _up_failure(value: str) -> bool:
     """abort (True) or continue (False)."""
     word = value.lower()
@@ -493,16 +635,45 @@ SCHEMA: tuple[Key, ...] = (
         "like a reconnect; `start` returns after the first failure, saying it keeps trying."),
     Key("remote", "host", "host", None, _host, "The remote gateway's SSH address (name or IP)."),
     Key("remote", "port", "port", "22", _as_int(1, 65535), "Its SSH port."),
-    Key("remote", "user", "user", None, _user,
-        "The restricted, non-root account on the remote gateway."),
-    Key("remote", "identity", "identity", None, str,
+    Key("remote", "user", "user", "", _user_or_empty,
+        "The restricted, non-root account on the remote gateway (required, unless "
+        "`ssh_config` gives it)."),
+    Key("remote", "identity", "identity", "", str,
         "Private key file for that account (relative paths are relative to the site file). "
         "Like the site file and every file it names, it must be root's, not writable by "
         "group or others, in directories that are the same; and, as OpenSSH requires, not "
-        "readable by group or others (chmod 600)."),
+        "readable by group or others (chmod 600). Required unless `agent` or `ssh_config` is "
+        "set."),
     Key("remote", "known_hosts", "known_hosts", None, str,
         "known_hosts file holding the remote gateway's host key; there is no way to skip "
         "the check."),
+    Key("remote", "jump", "jump", "", _jump,
+        "Jump hosts to reach the gateway through, in order, like ssh's ProxyJump: "
+        "`[user@]host[:port]`, comma or space separated (user: the site's `user`; port 22). "
+        "Each hop's host key must be in `known_hosts`, checked as strictly as the gateway's."),
+    Key("remote", "jump_identity", "jump_identity", "", _optional_path,
+        "Private key for the jump hosts (default: `identity`), checked like it."),
+    Key("remote", "proxy", "proxy", "", _proxy,
+        "Reach the first SSH hop through a proxy: `http://host:port` (HTTP CONNECT) or "
+        "`socks5://host:port`. The proxy sees where you connect, never what you send."),
+    Key("remote", "proxy_auth", "proxy_auth", "", _optional_path,
+        "For an http proxy: a file holding `user:password` for its basic authentication, "
+        "root's and closed to group and others (chmod 600), as an identity."),
+    Key("remote", "proxy_command", "proxy_command", "", _proxy_command,
+        "Instead of a TCP connection to the first hop: a program and its arguments, run as "
+        "root without a shell, that talks to it on stdin/stdout (%h and %p: its host and "
+        "port; %%: a %). The program must be root's, in directories only root can write."),
+    Key("remote", "agent", "agent", "", _agent,
+        "Log in with the keys of an ssh-agent: its socket's absolute path, or `env` for "
+        "$SSH_AUTH_SOCK. The socket must be root's, in a directory that is root's and closed "
+        "to others. The identity file is then offered only after the agent's keys."),
+    Key("remote", "certificate", "certificate", "", _optional_path,
+        "An OpenSSH user certificate (`id-cert.pub`) for `identity`, signed by a CA the "
+        "remote sshd trusts (TrustedUserCAKeys); checked like known_hosts."),
+    Key("remote", "ssh_config", "ssh_config", "no", _ssh_config,
+        "yes (root's ~/.ssh/config) or a path: take HostName, Port, User, IdentityFile, "
+        "ProxyJump and CertificateFile of the first matching Host entries for `host`; keys "
+        "set here win, and nothing else in it is read (host key checking stays on)."),
     Key("remote", "sudo", "sudo", "sudo -n", _sudo,
         "How the remote account gains root for pppd and routes (`-n`: fail, never prompt)."),
     Key("remote", "helper", "helper", "yes", _yes_no,
@@ -592,6 +763,11 @@ SCHEMA: tuple[Key, ...] = (
 )  # fmt: skip
 
 SECTIONS = tuple(dict.fromkeys(k.section for k in SCHEMA))
+
+
+def parse_value(attr: str, value: str) -> Any:
+    """One key's value parsed as in a site file (ValueError when it is not valid)."""
+    return next(k for k in SCHEMA if k.attr == attr).parse(value)
 
 
 # --------------------------------------------------------------------------- INI reader
@@ -710,10 +886,25 @@ def parse(text: str, path: Path) -> SiteConfig:
         except ValueError as exc:
             raise ConfigError(shown, 0, "name", f"file name gives no site name: {exc}") from None
     base = path.parent
+    for attr in ("user", "identity"):
+        if not parsed[attr] and parsed["ssh_config"] is None:
+            if attr == "identity" and parsed["agent"]:
+                continue
+            if lines[attr]:
+                raise err(attr, "must not be empty")
+            raise ConfigError(shown, section_lines.get("remote", 0), attr,
+                              "required key missing from [remote]")  # fmt: skip
     for attr in ("identity", "known_hosts"):
         if not parsed[attr]:
+            if attr == "identity":
+                parsed[attr] = NO_IDENTITY
+                continue
             raise err(attr, "must not be empty")
         parsed[attr] = (base / Path(parsed[attr]).expanduser()).absolute()
+    for attr in ("jump_identity", "proxy_auth", "certificate"):
+        if parsed[attr] is not None:
+            parsed[attr] = (base / parsed[attr].expanduser()).absolute()
+    _check_reach(parsed, err)
     if parsed["local_address"] == parsed["remote_address"]:
         raise err("remote_address", "must differ from local_address")
     _split_ipv6(parsed, err)
@@ -721,6 +912,27 @@ def parse(text: str, path: Path) -> SiteConfig:
         raise err("ipv6", "not available with helper = yes: pppssh-helper routes IPv4 only")
     _check_networks(parsed, err)
     return SiteConfig(path=path, lines=lines, **parsed)
+
+
+def _check_reach(parsed: dict[str, Any], err: Callable[[str, str], ConfigError]) -> None:
+    """Jump hosts take the site's account by default; proxy keys must fit together."""
+    parsed["jump"] = tuple(
+        hop if hop.user else Hop(parsed["user"], hop.host, hop.port) for hop in parsed["jump"]
+    )
+    if parsed["proxy"] is not None and parsed["proxy_command"]:
+        raise err("proxy_command", "set proxy or proxy_command, not both")
+    if parsed["proxy_auth"] is not None and (
+        parsed["proxy"] is None or parsed["proxy"].scheme != "http"
+    ):
+        raise err("proxy_auth", "only an http:// proxy takes basic authentication")
+    if parsed["jump_identity"] is not None and not parsed["jump"]:
+        raise err("jump_identity", "set without any jump host")
+    if parsed["full_tunnel"] and parsed["proxy_command"]:
+        raise err(
+            "full_tunnel",
+            "cannot pin the route to the SSH server when proxy_command reaches it; use jump "
+            "or proxy instead",
+        )
 
 
 def _split_ipv6(parsed: dict[str, Any], err: Callable[[str, str], ConfigError]) -> None:
@@ -847,6 +1059,10 @@ def load(path: str | Path, *, files: bool = True) -> SiteConfig:
             str(p), line, "", f"not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column})"
         ) from None
     cfg = parse(text, p)
+    if cfg.ssh_config is not None:
+        from . import ssh_config
+
+        cfg = ssh_config.apply(cfg)
     if files:
         check_files(cfg)
     return cfg
@@ -859,20 +1075,26 @@ def check_files(cfg: SiteConfig, missing_ok: bool = False) -> None:
     one that is there must pass every check.
     """
     named: list[tuple[str, str, str | Path, bool]] = [  # attr, key, path, program?
-        ("identity", "identity", cfg.identity, False),
         ("known_hosts", "known_hosts", cfg.known_hosts, False),
         ("local_pppd", "local_pppd", cfg.local_pppd, True),
     ]
     for attr, key, argv in (("up_command", "up", cfg.up_command),
-                            ("down_command", "down", cfg.down_command)):  # fmt: skip
+                            ("down_command", "down", cfg.down_command),
+                            ("proxy_command", "proxy_command", cfg.proxy_command)):  # fmt: skip
         if argv:
             named.append((attr, key, argv[0], True))
+    if cfg.identity != NO_IDENTITY:
+        named.insert(0, ("identity", "identity", cfg.identity, False))
+    for attr in ("jump_identity", "proxy_auth", "certificate"):
+        if getattr(cfg, attr) is not None:
+            named.append((attr, attr, getattr(cfg, attr), False))
+    secrets = ("identity", "jump_identity", "proxy_auth")
     for attr, key, path, program in named:
         try:
             if program:
                 trust.check_program(path, f"{key} program" if attr.endswith("command") else key)
             else:
-                trust.check_file(path, key, secret=key == "identity")
+                trust.check_file(path, key, secret=key in secrets)
         except Missing as exc:
             if not missing_ok:
                 raise ConfigError(str(cfg.path), cfg.lines.get(attr, 0), key, str(exc)) from None

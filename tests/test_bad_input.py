@@ -188,7 +188,8 @@ CASES: list[Bad] = [
     # outside a section, anything set twice, lines that are no `key = value`, continuations.
     Bad("unknown-key-typo", 6, "hots", "unknown key (did you mean 'host'?)"),
     Bad("unknown-key-typo-ppp", 12, "local_adress", "unknown key (did you mean 'local_address'?)"),
-    Bad("unknown-key-command", 10, "command", "unknown key"),
+    Bad("unknown-key-command", 10, "command",
+        "unknown key (did you mean 'proxy_command'?)"),
     Bad("unknown-key-wrong-section", 10, "mtu", "belongs in [ppp], not in [remote]"),
     Bad("unknown-section", 5, "[remte]", "unknown section (did you mean 'remote'?)"),
     Bad("unknown-section-include", 18, "[include]", "unknown section"),
