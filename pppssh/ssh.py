@@ -14,18 +14,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import os
 import re
 import shlex
+import socket
+import stat
 import struct
+import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import asyncssh_compat, known_hosts, trust
+from . import asyncssh_compat, known_hosts, proxy, trust
 from .asyncssh_compat import asyncssh
 from .bridge import RAW_PTY_MODES, Bridge
-from .config import SiteConfig
+from .config import NO_IDENTITY, SiteConfig
 from .errors import (
     AlgorithmRefused,
     HostKeyRefused,
@@ -53,8 +57,10 @@ __all__ = [
     "Unreachable",
     "connect",
     "connect_options",
+    "first_hop",
     "load_identity",
     "open_bridge",
+    "pin_address",
     "read_identity",
     "read_known_hosts",
     "run_remote",
@@ -289,6 +295,24 @@ class Connection(asyncssh.SSHClient):
         self.conn: asyncssh.SSHClientConnection | None = None
         self.presented: bytes | None = None  # the host key (or certificate) the server sent
         self.refusal: str | None = None  # why pppssh refused what the server did
+        self.pending: list[tuple[str, asyncssh.SSHKeyPair]] = []  # keys still to offer
+        self.offered: list[str] = []  # the keys offered, in order (the last one on success)
+        self.accepted: str | None = None  # the key the server accepted
+        self.hops: list[asyncssh.SSHClientConnection] = []  # jump hosts under this one
+        self.first_peer: str | None = None  # the address of the path's TCP connection
+        self.process: subprocess.Popen[bytes] | None = None  # a proxy command under this one
+
+    def public_key_auth_requested(self) -> list[asyncssh.SSHKeyPair] | None:
+        """The next key to offer (asyncssh asks when the one before was refused)."""
+        if not self.pending:
+            return None
+        label, keypair = self.pending.pop(0)
+        self.offered.append(label)
+        return [keypair]
+
+    def auth_completed(self) -> None:
+        """The key offered last is the one the server accepted."""
+        self.accepted = self.offered[-1] if self.offered else None
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         """Put the algorithm checks in front of asyncssh's host key validation (and refuse
@@ -380,9 +404,15 @@ class Connection(asyncssh.SSHClient):
         asyncssh_compat.wrap_signature_check(key, wrap)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Keepalive timeout, network error or a clean close."""
+        """Keepalive timeout, network error or a clean close; the jump hosts and proxy
+        command under this connection go with it."""
         if not self.lost.done():
             self.lost.set_result(exc)
+        for hop in reversed(self.hops):
+            hop.close()
+        if self.process is not None:
+            proxy.stop_command(self.process)
+            self.process = None
 
 
 def _certificate_signature_alg(cert_data: bytes) -> str | None:
@@ -416,8 +446,11 @@ def _known_hosts_name(cfg: SiteConfig) -> str:
     return known_hosts.lookup_name(cfg.host, cfg.port)
 
 
-def read_known_hosts(cfg: SiteConfig) -> known_hosts.HostKeys:
-    """The keys cfg's known_hosts (checked and read through trust) holds for its host."""
+def read_known_hosts(
+    cfg: SiteConfig, host: str | None = None, port: int | None = None
+) -> known_hosts.HostKeys:
+    """The keys cfg's known_hosts (checked and read through trust) holds for its host (or
+    for a jump host's host and port)."""
     try:
         data = trust.read_trusted(cfg.known_hosts, "known_hosts").data
     except Missing:
@@ -427,7 +460,7 @@ def read_known_hosts(cfg: SiteConfig) -> known_hosts.HostKeys:
         ) from None
     except Untrusted as exc:
         raise TunnelError(str(exc)) from None
-    return known_hosts.match(data, cfg.host, cfg.port)
+    return known_hosts.match(data, host or cfg.host, port or cfg.port)
 
 
 def host_key_algs(known: known_hosts.HostKeys) -> tuple[str, ...]:
@@ -487,7 +520,125 @@ def encrypted_key(data: bytes) -> bool:
 
 def load_identity(cfg: SiteConfig) -> asyncssh.SSHKey:
     """The site's client key, with a one-line error when it cannot be used."""
+    if cfg.identity == NO_IDENTITY:
+        raise TunnelError(f"{cfg.path}: no identity file (the keys are the agent's)")
     return read_identity(cfg.identity)
+
+
+def read_certificate(path: Path) -> asyncssh.SSHCertificate:
+    """An OpenSSH user certificate, checked and read through trust."""
+    try:
+        data = trust.read_trusted(path, "certificate").data
+        return asyncssh.import_certificate(data)
+    except Untrusted as exc:
+        raise TunnelError(str(exc)) from None
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise TunnelError(f"certificate {path}: {printable(str(exc))}") from None
+
+
+def _label(key: asyncssh.SSHKey, source: str) -> str:
+    """How check names a key: its algorithm, SHA256 fingerprint and where it came from."""
+    return f"{key.get_algorithm()} {key.get_fingerprint('sha256')} ({source})"
+
+
+def file_offers(identity: Path, certificate: Path | None) -> list[tuple[str, asyncssh.SSHKeyPair]]:
+    """The identity file's key (with its certificate first, when one is given) to offer."""
+    key = read_identity(identity)
+    offers: list[tuple[str, asyncssh.SSHKeyPair]] = []
+    if certificate is not None:
+        cert = read_certificate(certificate)
+        if cert.key.public_data != key.public_data:
+            raise TunnelError(f"certificate {certificate} is not for the key in {identity}")
+        for pair in asyncssh.load_keypairs([(key, cert)]):
+            offers.append((_label(key, f"{identity} with certificate {certificate}"), pair))
+    for pair in asyncssh.load_keypairs([key]):
+        offers.append((_label(key, str(identity)), pair))
+    return offers
+
+
+def agent_socket(cfg: SiteConfig) -> tuple[int, str]:
+    """The agent socket, checked: root's (or ours), in a directory that is root's and closed to
+    group and others. Returns the directory's descriptor (close it) and a path through it, so
+    that what was checked is what is connected to."""
+    path = os.environ.get("SSH_AUTH_SOCK", "") if cfg.agent == "env" else cfg.agent
+    if not path.startswith("/") or "\0" in path:
+        raise TunnelError("agent = env, but SSH_AUTH_SOCK is not an absolute path")
+    parent, name = os.path.split(path)
+    owners = {0, os.geteuid()}
+    try:
+        dfd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TunnelError(f"agent socket {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(dfd)
+        if st.st_uid not in owners or st.st_mode & 0o077:
+            raise TunnelError(
+                f"agent socket {printable(path)}: its directory is owned by uid {st.st_uid} "
+                f"with mode {stat.S_IMODE(st.st_mode):04o}; only an agent in a directory "
+                "that is root's alone (0700) is used"
+            )
+        try:
+            sst = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except OSError as exc:
+            raise TunnelError(f"agent socket {printable(path)}: {exc.strerror}") from None
+        if not stat.S_ISSOCK(sst.st_mode) or sst.st_uid not in owners:
+            raise TunnelError(
+                f"agent socket {printable(path)} is not a socket owned by root "
+                f"(uid {sst.st_uid}); only root's own agent is used"
+            )
+    except BaseException:
+        os.close(dfd)
+        raise
+    return dfd, f"/proc/self/fd/{dfd}/{name}"
+
+
+async def agent_offers(
+    cfg: SiteConfig,
+) -> tuple[list[tuple[str, asyncssh.SSHKeyPair]], asyncssh.SSHAgentClient]:
+    """The keys (and certificates) the site's agent holds; close the client after login."""
+    dfd, path = agent_socket(cfg)
+    try:
+        agent = await asyncio.wait_for(asyncssh.connect_agent(path), cfg.connect_timeout)
+        if agent is None:
+            raise TunnelError(f"agent socket {cfg.agent}: cannot connect")
+        try:
+            pairs = await asyncio.wait_for(agent.get_keys(), cfg.connect_timeout)
+        except (OSError, asyncssh.Error, ValueError, TimeoutError) as exc:
+            agent.close()
+            raise TunnelError(f"agent socket {cfg.agent}: {printable(str(exc))}") from None
+    except (OSError, TimeoutError) as exc:
+        raise TunnelError(f"agent socket {cfg.agent}: {printable(str(exc))}") from None
+    finally:
+        os.close(dfd)
+    offers = []
+    for pair in pairs:
+        try:
+            text = _string(pair.public_data)[0] + b" " + base64.b64encode(pair.public_data)
+            if text.split(b" ", 1)[0].endswith(CERT_SUFFIX.encode()):
+                label = _label(asyncssh.import_certificate(text).key, "agent, with certificate")
+            else:
+                label = _label(asyncssh.import_public_key(text), "agent")
+        except (asyncssh.KeyImportError, ValueError, struct.error):
+            continue  # a key this asyncssh cannot use
+        offers.append((label, pair))
+    return offers, agent
+
+
+def first_hop(cfg: SiteConfig) -> tuple[str, int]:
+    """Where the SSH path's TCP connection goes, as configured: the proxy, else the first
+    jump host, else the remote gateway (for `routes --print`); with proxy_command the
+    gateway (full_tunnel is refused with it)."""
+    if cfg.proxy is not None:
+        return cfg.proxy.host, cfg.proxy.port
+    if cfg.jump:
+        return cfg.jump[0].host, cfg.jump[0].port
+    return cfg.host, cfg.port
+
+
+def pin_address(client: Connection) -> str | None:
+    """The address of the connected path's TCP peer (proxy, first jump host or gateway), for
+    the full tunnel's host route; None when a proxy command carries it."""
+    return client.first_peer
 
 
 def connect_options(
@@ -505,15 +656,37 @@ def connect_options(
     default_keys=True leaves the keys to asyncssh's defaults (ssh-agent, ~/.ssh/id_*),
     for an administrator's own login. client, if given, is the Connection asyncssh will use.
     """
-    known = read_known_hosts(cfg)
+    offers = None
+    if not default_keys:
+        if client_keys:
+            offers = [(_label(k, "given"), p) for k in client_keys
+                      for p in asyncssh.load_keypairs([k])]  # fmt: skip
+        else:
+            offers = file_offers(cfg.identity, cfg.certificate)
+    return hop_options(cfg, cfg.host, cfg.port, username or cfg.user, offers, client)
+
+
+def hop_options(
+    cfg: SiteConfig,
+    host: str,
+    port: int,
+    username: str,
+    offers: Sequence[tuple[str, asyncssh.SSHKeyPair]] | None,
+    client: Connection | None = None,
+) -> dict[str, Any]:
+    """asyncssh.connect keywords for one SSH hop (a jump host or the gateway), the same for
+    every hop: its keys from cfg's known_hosts under its own name, OpenSSH 9's algorithms,
+    public keys only, offered one at a time (offers None: asyncssh's defaults)."""
+    known = read_known_hosts(cfg, host, port)
     algs = host_key_algs(known)
+    where = f"{host}:{port}"
     if client is None:
-        client = Connection(f"{cfg.host}:{cfg.port}", algs, known)
+        client = Connection(where, algs, known)
     else:
-        client.where, client.host_key_algs, client.known = f"{cfg.host}:{cfg.port}", algs, known
+        client.where, client.host_key_algs, client.known = where, algs, known
     chosen = client
     options: dict[str, Any] = {
-        "username": username or cfg.user,
+        "username": username,
         "client_factory": lambda: chosen,
         "known_hosts": known.trusted(),  # explicit keys: asyncssh matches no names
         "x509_trusted_certs": None,  # OpenSSH has no X.509 host certificates
@@ -532,14 +705,29 @@ def connect_options(
         "keepalive_interval": cfg.keepalive_interval,
         "keepalive_count_max": cfg.keepalive_count_max,
     }
-    if not default_keys:
-        options["client_keys"] = list(client_keys) if client_keys else [load_identity(cfg)]
+    if offers is not None:
+        if not offers:
+            raise TunnelError(f"no key to offer to {username}@{where}")
+        # the first key now, the others one at a time as each is refused (auth_requested)
+        label, first = offers[0]
+        client.pending = list(offers[1:])
+        client.offered = [label]
+        options["client_keys"] = [first]
         options["agent_path"] = None
     return options
 
 
-def _host_key_refusal(cfg: SiteConfig, client: Connection, exc: Exception) -> HostKeyRefused:
-    """Explain an unknown, changed or revoked host key: fingerprint and how to accept it."""
+def _host_key_refusal(
+    cfg: SiteConfig,
+    client: Connection,
+    exc: Exception,
+    host: str | None = None,
+    port: int | None = None,
+) -> HostKeyRefused:
+    """Explain an unknown, changed or revoked host key: fingerprint and how to accept it
+    (for the gateway, or the jump host at host:port)."""
+    if host is not None and port is not None:
+        cfg = dataclasses.replace(cfg, host=host, port=port)
     key: asyncssh.SSHKey | None = None
     cert = False
     data = client.presented
@@ -613,35 +801,118 @@ async def connect(
     client_keys: Sequence[asyncssh.SSHKey] | None = None,
     default_keys: bool = False,
 ) -> tuple[asyncssh.SSHClientConnection, Connection]:
-    """Open the SSH connection (as cfg.user with cfg's identity unless told otherwise),
-    as strict as OpenSSH 9, no ~/.ssh/config; failures are one-line TunnelErrors."""
-    client = Connection(f"{cfg.host}:{cfg.port}")
-    options = connect_options(
-        cfg, client, username=username, client_keys=client_keys, default_keys=default_keys
-    )
-    user = options["username"]
-    who = f"{user}@{cfg.host}:{cfg.port}"
+    """Open the SSH connection (as cfg.user with cfg's keys unless told otherwise), through
+    the site's proxy and jump hosts, each hop as strict as OpenSSH 9, no ~/.ssh/config;
+    failures are one-line TunnelErrors. Connection.pin_address: the path's TCP peer."""
+    agent: asyncssh.SSHAgentClient | None = None
+    opened: list[asyncssh.SSHClientConnection] = []
+    process: subprocess.Popen[bytes] | None = None
+    sock: socket.socket | None = None
     try:
-        conn = await asyncssh.connect(cfg.host, cfg.port, **options)
+        offers: list[tuple[str, asyncssh.SSHKeyPair]] | None = None
+        if client_keys:
+            offers = [(_label(k, "given"), p) for k in client_keys
+                      for p in asyncssh.load_keypairs([k])]  # fmt: skip
+        elif not default_keys:
+            offers = []
+            if cfg.agent:
+                offers, agent = await agent_offers(cfg)
+            if cfg.identity != NO_IDENTITY:
+                offers += file_offers(cfg.identity, cfg.certificate)
+        host, port = (cfg.jump[0].host, cfg.jump[0].port) if cfg.jump else (cfg.host, cfg.port)
+        first_peer: str | None = None
+        if cfg.proxy is not None:
+            auth = proxy.read_auth(cfg.proxy_auth) if cfg.proxy_auth is not None else None
+            sock = await proxy.open_proxy(cfg.proxy, host, port, cfg.connect_timeout, auth)
+            first_peer = str(sock.getpeername()[0])
+        elif cfg.proxy_command:
+            sock, process = await proxy.open_command(cfg.proxy_command, host, port)
+        tunnel: asyncssh.SSHClientConnection | None = None
+        for hop in cfg.jump:
+            hop_offers = offers
+            if cfg.jump_identity is not None and not client_keys and not default_keys:
+                hop_offers = file_offers(cfg.jump_identity, None)
+            conn, _ = await _connect_hop(
+                cfg, hop.host, hop.port, hop.user, hop_offers, sock, tunnel, "jump host "
+            )
+            sock, tunnel = None, conn
+            opened.append(conn)
+            if first_peer is None and process is None:
+                first_peer = str(conn.get_extra_info("peername")[0])
+        conn, client = await _connect_hop(
+            cfg, cfg.host, cfg.port, username or cfg.user, offers, sock, tunnel, "",
+            custom=bool(client_keys) or default_keys,
+        )  # fmt: skip
+        sock = None
+    except BaseException:
+        for hop_conn in reversed(opened):
+            hop_conn.close()
+        if process is not None:
+            proxy.stop_command(process)
+        if sock is not None:
+            sock.close()
+        raise
+    finally:
+        if agent is not None:
+            agent.close()
+    if first_peer is None and process is None:
+        first_peer = str(conn.get_extra_info("peername")[0])
+    client.hops, client.process, client.first_peer = opened, process, first_peer
+    return conn, client
+
+
+async def _connect_hop(
+    cfg: SiteConfig,
+    host: str,
+    port: int,
+    user: str,
+    offers: Sequence[tuple[str, asyncssh.SSHKeyPair]] | None,
+    sock: socket.socket | None,
+    tunnel: asyncssh.SSHClientConnection | None,
+    role: str,
+    custom: bool = False,
+) -> tuple[asyncssh.SSHClientConnection, Connection]:
+    """One SSH hop (over sock, or tunnelled through the hop before it); one-line errors."""
+    client = Connection(f"{host}:{port}")
+    options = hop_options(cfg, host, port, user, offers, client)
+    who = f"{user}@{host}:{port}"
+    if sock is not None:
+        options["sock"] = sock
+    if tunnel is not None:
+        options["tunnel"] = tunnel
+    try:
+        conn = await asyncssh.connect(host, port, **options)
     except asyncssh.HostKeyNotVerifiable as exc:
-        raise _host_key_refusal(cfg, client, exc) from None
+        refusal = _host_key_refusal(cfg, client, exc, host, port)
+        raise HostKeyRefused(role + str(refusal) if role else str(refusal)) from None
     except asyncssh.PermissionDenied:
         weak = _signature_refusal(client, who)
         if weak:
             raise AlgorithmRefused(weak) from None
-        if default_keys or client_keys:
+        if custom or offers is None:
             raise KeyRefused(f"{who} refused the login") from None
+        if not cfg.agent and cfg.certificate is None and len(client.offered) == 1:
+            key_file = cfg.jump_identity if role and cfg.jump_identity else cfg.identity
+            raise KeyRefused(
+                f"{role}{who} refused the key {key_file} (is it in "
+                f"~{user}/.ssh/authorized_keys there?)"
+            ) from None
+        tried = "; ".join(client.offered) or "no key"
         raise KeyRefused(
-            f"{cfg.destination} refused the key {cfg.identity} (is it in "
-            f"~{cfg.user}/.ssh/authorized_keys there?)"
+            f"{role}{who} refused the keys offered ({printable(tried, 300)}; is the key in "
+            f"~{user}/.ssh/authorized_keys there?)"
         ) from None
     except TimeoutError:
         raise Unreachable(
-            f"cannot connect to {cfg.host}:{cfg.port}: timed out after {cfg.connect_timeout:g}s"
+            f"cannot connect to {role}{host}:{port}: timed out after {cfg.connect_timeout:g}s"
         ) from None
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
-        raise Unreachable(f"cannot connect to {cfg.host}:{cfg.port}: {reason}") from None
+        raise Unreachable(f"cannot connect to {role}{host}:{port}: {reason}") from None
+    except asyncssh.ChannelOpenError as exc:
+        raise Unreachable(
+            f"cannot connect to {host}:{port} through the jump host: {printable(exc.reason)}"
+        ) from None
     except asyncssh.Error as exc:
         if client.refusal:
             raise AlgorithmRefused(client.refusal) from None
@@ -649,7 +920,7 @@ async def connect(
         problem = offer_problem(client.where, offer, client.host_key_algs) if offer else None
         if problem:
             raise AlgorithmRefused(problem) from None
-        raise TunnelError(f"SSH to {cfg.destination} failed: {printable(exc.reason)}") from None
+        raise TunnelError(f"SSH to {role}{who} failed: {printable(exc.reason)}") from None
     asyncssh_compat.skip_ignore_packets(conn)
     asyncssh_compat.skip_packet_logging(conn)
     return conn, client

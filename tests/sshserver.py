@@ -46,6 +46,8 @@ class Recorder:
     keys_offered: list[tuple[str, str, bool]] = field(default_factory=list)  # user, fp, ok
     auth_completed: list[str] = field(default_factory=list)
     sessions: list[SessionRecord] = field(default_factory=list)
+    forwarded: list[tuple[str, int]] = field(default_factory=list)  # direct-tcpip requests
+    certificates: list[tuple[str, str, bool]] = field(default_factory=list)  # user, CA fp, ok
 
 
 class _RecordingServer(asyncssh.SSHServer):
@@ -58,14 +60,32 @@ class _RecordingServer(asyncssh.SSHServer):
         authorized: asyncssh.SSHKey,
         algs: tuple[str, ...] | None = None,
         force: str | None = None,
+        forwarding: bool = False,
+        user_ca: asyncssh.SSHKey | None = None,
     ) -> None:
-        """Remember where to record and whom to let in (host key algs to offer, to force)."""
+        """Remember where to record and whom to let in (host key algs to offer, to force;
+        whether to forward TCP as a jump host does; a CA whose user certificates it trusts)."""
         self.rec = rec
         self.user = user
         self.authorized = authorized
         self.algs = algs
         self.force = force
+        self.forwarding = forwarding
+        self.user_ca = user_ca
         self.conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        """A jump host's direct-tcpip: allowed only when asked to forward; recorded."""
+        self.rec.forwarded.append((dest_host, dest_port))
+        return self.forwarding
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """A user certificate is accepted when signed by user_ca (TrustedUserCAKeys)."""
+        ok = self.user_ca is not None and key.public_data == self.user_ca.public_data
+        self.rec.certificates.append((username, key.get_fingerprint("sha256"), ok))
+        return ok
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         """Count TCP connections that got as far as the SSH layer; turn hostile if asked."""
@@ -138,9 +158,13 @@ class SSHTestServer:
         more_host_key_types: tuple[str, ...] = (),
         host_ca: asyncssh.SSHKey | None = None,
         host_ca_sig_alg: str | None = None,
+        forwarding: bool = False,
+        user_ca: asyncssh.SSHKey | None = None,
         **listen: Any,
     ) -> None:
         """Generate the keys; nothing listens until entered."""
+        self.forwarding = forwarding
+        self.user_ca = user_ca
         self.folder = folder
         self.handler = handler
         self.user = user
@@ -209,7 +233,13 @@ class SSHTestServer:
             0,
             server_host_keys=host_keys,
             server_factory=lambda: _RecordingServer(
-                self.rec, self.user, authorized, self.host_key_algs, self.force_host_key_alg
+                self.rec,
+                self.user,
+                authorized,
+                self.host_key_algs,
+                self.force_host_key_alg,
+                self.forwarding,
+                self.user_ca,
             ),
             process_factory=self._process,
             **options,
@@ -250,8 +280,9 @@ class SSHTestServer:
         if not process.is_closing():
             process.exit(0)
 
-    def site_text(self, **overrides: str) -> str:
-        """A site file pointing at this server (name set, keys relative to the folder)."""
+    def site_text(self, extra: str = "", **overrides: str) -> str:
+        """A site file pointing at this server (name set, keys relative to the folder;
+        extra: more lines for [remote])."""
         values = {
             "name": "lab",
             "host": "127.0.0.1",
@@ -278,6 +309,7 @@ class SSHTestServer:
             f"connect_timeout = {values['connect_timeout']}\n"
             f"keepalive_interval = {values['keepalive_interval']}\n"
             f"helper = {values['helper']}\n"
+            f"{extra}"
             "[ppp]\n"
             "local_address = 10.99.0.1\n"
             "remote_address = 10.99.0.2\n"
@@ -286,6 +318,6 @@ class SSHTestServer:
             "remote = 10.2.0.0/24\n"
         )
 
-    def cfg(self, **overrides: str) -> SiteConfig:
+    def cfg(self, extra: str = "", **overrides: str) -> SiteConfig:
         """The SiteConfig of site_text(), as if read from <folder>/lab.conf."""
-        return parse(self.site_text(**overrides), self.folder / "lab.conf")
+        return parse(self.site_text(extra, **overrides), self.folder / "lab.conf")

@@ -143,8 +143,16 @@ def error(text: str, path: Path = CONF) -> str:
 
 
 def test_full_file_every_key() -> None:
-    reach = {"jump", "jump_identity", "proxy", "proxy_auth", "proxy_command", "agent",
-             "certificate", "ssh_config"}  # exclusive of each other: tests/test_reach_config.py
+    reach = {
+        "jump",
+        "jump_identity",
+        "proxy",
+        "proxy_auth",
+        "proxy_command",
+        "agent",
+        "certificate",
+        "ssh_config",
+    }  # exclusive of each other: tests/test_reach_config.py
     assert {(k.section, k.name) for k in SCHEMA if k.name not in reach} <= {
         (section, line.split("=")[0].strip()) for section, line in _sections(FULL)
     }, "FULL must set every key in SCHEMA"

@@ -10,6 +10,8 @@ import random
 import shlex
 import socket
 import struct
+import subprocess
+import time
 import tty
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -23,6 +25,7 @@ import pppssh.tunnel
 from pppssh import trust
 from pppssh.asyncssh_compat import skip_packet_logging
 from pppssh.bridge import Bridge
+from pppssh.config import parse
 from pppssh.localppp import describe_exit
 from pppssh.plan import Command, remote_pppd_argv, shell_join
 from pppssh.ssh import (
@@ -39,12 +42,15 @@ from pppssh.ssh import (
     KeyRefused,
     RemoteFailed,
     TunnelError,
+    Unreachable,
     _known_hosts_name,
+    close_connection,
     connect,
     connect_options,
     encrypted_key,
     find_ppp_interface,
     open_bridge,
+    pin_address,
     read_identity,
     run_remote,
 )
@@ -52,6 +58,7 @@ from pppssh.system import State
 from pppssh.tunnel import Tunnel
 
 from .sshserver import USER, SSHTestServer
+from .test_proxy import http_proxy, serve
 
 T = TypeVar("T")
 LIMIT = 20  # seconds: a bound on a hung test, never a synchronisation point
@@ -1560,3 +1567,199 @@ def test_link_down_names_the_cause_not_its_echo(tmp_path: Path) -> None:
         return await tunnel.watch()
 
     assert run(main).startswith("local pppd exited, ")
+
+
+# ---------------------------------------------------------------------------- reaching the gateway
+
+
+def _bastion_line(bastion: SSHTestServer, key: asyncssh.SSHKey | None = None) -> str:
+    """The known_hosts line for the bastion (with another key, to fake a changed one)."""
+    return f"[127.0.0.1]:{bastion.port} {bastion.key_text(key or bastion.host_key)}\n"
+
+
+def test_jump_host_chain(tmp_path: Path) -> None:
+    """Through a bastion: both host keys checked, the gateway reached over direct-tcpip."""
+    (tmp_path / "b").mkdir()
+
+    async def main() -> None:
+        async with (
+            SSHTestServer(tmp_path / "b", forwarding=True) as bastion,
+            SSHTestServer(tmp_path) as gw,
+        ):
+            with gw.known_hosts.open("a") as kh:
+                kh.write(_bastion_line(bastion))
+            cfg = gw.cfg(f"jump = 127.0.0.1:{bastion.port}\njump_identity = b/id_ed25519\n")
+            conn, client = await connect(cfg)
+            try:
+                assert conn.get_extra_info("username") == USER
+                assert bastion.rec.forwarded == [("127.0.0.1", gw.port)]
+                assert bastion.rec.auth_completed == [USER]
+                assert gw.rec.auth_completed == [USER]
+                assert pin_address(client) == "127.0.0.1"
+                assert len(client.hops) == 1
+                assert client.accepted is not None and str(gw.identity) in client.accepted
+            finally:
+                await close_connection(conn)
+            await asyncio.wait_for(client.hops[0].wait_closed(), LIMIT)
+
+    run(main)
+
+
+def test_jump_host_with_changed_key_is_refused_and_gateway_untouched(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+
+    async def main() -> None:
+        async with (
+            SSHTestServer(tmp_path / "b", forwarding=True) as bastion,
+            SSHTestServer(tmp_path) as gw,
+        ):
+            other = asyncssh.generate_private_key("ssh-ed25519")
+            with gw.known_hosts.open("a") as kh:
+                kh.write(_bastion_line(bastion, other))
+            cfg = gw.cfg(f"jump = 127.0.0.1:{bastion.port}\njump_identity = b/id_ed25519\n")
+            with pytest.raises(HostKeyRefused) as info:
+                await connect(cfg)
+            message = str(info.value)
+            assert message.startswith(f"jump host HOST KEY CHANGED: 127.0.0.1:{bastion.port} ")
+            assert bastion.host_key_fingerprint in message and "\n" not in message
+            assert bastion.rec.auth_begun == [] and bastion.rec.forwarded == []
+            assert gw.rec.connections == 0
+            print(f"attack: a bastion with another host key -> stopped: {message}")
+
+    run(main)
+
+
+def test_gateway_key_is_checked_through_the_jump_host(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+
+    async def main() -> None:
+        async with (
+            SSHTestServer(tmp_path / "b", forwarding=True) as bastion,
+            SSHTestServer(tmp_path) as gw,
+        ):
+            other = asyncssh.generate_private_key("ssh-ed25519")
+            gw.known_hosts.write_text(
+                f"[127.0.0.1]:{gw.port} {gw.key_text(other)}\n" + _bastion_line(bastion)
+            )
+            cfg = gw.cfg(f"jump = 127.0.0.1:{bastion.port}\njump_identity = b/id_ed25519\n")
+            with pytest.raises(HostKeyRefused) as info:
+                await connect(cfg)
+            assert str(info.value).startswith(f"HOST KEY CHANGED: 127.0.0.1:{gw.port} ")
+            assert gw.rec.auth_begun == []
+
+    run(main)
+
+
+def test_jump_host_that_does_not_forward(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+
+    async def main() -> None:
+        async with SSHTestServer(tmp_path / "b") as bastion, SSHTestServer(tmp_path) as gw:
+            with gw.known_hosts.open("a") as kh:
+                kh.write(_bastion_line(bastion))
+            cfg = gw.cfg(f"jump = 127.0.0.1:{bastion.port}\njump_identity = b/id_ed25519\n")
+            with pytest.raises(Unreachable) as info:
+                await connect(cfg)
+            assert str(info.value).startswith(
+                f"cannot connect to 127.0.0.1:{gw.port} through the jump host: "
+            )
+            assert gw.rec.connections == 0
+
+    run(main)
+
+
+def test_connect_through_an_http_proxy(tmp_path: Path) -> None:
+    seen: list[bytes] = []
+
+    async def main() -> None:
+        server, port = await serve(http_proxy(seen))
+        async with server, SSHTestServer(tmp_path) as gw:
+            conn, client = await connect(gw.cfg(f"proxy = http://127.0.0.1:{port}\n"))
+            try:
+                assert conn.get_extra_info("username") == USER
+                assert pin_address(client) == "127.0.0.1"
+            finally:
+                await close_connection(conn)
+        assert seen and seen[0].startswith(f"CONNECT 127.0.0.1:{gw.port} ".encode())
+
+    run(main)
+
+
+def test_user_certificate_login(tmp_path: Path) -> None:
+    """A key the server does not list, with a certificate from the CA it trusts."""
+    ca = asyncssh.generate_private_key("ssh-ed25519")
+    rogue = asyncssh.generate_private_key("ssh-ed25519")
+
+    async def main() -> None:
+        async with SSHTestServer(tmp_path, user_ca=ca) as srv:
+            cert = ca.generate_user_certificate(srv.other_key, "lab", principals=[USER])
+            cert.write_certificate(str(tmp_path / "id_other-cert.pub"))
+            cfg = srv.cfg("certificate = id_other-cert.pub\n", identity="id_other")
+            conn, client = await connect(cfg)
+            await close_connection(conn)
+            assert set(srv.rec.certificates) == {(USER, ca.get_fingerprint("sha256"), True)}
+            assert client.accepted is not None and "with certificate" in client.accepted
+            assert client.offered == [client.accepted]
+            bad = rogue.generate_user_certificate(srv.other_key, "lab", principals=[USER])
+            bad.write_certificate(str(tmp_path / "id_other-cert.pub"))
+            message = await _connect_expecting_error(cfg)
+            assert message.startswith(f"{USER}@127.0.0.1:{srv.port} refused the keys offered (")
+            assert "with certificate" in message and srv.other_key.get_fingerprint() in message
+            other = asyncssh.generate_private_key("ssh-ed25519")
+            cert = ca.generate_user_certificate(other, "lab", principals=[USER])
+            cert.write_certificate(str(tmp_path / "id_other-cert.pub"))
+            assert "is not for the key in" in await _connect_expecting_error(cfg)
+
+    run(main)
+
+
+def _start_agent(folder: Path, key: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """ssh-agent on folder/agent.sock holding key (folder must exist, 0700)."""
+    sock = folder / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    for _ in range(200):  # wait for the socket to appear (a bound, not a pass condition)
+        if sock.exists():
+            break
+        time.sleep(0.05)
+    env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+    subprocess.run(["ssh-add", "-q", str(key)], env=env, check=True, stderr=subprocess.DEVNULL)
+    return agent, sock
+
+
+def test_agent_login_without_a_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "agent"
+    folder.mkdir(mode=0o700)
+
+    async def main() -> None:
+        async with SSHTestServer(tmp_path) as srv:
+            agent, sock = _start_agent(folder, srv.identity)
+            try:
+                srv.identity.unlink()  # the key is in the agent alone
+                text = srv.site_text(f"agent = {sock}\n").replace("identity = id_ed25519\n", "")
+                cfg = parse(text, tmp_path / "lab.conf")
+                conn, client = await connect(cfg)
+                await close_connection(conn)
+                fingerprint = srv.client_key.get_fingerprint("sha256")
+                assert client.accepted == f"ssh-ed25519 {fingerprint} (agent)"
+                monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+                conn, client = await connect(dataclasses.replace(cfg, agent="env"))
+                await close_connection(conn)
+                folder.chmod(0o755)
+                message = await _connect_expecting_error(cfg)
+                assert message == (
+                    f"agent socket {sock}: its directory is owned by uid 0 with mode 0755; "
+                    "only an agent in a directory that is root's alone (0700) is used"
+                )
+                folder.chmod(0o700)
+                os.chown(folder, 1000, 1000)
+                assert "owned by uid 1000" in await _connect_expecting_error(cfg)
+                os.chown(folder, 0, 0)
+                monkeypatch.delenv("SSH_AUTH_SOCK")
+                message = await _connect_expecting_error(dataclasses.replace(cfg, agent="env"))
+                assert message == "agent = env, but SSH_AUTH_SOCK is not an absolute path"
+                assert srv.rec.auth_completed == [USER, USER]
+            finally:
+                agent.terminate()
+                agent.wait()
+
+    run(main)
