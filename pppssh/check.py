@@ -31,6 +31,7 @@ from .ssh import (
     Unreachable,
     close_connection,
     connect,
+    first_hop,
     run_remote,
 )
 from .system import probe, read_state
@@ -228,55 +229,90 @@ def _clash_check(what: str, networks: tuple[Network, ...], found: list[str]) -> 
 # --------------------------------------------------------------------------- remote checks
 
 
-async def _ssh_banner(cfg: SiteConfig) -> str:
-    """Open a TCP connection to the SSH port and read the server's version line."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(cfg.host, cfg.port), cfg.connect_timeout
-    )
+async def _ssh_banner(host: str, port: int, timeout: float) -> str:
+    """Open a TCP connection to an SSH port and read the server's version line."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     try:
-        line = await asyncio.wait_for(reader.readline(), cfg.connect_timeout)
+        line = await asyncio.wait_for(reader.readline(), timeout)
     finally:
         writer.close()
     return line.decode("ascii", errors="replace").strip()
 
 
-async def _remote_checks(cfg: SiteConfig) -> list[Check]:
-    """SSH reachable, host key, key, then what the remote account may do (nothing started)."""
-    where = f"{cfg.host}:{cfg.port}"
-    checks: list[Check] = []
+def _path(cfg: SiteConfig) -> str:
+    """How the gateway is reached, for the `SSH path` line: proxy, jump hosts."""
+    parts = []
+    if cfg.proxy is not None:
+        parts.append(f"proxy {cfg.proxy}")
+    if cfg.proxy_command:
+        parts.append(f"proxy_command {printable(' '.join(cfg.proxy_command), 100)}")
+    parts += [f"jump host {hop}" for hop in cfg.jump]
+    return ", then ".join([*parts, f"{cfg.destination}"])
+
+
+async def _first_hop_check(cfg: SiteConfig) -> Check | None:
+    """The first TCP hop answers: the proxy, or an SSH server (jump host or gateway)."""
+    if cfg.proxy_command:
+        return None
+    host, port = first_hop(cfg)
+    where = f"{host}:{port}"
+    what = "proxy reachable" if cfg.proxy is not None else "SSH reachable"
     try:
-        banner = await _ssh_banner(cfg)
+        if cfg.proxy is not None:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port), cfg.connect_timeout
+            )
+            writer.close()
+            return Check(what, True, where)
+        banner = await _ssh_banner(host, port, cfg.connect_timeout)
     except (OSError, TimeoutError) as exc:
         reason = (os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno
                   else f"no answer within {cfg.connect_timeout:g}s")  # fmt: skip
-        checks.append(Check(
-            "SSH reachable", False, f"{where}: {reason}",
-            "check host and port in [remote], the route to it and firewalls on the way",
-        ))  # fmt: skip
-        return checks
+        return Check(
+            what, False, f"{where}: {reason}",
+            "check host and port (or jump, proxy) in [remote], the route to it and firewalls "
+            "on the way",
+        )  # fmt: skip
     if not banner.startswith("SSH-"):
-        checks.append(Check("SSH reachable", False, f"{where} answers, but not as SSH: "
-                            f"{printable(banner, 60)}", "check port in [remote]"))  # fmt: skip
-        return checks
-    checks.append(Check("SSH reachable", True, f"{where} ({printable(banner, 60)})"))
+        return Check(what, False, f"{where} answers, but not as SSH: {printable(banner, 60)}",
+                     "check port (or jump) in [remote]")  # fmt: skip
+    return Check(what, True, f"{where} ({printable(banner, 60)})")
+
+
+async def _remote_checks(cfg: SiteConfig) -> list[Check]:
+    """SSH reachable, host key, key, then what the remote account may do (nothing started)."""
+    checks: list[Check] = []
+    if cfg.jump or cfg.proxy is not None or cfg.proxy_command:
+        checks.append(Check("SSH path", True, _path(cfg)))
+    first = await _first_hop_check(cfg)
+    if first is not None:
+        checks.append(first)
+        if not first.ok:
+            return checks
     try:
-        conn, _client = await connect(cfg)
+        conn, client = await connect(cfg)
     except HostKeyRefused as exc:
         checks.append(Check("host key known", False, printable(str(exc))))
         return checks
     except KeyRefused as exc:
         checks.append(Check("host key known", True, f"in {cfg.known_hosts}"))
+        fix = f"pppssh remote-setup {cfg.path} writes its line"
+        if cfg.certificate is not None:
+            fix = "sign the key with a CA the remote sshd trusts (TrustedUserCAKeys)"
         checks.append(Check(
             "key accepted", False, printable(str(exc)),
-            f"put the public key of {cfg.identity} in ~{cfg.user}/.ssh/authorized_keys "
-            f"there: pppssh remote-setup {cfg.path} writes its line",
+            f"put the public key in ~{cfg.user}/.ssh/authorized_keys there: {fix}",
         ))  # fmt: skip
         return checks
     except (Unreachable, TunnelError) as exc:
         checks.append(Check("SSH login", False, printable(str(exc))))
         return checks
-    checks.append(Check("host key known", True, f"in {cfg.known_hosts}"))
-    checks.append(Check("key accepted", True, f"{cfg.user}@{cfg.host} with {cfg.identity}"))
+    hops = f" (and of {len(cfg.jump)} jump host(s))" if cfg.jump else ""
+    checks.append(Check("host key known", True, f"in {cfg.known_hosts}{hops}"))
+    if len(client.offered) > 1:
+        checks.append(Check("keys offered", True, "; ".join(client.offered)))
+    accepted = client.accepted or str(cfg.identity)
+    checks.append(Check("key accepted", True, f"{cfg.user}@{cfg.host} with {accepted}"))
     try:
         if cfg.helper:
             checks += await _remote_helper(cfg, conn)

@@ -22,7 +22,7 @@ import asyncssh
 import pytest
 
 import pppssh.tunnel
-from pppssh import trust
+from pppssh import check, trust
 from pppssh.asyncssh_compat import skip_packet_logging
 from pppssh.bridge import Bridge
 from pppssh.config import parse
@@ -1761,5 +1761,49 @@ def test_agent_login_without_a_key_file(tmp_path: Path, monkeypatch: pytest.Monk
             finally:
                 agent.terminate()
                 agent.wait()
+
+    run(main)
+
+
+def test_check_names_the_path_and_the_keys_offered_and_accepted(tmp_path: Path) -> None:
+    """`check` through a bastion, with an agent holding a key the gateway refuses first."""
+    (tmp_path / "b").mkdir()
+    folder = tmp_path / "agent"
+    folder.mkdir(mode=0o700)
+
+    async def main() -> None:
+        async with (
+            SSHTestServer(tmp_path / "b", forwarding=True) as bastion,
+            SSHTestServer(tmp_path) as gw,
+        ):
+            with gw.known_hosts.open("a") as kh:
+                kh.write(_bastion_line(bastion))
+            agent, sock = _start_agent(folder, gw.other_identity)
+            try:
+                cfg = gw.cfg(
+                    f"jump = 127.0.0.1:{bastion.port}\njump_identity = b/id_ed25519\n"
+                    f"agent = {sock}\n"
+                )
+                checks = await check._remote_checks(cfg)
+            finally:
+                agent.terminate()
+                agent.wait()
+        lines = {c.what: c for c in checks}
+        assert lines["SSH path"].detail == (
+            f"jump host {USER}@127.0.0.1:{bastion.port}, then {USER}@127.0.0.1:{gw.port}"
+        )
+        assert lines["SSH reachable"].detail.startswith(f"127.0.0.1:{bastion.port} (SSH-2.0-")
+        assert (
+            lines["host key known"].ok
+            and "(and of 1 jump host(s))" in lines["host key known"].detail
+        )
+        other = gw.other_key.get_fingerprint("sha256")
+        mine = gw.client_key.get_fingerprint("sha256")
+        assert lines["keys offered"].detail == (
+            f"ssh-ed25519 {other} (agent); ssh-ed25519 {mine} ({gw.identity})"
+        )
+        assert lines["key accepted"].detail == (
+            f"{USER}@127.0.0.1 with ssh-ed25519 {mine} ({gw.identity})"
+        )
 
     run(main)
