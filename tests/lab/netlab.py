@@ -36,7 +36,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -806,3 +806,218 @@ class Spoke:
     ws_addr = property(lambda self: f"10.{10 + self.index}.0.10", doc="Its workstation.")
     ppp_local = property(lambda self: f"192.168.{100 + self.index}.1", doc="Hub's PPP end.")
     ppp_remote = property(lambda self: f"192.168.{100 + self.index}.2", doc="Its PPP end.")
+
+
+# --------------------------------------------------------------------------- reaching gw-b
+# An addition for tests/lab/test_reach.py; the four-namespace lab above stays as it is.
+
+BASTION_WAN, BASTION_INNER, GW_B_INNER = "100.66.0.2", "100.67.0.1", "100.67.0.2"
+GW_A_BASTION = "100.66.0.1"
+HTTP_PROXY_PORT, SOCKS_PORT = 8888, 1080
+PROXY_USER, PROXY_PASSWORD = "pppssh", "s3cret-lab"
+BASTION_SSHD = """\
+# pppssh lab: a bastion in {ns}; vpn logs in with the jump key, which may open {target} only
+ListenAddress {addr}:22
+HostKey {dir}/bastion_host_key
+PidFile {dir}/bastion-sshd.pid
+AllowUsers {user}
+PermitRootLogin no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+UseDNS no
+AuthorizedKeysFile {dir}/bastion_authorized_keys
+AllowTcpForwarding yes
+LogLevel VERBOSE
+"""
+INNER_SSHD = """\
+# pppssh lab: gw-b's sshd on the address only the bastion reaches; it trusts the lab's user CA
+ListenAddress {addr}:22
+HostKey {host_key}
+PidFile {dir}/inner-sshd.pid
+AllowUsers {user}
+PermitRootLogin no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+UseDNS no
+AuthorizedKeysFile .ssh/authorized_keys
+TrustedUserCAKeys {dir}/user_ca.pub
+LogLevel VERBOSE
+"""
+TINYPROXY_CONF = """\
+User nobody
+Group nogroup
+Port {port}
+Listen {addr}
+Timeout 600
+LogFile "{dir}/tinyproxy.log"
+LogLevel Info
+PidFile "{dir}/tinyproxy.pid"
+MaxClients 10
+Allow {client}
+BasicAuth {proxy_user} {proxy_password}
+ConnectPort 22
+"""
+
+
+@dataclass
+class Bastion:
+    """A bastion namespace between gw-a and gw-b (see add_bastion); close() removes it."""
+
+    lab: Lab
+    dir: Path
+    ns: str
+    jump_key: Path
+    user_ca: Path
+    known_hosts: Path  # the bastion's key and gw-b's under GW_B_INNER
+    procs: dict[str, subprocess.Popen[bytes]]
+    routes: dict[str, list[str]] = field(default_factory=dict)  # its links' routes, per ns
+
+    def run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run argv in the bastion namespace."""
+        return _run(["ip", "netns", "exec", self.ns, *argv], check=check)
+
+    def start(self, name: str, argv: list[str], ns: str | None = None) -> None:
+        """Start a daemon (in the bastion, or in a lab namespace) that close() stops."""
+        where = self.ns if ns is None else self.lab.ns(ns)
+        self.procs[name] = subprocess.Popen(
+            ["ip", "netns", "exec", where, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.dir / f"{name}.err").open("wb"),
+        )
+
+    def stop(self, name: str) -> None:
+        """Stop one daemon started by start()."""
+        proc = self.procs.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def listening(self, ns: str, addr: str, port: int, name: str) -> None:
+        """Wait until something listens on addr:port in ns; raise if its daemon died."""
+
+        def up() -> bool:
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is not None:
+                err = (self.dir / f"{name}.err").read_text(errors="replace")
+                raise LabError(f"{name} exited {proc.returncode}: {err}")
+            out = _run(["ip", "netns", "exec", ns, "ss", "-Hltn", f"sport = :{port}"]).stdout
+            return addr in out
+
+        if not wait_for(up, timeout=30):
+            raise LabError(f"{name} does not listen on {addr}:{port}")
+
+    def start_http_proxy(self) -> None:
+        """tinyproxy in the bastion on BASTION_WAN:8888, basic auth, CONNECT to port 22."""
+        conf = self.dir / "tinyproxy.conf"
+        conf.write_text(TINYPROXY_CONF.format(
+            port=HTTP_PROXY_PORT, addr=BASTION_WAN, dir=self.dir, client=GW_A_BASTION,
+            proxy_user=PROXY_USER, proxy_password=PROXY_PASSWORD,
+        ))  # fmt: skip
+        for name in ("tinyproxy.log", "tinyproxy.pid"):
+            path = self.dir / name
+            path.touch()
+            os.chown(path, 65534, 65534)
+        self.start("tinyproxy", ["tinyproxy", "-d", "-c", str(conf)])
+        self.listening(self.ns, BASTION_WAN, HTTP_PROXY_PORT, "tinyproxy")
+
+    def start_socks_proxy(self) -> None:
+        """`ssh -D` in the bastion on BASTION_WAN:1080, through its own sshd (the jump key)."""
+        self.start("socks", [
+            "ssh", "-N", "-D", f"{BASTION_WAN}:{SOCKS_PORT}", "-i", str(self.jump_key),
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "IdentitiesOnly=yes",
+            f"{self.lab.user}@{BASTION_WAN}",
+        ])  # fmt: skip
+        self.listening(self.ns, BASTION_WAN, SOCKS_PORT, "socks")
+
+    def close(self) -> None:
+        """Stop the daemons, delete the namespace and gw-a's and gw-b's links to it."""
+        for name in list(self.procs):
+            self.stop(name)
+        out = _run(["ip", "netns", "pids", self.ns], check=False).stdout
+        pids = [int(word) for word in out.split() if word.isdigit()]
+        self.lab._kill(pids, f"processes left in {self.ns}", quiet=True)
+        _run(["ip", "netns", "del", self.ns], check=False)
+        for ns in ("gw-a", "gw-b"):
+            _run(["ip", "-n", self.lab.ns(ns), "link", "del", "bst0"], check=False)
+        for ns, added in self.routes.items():  # the lab's baseline is as built again
+            self.lab._baseline[ns] = [r for r in self.lab._baseline[ns] if r not in added]
+        self.routes = {}
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def add_bastion(lab: Lab) -> Bastion:
+    """A bastion namespace: gw-a bst0 100.66.0.1 <-> bastion wan0 100.66.0.2, bastion inner0
+    100.67.0.1 <-> gw-b bst0 100.67.0.2. gw-a has no route to 100.67.0.0/24: it reaches gw-b's
+    second sshd (100.67.0.2:22, gw-b's host key, TrustedUserCAKeys = the lab's user CA) only
+    through the bastion's sshd (100.66.0.2:22, its own host key, the jump key only, which may
+    open 100.67.0.2:22 and nothing else), or the proxies started in the bastion."""
+    folder = Path(tempfile.mkdtemp(prefix="pppssh-reach-", dir="/run"))
+    folder.chmod(0o755)  # sshd reads the bastion's authorized keys as vpn
+    ns = lab.prefix + "bastion"
+    bastion = Bastion(lab, folder, ns, folder / "id_jump", folder / "user_ca",
+                      folder / "known_hosts", {})  # fmt: skip
+    before = {outer: lab.routes(outer) for outer in ("gw-a", "gw-b")}
+    try:
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        for outer, ifname, outer_addr, inner_if, inner_addr in (
+            ("gw-a", "bst0", f"{GW_A_BASTION}/24", "wan0", f"{BASTION_WAN}/24"),
+            ("gw-b", "bst0", f"{GW_B_INNER}/24", "inner0", f"{BASTION_INNER}/24"),
+        ):
+            _run(["ip", "-n", lab.ns(outer), "link", "add", ifname, "type", "veth",
+                  "peer", "name", inner_if, "netns", ns])  # fmt: skip
+            for where, dev, addr in (
+                (lab.ns(outer), ifname, outer_addr),
+                (ns, inner_if, inner_addr),
+            ):
+                _run(["ip", "-n", where, "addr", "add", addr, "dev", dev])
+                _run(["ip", "-n", where, "link", "set", dev, "up"])
+        for outer, old in before.items():  # the links' own routes are part of the lab now
+            bastion.routes[outer] = [r for r in lab.routes(outer) if r not in old]
+            lab._baseline[outer] = lab._baseline[outer] + bastion.routes[outer]
+        for key in ("bastion_host_key", "id_jump", "user_ca"):
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"lab-{key}",
+                  "-f", str(folder / key)])  # fmt: skip
+        (folder / "user_ca").chmod(0o600)
+        jump_pub = (folder / "id_jump.pub").read_text().strip()
+        (folder / "bastion_authorized_keys").write_text(
+            f'restrict,port-forwarding,permitopen="{GW_B_INNER}:22" {jump_pub}\n'
+        )
+        kind, blob = (folder / "bastion_host_key.pub").read_text().split()[:2]
+        gkind, gblob = (lab.dir / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        bastion.known_hosts.write_text(
+            f"{BASTION_WAN} {kind} {blob}\n{GW_B_INNER} {gkind} {gblob}\n"
+        )
+        (folder / "sshd_config.bastion").write_text(
+            BASTION_SSHD.format(
+                ns=ns, target=f"{GW_B_INNER}:22", addr=BASTION_WAN, dir=folder, user=lab.user
+            )
+        )
+        (folder / "sshd_config.inner").write_text(
+            INNER_SSHD.format(
+                addr=GW_B_INNER,
+                host_key=lab.dir / "ssh_host_ed25519_key",
+                dir=folder,
+                user=lab.user,
+            )
+        )
+        for name, where, addr in (("bastion", None, BASTION_WAN), ("inner", "gw-b", GW_B_INNER)):
+            config = folder / f"sshd_config.{name}"
+            _run(["/usr/sbin/sshd", "-t", "-f", str(config)])
+            bastion.start(f"sshd-{name}", ["/usr/sbin/sshd", "-D", "-f", str(config), "-E",
+                                           str(folder / f"sshd-{name}.log")], ns=where)  # fmt: skip
+            bastion.listening(ns if where is None else lab.ns(where), addr, 22, f"sshd-{name}")
+    except BaseException:
+        bastion.close()
+        raise
+    return bastion
