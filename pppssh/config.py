@@ -180,6 +180,16 @@ class SiteConfig:
         return safe_name(self.name)
 
     @property
+    def first_hop(self) -> tuple[str, int]:
+        """Where the SSH path's TCP connection goes: the proxy, else the first jump host, else
+        the remote gateway (with proxy_command too: full_tunnel is refused with it)."""
+        if self.proxy is not None:
+            return self.proxy.host, self.proxy.port
+        if self.jump:
+            return self.jump[0].host, self.jump[0].port
+        return self.host, self.port
+
+    @property
     def destination(self) -> str:
         """user@host:port, for messages."""
         return f"{self.user}@{self.host}:{self.port}"

@@ -626,13 +626,8 @@ async def agent_offers(
 
 def first_hop(cfg: SiteConfig) -> tuple[str, int]:
     """Where the SSH path's TCP connection goes, as configured: the proxy, else the first
-    jump host, else the remote gateway (for `routes --print`); with proxy_command the
-    gateway (full_tunnel is refused with it)."""
-    if cfg.proxy is not None:
-        return cfg.proxy.host, cfg.proxy.port
-    if cfg.jump:
-        return cfg.jump[0].host, cfg.jump[0].port
-    return cfg.host, cfg.port
+    jump host, else the remote gateway (for `routes --print`); SiteConfig.first_hop."""
+    return cfg.first_hop
 
 
 def pin_address(client: Connection) -> str | None:

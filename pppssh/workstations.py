@@ -177,9 +177,10 @@ def gateway_commands(
     """The route commands `start` runs on the two gateways (interfaces: pppN if not known)."""
     local = [r.add.shown for r in local_routes(cfg, local_if or "pppN")]
     if cfg.full_tunnel:
+        server = cfg.first_hop[0]  # the proxy or first jump host, when there is one
         local += [
-            f"ip route add {cfg.host}/32 ...  # the SSH server, on the path "
-            f"`ip -4 route get {cfg.host}` shows before",
+            f"ip route add {server}/32 ...  # the SSH server, on the path "
+            f"`ip -4 route get {server}` shows before",
             *(r.add.shown for r in full_tunnel_routes(cfg, local_if or "pppN")),
         ]
     remote = [r.add.shown for r in remote_routes(cfg, remote_if or "pppN")]

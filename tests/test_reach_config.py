@@ -279,3 +279,15 @@ def test_check_files_covers_the_new_files(etc: Path) -> None:
     (etc / "cert").chmod(0o664)
     with pytest.raises(ConfigError, match=r":6: certificate: .* writable by group or others"):
         config.check_files(cfg, missing_ok=True)
+
+
+def test_routes_print_pins_the_first_hop() -> None:
+    from pppssh.workstations import gateway_commands
+
+    text = site("jump = 192.0.2.7, 192.0.2.8") + "full_tunnel = yes\n"
+    out = gateway_commands(parse(text, CONF))
+    assert "ip route add 192.0.2.7/32 ...  # the SSH server" in out
+    assert "gw.example.net/32" not in out
+    out = gateway_commands(parse(site("proxy = socks5://192.0.2.9:1080") + "full_tunnel = yes\n",
+                                 CONF))  # fmt: skip
+    assert "ip route add 192.0.2.9/32 ..." in out
