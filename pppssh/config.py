@@ -509,6 +509,8 @@ def _jump(value: str) -> tuple[Hop, ...]:
         if at and not user:
             raise ValueError(f"'{word}': the account name before @ is empty")
         host, port = _host_port(rest, "jump host")
+        if user == "root":
+            raise ValueError(f"'{word}': log in to a jump host as a restricted account, not root")
         hops.append(Hop(_user(user) if user else "", host, port or 22))
         if len(hops) > MAX_HOPS:
             raise ValueError(f"more than {MAX_HOPS} jump hosts")

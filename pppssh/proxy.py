@@ -146,7 +146,14 @@ async def open_proxy(
 ) -> socket.socket:
     """A socket connected through proxy to host:port, within timeout seconds."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM), timeout
+        )
+    except TimeoutError:
+        raise Unreachable(f"cannot resolve proxy {proxy} within {timeout:g}s") from None
+    except OSError as exc:
+        raise Unreachable(f"cannot resolve proxy {proxy}: {exc.strerror or exc}") from None
     if not infos:
         raise Unreachable(f"cannot connect to proxy {proxy}: no address")
     family, kind, proto, _, addr = infos[0]

@@ -67,7 +67,8 @@ def test_first_hop_without_jump_or_proxy_is_the_gateway() -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("root@bastion", "must be a restricted non-root account"),
+        ("root@bastion", "log in to a jump host as a restricted account, not root"),
+        ("Ops@bastion", "is not a valid account name"),
         ("@bastion", "the account name before @ is empty"),
         ("bastion:0", "out of range 1..65535"),
         ("bastion:ssh", "not a jump host like host or host:port"),
