@@ -1807,3 +1807,29 @@ def test_check_names_the_path_and_the_keys_offered_and_accepted(tmp_path: Path) 
         )
 
     run(main)
+
+
+def test_jump_host_offering_only_sha1_key_exchange_is_refused(tmp_path: Path) -> None:
+    """Every hop gets the gateway's options: a bastion with only SHA-1 key exchange is refused
+    as the gateway would be, and the gateway is never reached."""
+    (tmp_path / "b").mkdir()
+
+    async def main() -> None:
+        async with (
+            SSHTestServer(
+                tmp_path / "b", forwarding=True, kex_algs=["diffie-hellman-group14-sha1"]
+            ) as bastion,
+            SSHTestServer(tmp_path) as gw,
+        ):
+            with gw.known_hosts.open("a") as kh:
+                kh.write(_bastion_line(bastion))
+            cfg = gw.cfg(f"jump = 127.0.0.1:{bastion.port}\njump_identity = b/id_ed25519\n")
+            with pytest.raises(AlgorithmRefused) as info:
+                await connect(cfg)
+            assert str(info.value) == (
+                f"host 127.0.0.1:{bastion.port} offers only diffie-hellman-group14-sha1 (SHA-1) "
+                "key exchange, which OpenSSH 9 refuses too"
+            )
+            assert gw.rec.connections == 0
+
+    run(main)
