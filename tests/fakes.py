@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pppssh.config import SiteConfig, parse
 from pppssh.errors import CommandFailed, RemoteFailed, TunnelError, Unreachable
-from pppssh.events import Event, Reporter
+from pppssh.events import Event, Ready, Reporter
 from pppssh.localppp import LinkInfo, describe_exit
 from pppssh.plan import Command, local_pppd_argv
 from pppssh.ports import HookResult, Ports
@@ -23,12 +24,13 @@ from pppssh.system import State
 # the lifecycle must notice the dead part itself); at the other steps the call goes on and
 # meets the world as the fault left it.
 WAITED = {"cleanup", "first_frame", "connected", "ipcp", "ipv6cp", "remote_if"}
-FAULTS = ("local-dies", "remote-dies", "ssh-lost", "cancel")
+FAULTS = ("local-dies", "remote-dies", "ssh-lost", "cancel", "hang")
 LOCAL, PEER, IFNAME, REMOTE_IF, PID = "10.99.0.1", "10.99.0.2", "ppp0", "ppp5", 4242
 
 
 def site(extra: str = "", **sections: str) -> SiteConfig:
-    """A site file: helper mode, one network each side; extra lines per section."""
+    """A site file: helper mode, one network each side; extra lines per section (the
+    [networks] section given replaces the default one)."""
     text = {
         "site": "name = site-b\n",
         "remote": "host = gw.example.net\nuser = vpn\nidentity = id\nknown_hosts = kh\n"
@@ -38,7 +40,7 @@ def site(extra: str = "", **sections: str) -> SiteConfig:
         "hooks": "",
     }
     for name, lines in sections.items():
-        text[name] += lines
+        text[name] = lines if name == "networks" else text[name] + lines
     body = "".join(f"[{name}]\n{lines}" for name, lines in text.items()) + extra
     return parse(body, Path("/etc/pppssh/site-b.conf"))
 
@@ -60,7 +62,7 @@ class World:
         self.remote_ignores_terminate = False
         self.ipcp = LinkInfo(IFNAME, LOCAL, PEER)
         self.leftover_pids: list[int] = []
-        self.task: asyncio.Task[Any] | None = None
+        self.stop: Callable[[], None] | None = None  # what "cancel" does (a signal)
         self.transport: FakeTransport | None = None
         self.pppd: FakePppd | None = None
         self.connects = 0
@@ -86,8 +88,8 @@ class World:
             assert self.transport is not None
             self.transport.lose("Connection lost")
         elif fault == "cancel":
-            assert self.task is not None
-            self.task.cancel()
+            assert self.stop is not None
+            self.stop()
             await asyncio.sleep(0)  # the cancellation lands here
         if step in WAITED:
             await asyncio.get_running_loop().create_future()  # hangs: a dead part says why
@@ -140,6 +142,8 @@ class FakeTransport:
         argv = command.argv
         if "route" in argv and "add" in argv:
             await self.world.reach("route_remote")
+        elif argv in (("cleanup",), ("interface",)) or argv[0] == "pgrep" or "addr" in argv:
+            await self.world.reach("remote_if" if self.channel else "cleanup")
         if self.lost.done():
             raise RemoteFailed(shown, None, "Connection lost")
         for part, stderr in self.world.refuse_remote.items():
@@ -169,8 +173,11 @@ class FakeTransport:
         self.channel = True
 
     async def first_frame(self) -> None:
-        """The first frame arrives at once (unless a fault hangs this step)."""
+        """The first frame arrives at once (unless a fault hangs this step, or the channel
+        is gone: then nothing ever arrives)."""
         await self.world.reach("first_frame")
+        if self.closed.done():
+            await asyncio.get_running_loop().create_future()
 
     def attach(self, master: int) -> None:
         """Start pumping."""
@@ -256,19 +263,27 @@ class FakePppd:
         self.world.record("pppd", "start")
         return local_pppd_argv(self.cfg, 9)
 
+    async def _alive(self) -> None:
+        """A dead pppd answers nothing any more: wait forever."""
+        if self.exited.done():
+            await asyncio.get_running_loop().create_future()
+
     async def wait_connected(self) -> None:
         """Its tty is in PPP mode; it named its interface."""
         await self.world.reach("connected")
+        await self._alive()
         self.interface = IFNAME
 
     async def wait_ipcp(self) -> LinkInfo:
         """IPCP agreed."""
         await self.world.reach("ipcp")
+        await self._alive()
         return self.world.ipcp
 
     async def wait_ipv6cp(self) -> tuple[str, str]:
         """IPV6CP agreed."""
         await self.world.reach("ipv6cp")
+        await self._alive()
         return ("fe80::1", "fe80::2")
 
     def last_lines(self) -> str:
@@ -298,7 +313,7 @@ class FakeRunner:
         argv = command.argv
         if argv[:3] == ("ip", "route", "add"):
             await self.world.reach("route_local")
-        elif argv[:2] == ("ip", "rule") and "add" in argv:
+        elif "rule" in argv and "add" in argv:
             await self.world.reach("filter")
         for part, stderr in self.world.refuse_local.items():
             if part in shown:
@@ -330,8 +345,9 @@ class FakeRunner:
         return list(self.world.leftover_pids)
 
     async def stop_process(self, pid: int) -> str:
-        """Stopped."""
+        """Stopped (it is left no more)."""
         self.world.record("local", f"kill {pid}")
+        self.world.leftover_pids.remove(pid)
         return "SIGTERM"
 
 
@@ -399,15 +415,18 @@ class FakeReadiness:
 
 
 class Recorder(Reporter):
-    """Every event, in order."""
+    """Every event, in order; on_ready is called at each Ready (to make the link die then)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_ready: Callable[[], None] | None = None) -> None:
         """Nothing yet."""
         self.events: list[Event] = []
+        self.on_ready = on_ready
 
     def report(self, event: Event) -> None:
         """Keep it."""
         self.events.append(event)
+        if isinstance(event, Ready) and self.on_ready is not None:
+            self.on_ready()
 
     def lines(self) -> list[str]:
         """The progress lines, as the terminal shows them."""
