@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from . import __version__
 from .config import ConfigError, SiteConfig, check_files, load
@@ -127,17 +127,11 @@ def _daemon(cfg: SiteConfig, ready_fd: int, verbose: bool) -> int:
 def undo_leftovers(site: str) -> bool:
     """Undo what a pppssh that died without its teardown left here (lifecycle.recover, its
     ledger); True when something was left."""
-    from .adapters import RunDirStore, SubprocessRunner, SystemClock
+    from .adapters import RunDirStore, SubprocessRunner
     from .events import TerminalReporter
     from .lifecycle import recover
-    from .ports import Ports
 
-    def unused() -> Any:
-        """Recovery opens no connection and starts no pppd."""
-        raise AssertionError("recovery needs no transport or pppd")
-
-    ports = Ports(unused, unused, SubprocessRunner(), RunDirStore(), SystemClock())
-    return asyncio.run(recover(site, ports, TerminalReporter()))
+    return asyncio.run(recover(site, SubprocessRunner(), RunDirStore(), TerminalReporter()))
 
 
 def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:
@@ -158,9 +152,8 @@ def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:
 
     async def main() -> int:
         """Recover what a dead predecessor left, then hold the site; signals stop it."""
-        await recover(cfg.name, ports, terminal)
+        await recover(cfg.name, ports.runner, ports.store, terminal)
         reporters.reporters.append(StateReporter(state, ports.store.write, ports.clock.time))
-        ports.store.write(state)
         readiness = PipeReadiness(ready_fd, log, reporters)
         supervisor = Supervisor(cfg, ports, reporters, readiness, os.getpid())
         loop = asyncio.get_running_loop()

@@ -43,6 +43,7 @@ __all__ = [
     "Reporters",
     "RouteAdded",
     "SignalReceived",
+    "Starting",
     "StateReporter",
     "Stopped",
     "Stopping",
@@ -57,6 +58,13 @@ class Event:
     def line(self) -> str | None:
         """The progress line of this event."""
         return None
+
+
+@dataclass(frozen=True)
+class Starting(Event):
+    """The site is held from now on (the state file is written first here)."""
+
+    site: str
 
 
 @dataclass(frozen=True)
@@ -409,6 +417,6 @@ class StateReporter(Reporter):
         elif isinstance(event, Reconnecting):
             s.reconnects += 1
             s.state, s.last_error, s.up_since = "reconnecting", event.cause, None
-        elif not isinstance(event, Connecting):
+        elif not isinstance(event, Starting | Connecting):
             return
         self.write(s)

@@ -52,7 +52,7 @@ from .plan import (
     server_route,
     shell_join,
 )
-from .ports import LocalPppd, Ports, SshTransport
+from .ports import LocalPppd, Ports, Runner, SshTransport, StateStore
 from .sanitize import printable, valid_ifname
 from .ssh import find_ppp_interface
 
@@ -506,14 +506,13 @@ class Attempt:
         raise TunnelError(f"link down: {reason}")
 
 
-async def recover(site: str, ports: Ports, reporter: Reporter) -> bool:
+async def recover(site: str, runner: Runner, store: StateStore, reporter: Reporter) -> bool:
     """Undo what a pppssh that died without its teardown (SIGKILL, a crash) left here.
 
     Its local pppd is stopped (the interface and its routes go with it), then the ledger of
     its state file is undone, newest first. On the remote gateway the next start's cleanup
     step stops the old remote pppd. True when something was left.
     """
-    store, runner = ports.store, ports.runner
     stale = store.read(site)
     pids = runner.leftover_pppd(stale, f"pppssh-{site}")
     if stale is None and not pids:

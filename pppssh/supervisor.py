@@ -19,6 +19,7 @@ from .events import (
     Reconnecting,
     Reporter,
     SignalReceived,
+    Starting,
     Stopped,
 )
 from .lifecycle import SETTLE, Attempt
@@ -108,6 +109,7 @@ class Supervisor:
     async def run(self) -> int:
         """Hold the site; 0 when stopped by a signal, 1 when it gave up (said on stderr)."""
         self._task = asyncio.current_task()
+        self.reporter.report(Starting(self.cfg.name))
         try:
             await self.hold()
         except asyncio.CancelledError:

@@ -585,7 +585,7 @@ def test_sigkill_then_start_undoes_the_ledger_of_the_dead_process() -> None:
     ports, store, _ = fake_ports(world, h.cfg)
     store.write(stale)
     recorder = Recorder()
-    assert asyncio.run(recover("site-b", ports, recorder)) is True
+    assert asyncio.run(recover("site-b", ports.runner, ports.store, recorder)) is True
     assert world.calls == [
         ("local", "kill 4242"),
         ("local", "ip route del 128.0.0.0/1 via 10.99.0.2 dev ppp0"),
@@ -603,7 +603,9 @@ def test_sigkill_then_start_undoes_the_ledger_of_the_dead_process() -> None:
     ]
     assert "already gone with its interface" in recorder.lines()
     assert store.read("site-b") is None
-    assert asyncio.run(recover("site-b", ports, Recorder())) is False, "nothing is left twice"
+    assert asyncio.run(recover("site-b", ports.runner, ports.store, Recorder())) is False, (
+        "nothing is left twice"
+    )
 
 
 def test_recovery_of_a_state_file_without_a_ledger() -> None:
@@ -615,7 +617,7 @@ def test_recovery_of_a_state_file_without_a_ledger() -> None:
     state.ledger = [{"side": "local"}]
     store.write(state)
     recorder = Recorder()
-    assert asyncio.run(recover("site-b", ports, recorder)) is True
+    assert asyncio.run(recover("site-b", ports.runner, ports.store, recorder)) is True
     assert world.calls == [("local", "kill 4243")]
     assert any("has no usable ledger" in line for line in recorder.lines())
     assert store.read("site-b") is None
