@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +15,24 @@ import pytest
 
 from pppssh.backoff import delays
 from pppssh.config import SiteConfig
-from pppssh.events import Connected, LedgerChanged, Reporters, StateReporter
+from pppssh.events import (
+    CommandRun,
+    Connected,
+    Connecting,
+    Failed,
+    IpcpUp,
+    LedgerChanged,
+    LinkDown,
+    LogReporter,
+    Note,
+    NotifyReporter,
+    Ready,
+    Reconnecting,
+    Reporters,
+    SignalReceived,
+    StateReporter,
+    TerminalReporter,
+)
 from pppssh.ledger import Entry, Ledger
 from pppssh.lifecycle import Attempt, recover
 from pppssh.localppp import LinkInfo
@@ -778,3 +797,65 @@ def test_ledger_in_the_state_file_rises_then_falls() -> None:
     assert sizes[: top + 1] == sorted(sizes[: top + 1])
     assert sizes[top:] == sorted(sizes[top:], reverse=True)
     assert max(sizes) == 5 and sizes[-1] == 0
+
+
+# ---------------------------------------------------------------------------- reporters
+
+
+def test_notify_reporter_gives_systemd_its_lines() -> None:
+    """STATUS= while connecting and reconnecting, READY=1 with the link, STOPPING=1."""
+    sent: list[tuple[str, ...]] = []
+    notify = NotifyReporter(lambda *lines: sent.append(lines))
+    for event in (
+        Connecting("vpn@gw:22", "/etc/kh"),
+        Note("ignored"),
+        Ready("site-b", "ppp0 A -> B", 1, again=False),
+        Reconnecting("site-b", 5.0, "link down: x"),
+        SignalReceived("SIGTERM"),
+    ):
+        notify.report(event)
+    assert sent == [
+        ("STATUS=connecting to vpn@gw:22",),
+        ("READY=1", "STATUS=up: ppp0 A -> B"),
+        ("STATUS=reconnecting: link down: x",),
+        ("STOPPING=1",),
+    ]
+
+
+def test_terminal_and_log_reporters_say_the_same_lines() -> None:
+    """The terminal: progress on stdout, the final error on stderr; the log: the same lines
+    through logging (warnings for link down and the final error)."""
+    out, err = io.StringIO(), io.StringIO()
+    terminal = TerminalReporter(out, err)
+    logger = logging.getLogger("pppssh.test-events")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        """Keeps every record."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            """Keep it."""
+            records.append(record)
+
+    logger.addHandler(Keep())
+    log = LogReporter(logger)
+    events = [
+        CommandRun("remote", "route add 10.1.0.0/24 via 10.99.0.1", REMOTE),
+        IpcpUp("ppp0", LOCAL, PEER),
+        LinkDown("SSH connection lost: x"),
+        Failed("site-b", "link down: SSH connection lost: x"),
+    ]
+    for event in events:
+        terminal.report(event)
+        log.report(event)
+    assert out.getvalue() == (
+        f"{REMOTE} route add 10.1.0.0/24 via 10.99.0.1\nlink down: SSH connection lost: x; undoing\n"
+    )
+    assert err.getvalue() == "pppssh: site-b: link down: SSH connection lost: x\n"
+    assert [(r.levelname, r.getMessage()) for r in records] == [
+        ("INFO", f"{REMOTE} route add 10.1.0.0/24 via 10.99.0.1"),
+        ("WARNING", "link down: SSH connection lost: x; undoing"),
+        ("WARNING", "pppssh: site-b: link down: SSH connection lost: x"),
+    ]
