@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,16 @@ from . import system
 from ._asyncssh import asyncssh
 from .bridge import Bridge
 from .config import SiteConfig
-from .errors import CommandFailed
-from .events import LogReporter, Reporters, TerminalReporter
+from .errors import CommandFailed, TunnelError
+from .events import LogReporter, NotifyReporter, Reporters, StateReporter, TerminalReporter
+from .lifecycle import recover
 from .localppp import LinkInfo, describe_exit
 from .localppp import LocalPppd as PtyProcessPppd
 from .plan import Command
 from .ports import HookResult, Ports
+from .sanitize import printable
 from .ssh import close_connection, connect, open_bridge, run_remote
+from .supervisor import Supervisor
 from .system import State
 
 __all__ = [
@@ -31,7 +35,9 @@ __all__ = [
     "RunDirStore",
     "SubprocessRunner",
     "SystemClock",
+    "hold_site",
     "real_ports",
+    "recover_site",
 ]
 
 RP_FILTER_ALL = "/proc/sys/net/ipv4/conf/all/rp_filter"
@@ -63,9 +69,14 @@ class AsyncsshTransport:
         return await run_remote(self.conn, command, timeout=timeout)
 
     async def open_pppd(self, command: str) -> None:
-        """The remote pppd on a raw pty, pumped by a Bridge."""
+        """The remote pppd on a raw pty, pumped by a Bridge; a refused or lost channel is a
+        TunnelError (the supervisor then tries again, as for any other failed step)."""
         assert self.conn is not None
-        self.bridge = await open_bridge(self.conn, command)
+        try:
+            self.bridge = await open_bridge(self.conn, command)
+        except (asyncssh.Error, OSError) as exc:
+            reason = printable(str(exc) or type(exc).__name__)
+            raise TunnelError(f"cannot open the remote pppd's channel: {reason}") from None
 
     async def first_frame(self) -> None:
         """The first PPP frame from the remote pppd."""
@@ -303,6 +314,38 @@ class PipeReadiness:
             LogReporter(logger) if isinstance(r, TerminalReporter) else r
             for r in self.reporters.reporters
         ]
+
+
+def recover_site(site: str) -> bool:
+    """Undo what a pppssh of site that died without its teardown left (its ledger)."""
+    return asyncio.run(recover(site, SubprocessRunner(), RunDirStore(), TerminalReporter()))
+
+
+def hold_site(cfg: SiteConfig, ready_fd: int | None) -> int:
+    """Hold a site in this process (its lock taken): undo what a dead predecessor left, then
+    the supervisor over the real ports, SIGTERM/SIGINT/SIGHUP stopping it; the exit status.
+    The state file is gone afterwards, whatever happened."""
+    log = system.run_dir() / f"{cfg.name}.log"
+    ports = real_ports(cfg)
+    state = State(site=cfg.name, config=str(cfg.path.absolute()), pid=os.getpid(), log=str(log))
+    terminal = TerminalReporter()
+    reporters = Reporters(terminal, NotifyReporter(system.sd_notify))
+
+    async def main() -> int:
+        """Recover, then hold the site until a signal or the end."""
+        await recover(cfg.name, ports.runner, ports.store, terminal)
+        reporters.reporters.append(StateReporter(state, ports.store.write, ports.clock.time))
+        readiness = PipeReadiness(ready_fd, log, reporters)
+        supervisor = Supervisor(cfg, ports, reporters, readiness, os.getpid())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, supervisor.stop, sig.name)
+        return await supervisor.run()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        ports.store.remove(cfg.name)
 
 
 def real_ports(cfg: SiteConfig) -> Ports:

@@ -20,14 +20,12 @@ from .config import ConfigError, SiteConfig, check_files, load
 from .errors import EXIT_USAGE, Fail, PppsshError
 from .system import (
     SiteLock,
-    State,
     leftover_pppd,
     pid_alive,
     read_state,
     read_states,
     remove_state,
     run_dir,
-    sd_notify,
 )
 
 __all__ = ["entry", "main"]
@@ -125,46 +123,23 @@ def _daemon(cfg: SiteConfig, ready_fd: int, verbose: bool) -> int:
 
 
 def undo_leftovers(site: str) -> bool:
-    """Undo what a pppssh that died without its teardown left here (lifecycle.recover, its
-    ledger); True when something was left."""
-    from .adapters import RunDirStore, SubprocessRunner
-    from .events import TerminalReporter
-    from .lifecycle import recover
+    """Undo what a pppssh that died without its teardown left here; True if it left some."""
+    from .adapters import recover_site
 
-    return asyncio.run(recover(site, SubprocessRunner(), RunDirStore(), TerminalReporter()))
+    return recover_site(site)
 
 
 def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:
-    """Hold the site in this process until SIGTERM/SIGINT/SIGHUP or until it gives up."""
-    from .adapters import PipeReadiness, real_ports
-    from .events import NotifyReporter, Reporters, StateReporter, TerminalReporter
-    from .lifecycle import recover
-    from .supervisor import Supervisor
+    """Hold the site in this process under its lock (adapters.hold_site) until a signal
+    stops it or it gives up."""
+    from .adapters import hold_site
 
     lock = SiteLock(cfg.name)
     if not lock.acquire():
         raise Fail(_already_running(cfg.name))
-    log = run_dir() / f"{cfg.name}.log"
-    ports = real_ports(cfg)
-    state = State(site=cfg.name, config=str(cfg.path.absolute()), pid=os.getpid(), log=str(log))
-    terminal = TerminalReporter()
-    reporters = Reporters(terminal, NotifyReporter(sd_notify))
-
-    async def main() -> int:
-        """Recover what a dead predecessor left, then hold the site; signals stop it."""
-        await recover(cfg.name, ports.runner, ports.store, terminal)
-        reporters.reporters.append(StateReporter(state, ports.store.write, ports.clock.time))
-        readiness = PipeReadiness(ready_fd, log, reporters)
-        supervisor = Supervisor(cfg, ports, reporters, readiness, os.getpid())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(sig, supervisor.stop, sig.name)
-        return await supervisor.run()
-
     try:
-        return asyncio.run(main())
+        return hold_site(cfg, ready_fd)
     finally:
-        ports.store.remove(cfg.name)
         lock.release()
 
 

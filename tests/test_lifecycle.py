@@ -15,6 +15,7 @@ import pytest
 
 from pppssh.backoff import delays
 from pppssh.config import SiteConfig
+from pppssh.errors import TunnelError
 from pppssh.events import (
     CommandRun,
     Connected,
@@ -859,3 +860,24 @@ def test_terminal_and_log_reporters_say_the_same_lines() -> None:
         ("WARNING", "link down: SSH connection lost: x; undoing"),
         ("WARNING", "pppssh: site-b: link down: SSH connection lost: x"),
     ]
+
+
+def test_a_refused_channel_is_a_tunnel_error() -> None:
+    """asyncssh refusing the pppd channel (the connection died meanwhile) is a TunnelError,
+    which the supervisor retries, not a crash."""
+    import asyncssh
+
+    from pppssh.adapters import AsyncsshTransport
+
+    class Closed:
+        """A connection that refuses every channel."""
+
+        async def create_session(self, *args: object, **kwargs: object) -> None:
+            """Refused."""
+            raise asyncssh.ChannelOpenError(2, "Connection lost\x1b[2J")
+
+    transport = AsyncsshTransport(site())
+    transport.conn = Closed()  # type: ignore[assignment]
+    with pytest.raises(TunnelError) as caught:
+        asyncio.run(transport.open_pppd("pppd"))
+    assert str(caught.value) == "cannot open the remote pppd's channel: Connection lost\\x1b[2J"

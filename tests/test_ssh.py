@@ -715,7 +715,7 @@ def test_connect_options_are_the_one_place(tmp_path: Path, monkeypatch: pytest.M
 
 
 def _fake_local_pppd(release: Callable[[], None]) -> type:
-    """A LocalPppd stand-in: Tunnel.up stops right where the local pppd would start."""
+    """A LocalPppd stand-in: Attempt.up stops right where the local pppd would start."""
 
     class StopBeforeLocalPppd(Exception):
         """Raised instead of spawning pppd."""
@@ -867,7 +867,7 @@ def test_tunnel_reports_sudo_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyP
 async def _open_bridge(
     srv: SSHTestServer, factory: Callable[[], Bridge] = Bridge, **options: Any
 ) -> tuple[asyncssh.SSHClientConnection, Bridge]:
-    """Connect and open the remote pppd session as Tunnel.up does (open_bridge)."""
+    """Connect and open the remote pppd session as Attempt.up does (open_bridge)."""
     conn, _client = await connect(srv.cfg())
     session = await open_bridge(conn, shell_join(remote_pppd_argv(srv.cfg())), factory, **options)
     assert isinstance(session, Bridge)
@@ -1300,7 +1300,7 @@ def test_bridge_notices_local_pppd_closing_its_tty(tmp_path: Path) -> None:
                 assert not bridge.master_closed.done()
                 os.close(slave)  # what the local pppd's exit does
                 await bridge.master_closed
-                assert not bridge.closed.done()  # the channel is the Tunnel's to close
+                assert not bridge.closed.done()  # the channel is the lifecycle's to close
             finally:
                 bridge.close()
                 conn.close()
