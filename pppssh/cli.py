@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shlex
 import signal
 import sys
 import time
@@ -17,26 +16,16 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .backoff import delays
 from .config import ConfigError, SiteConfig, check_files, load
-from .errors import EXIT_USAGE, Fail
-from .plan import Command
+from .errors import EXIT_USAGE, Fail, PppsshError
 from .system import (
-    CommandFailed,
     SiteLock,
-    State,
-    echo,
     leftover_pppd,
     pid_alive,
     read_state,
     read_states,
-    redirect_output,
     remove_state,
     run_dir,
-    run_local,
-    sd_notify,
-    stop_process,
-    write_state,
 )
 
 __all__ = ["entry", "main"]
@@ -85,7 +74,7 @@ def _start_background(cfg: SiteConfig, verbose: bool = False) -> int:
     The tunnel code (asyncssh, cryptography) is imported here, before the fork: the daemon
     then maps only the pages of those libraries it uses, not all that loading them touched.
     """
-    from . import tunnel  # noqa: F401
+    from . import adapters, supervisor  # noqa: F401
 
     r, w = os.pipe()
     sys.stdout.flush()
@@ -96,6 +85,8 @@ def _start_background(cfg: SiteConfig, verbose: bool = False) -> int:
         status = 1
         try:
             status = _daemon(cfg, w, verbose)
+        except BaseException:  # a bug: its traceback, before the exit skips the usual print
+            traceback.print_exc()
         finally:
             _exit(status)
     os.close(w)
@@ -131,140 +122,24 @@ def _daemon(cfg: SiteConfig, ready_fd: int, verbose: bool) -> int:
     return _reported(lambda: _run_foreground(cfg, ready_fd), verbose)
 
 
-def undo_leftovers(site: str, stale: State | None) -> None:
-    """Undo what a pppssh that died without its teardown (SIGKILL, a crash) left here.
+def undo_leftovers(site: str) -> bool:
+    """Undo what a pppssh that died without its teardown left here; True if it left some."""
+    from .adapters import recover_site
 
-    Its local pppd is stopped (the interface and its routes go with it), then the routes its
-    state file recorded are removed. On the remote gateway the next start's cleanup step
-    stops the old remote pppd.
-    """
-    linkname = f"pppssh-{site}"
-    pids = leftover_pppd(stale, linkname)
-    routes = stale.local_routes + stale.local_filter if stale is not None else []
-    if stale is None and not pids:
-        return
-    who = f"an earlier pppssh (pid {stale.pid})" if stale else "an earlier pppssh"
-    print(f"pppssh: {site}: {who} ended without its teardown; undoing what it left", flush=True)
-    for pid in pids:
-        echo("[#]", f"kill -TERM {pid}  # its local pppd")
-        echo("", f"local pppd {pid} stopped ({stop_process(pid)})")
-    for shown in routes:
-        argv = shlex.split(shown)
-        if "add" not in argv:
-            continue
-        argv[argv.index("add")] = "del"
-        try:
-            run_local(Command(tuple(argv)))
-        except CommandFailed as exc:
-            if "No such process" in exc.stderr or "Cannot find device" in exc.stderr:
-                echo("", "already gone with its interface")
-            else:
-                echo("", f"note: {exc}")
-    remove_state(site)
+    return recover_site(site)
 
 
 def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:
-    """Hold the tunnel in this process until SIGTERM/SIGINT or until it fails."""
-    from .tunnel import TunnelError, run_tunnel
+    """Hold the site in this process under its lock (adapters.hold_site) until a signal
+    stops it or it gives up."""
+    from .adapters import hold_site
 
     lock = SiteLock(cfg.name)
     if not lock.acquire():
         raise Fail(_already_running(cfg.name))
-    undo_leftovers(cfg.name, read_state(cfg.name))
-    log = run_dir() / f"{cfg.name}.log"
-    state = State(site=cfg.name, config=str(cfg.path.absolute()), pid=os.getpid(), log=str(log))
-    write_state(state)
-
-    announced = False
-
-    def ready(tunnel: object) -> None:
-        """Routes are in place: tell systemd, or the waiting `pppssh start` (once)."""
-        nonlocal announced, ready_fd
-        link = f"{state.interface} {state.local_address} -> {state.remote_address}"
-        sd_notify("READY=1", f"STATUS=up: {link}")
-        if announced:
-            print(f"pppssh: {cfg.name} is up again: {link}", flush=True)
-            return
-        announced = True
-        print(f"pppssh: {cfg.name} is up: {link} (pid {os.getpid()}); "
-              f"stop it with: pppssh stop {cfg.name}", flush=True)  # fmt: skip
-        if ready_fd is not None:
-            redirect_output(log)
-            os.write(ready_fd, b"READY\n")
-            os.close(ready_fd)
-            ready_fd = None
-
-    async def hold() -> None:
-        """Run the tunnel; after a failure, try again with backoff as the site file says."""
-        nonlocal ready_fd
-        waits = delays(cfg.reconnect_delay, cfg.reconnect_delay_max)
-        failures = 0
-        while True:
-            sd_notify(f"STATUS=connecting to {cfg.destination}")
-            try:
-                await run_tunnel(cfg, state, ready)
-                return
-            except TunnelError as exc:
-                if not (cfg.reconnect if announced else cfg.retry_start):
-                    raise
-                if state.up_since is not None:  # this attempt had come up: start over
-                    waits = delays(cfg.reconnect_delay, cfg.reconnect_delay_max)
-                    failures = 0
-                failures += 1
-                if cfg.reconnect_tries and failures > cfg.reconnect_tries:
-                    raise TunnelError(
-                        f"{exc} (giving up after {cfg.reconnect_tries} failed attempts in a "
-                        "row: reconnect_tries)"
-                    ) from None
-                delay = next(waits)
-                state.reconnects += 1
-                state.state = "reconnecting"
-                state.last_error = str(exc)
-                state.up_since = None
-                write_state(state)
-                print(f"pppssh: {cfg.name}: {exc}; trying again in {delay:.1f}s", flush=True)
-                sd_notify(f"STATUS=reconnecting: {exc}")
-                if ready_fd is not None:  # `pppssh start` waits for the first outcome
-                    redirect_output(log)
-                    os.write(ready_fd, f"RETRYING {exc}\n".encode())
-                    os.close(ready_fd)
-                    ready_fd = None
-                await asyncio.sleep(delay)
-
-    async def main() -> int:
-        """Hold the site; signals cancel it, which unwinds the undo stack."""
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        stopping = False
-
-        def on_signal(signame: str) -> None:
-            """First SIGTERM/SIGINT/SIGHUP stops the site; later ones are ignored."""
-            nonlocal stopping
-            if not stopping:
-                stopping = True
-                print(f"received {signame}", flush=True)
-                sd_notify("STOPPING=1")
-                task.cancel()
-
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(sig, on_signal, sig.name)
-        try:
-            await hold()
-        except asyncio.CancelledError:
-            if not stopping:
-                raise
-            print(f"pppssh: {cfg.name} stopped", flush=True)
-            return 0
-        except TunnelError as exc:
-            print(f"pppssh: {cfg.name}: {exc}", file=sys.stderr, flush=True)
-            return 1
-        return 0
-
     try:
-        return asyncio.run(main())
+        return hold_site(cfg, ready_fd)
     finally:
-        remove_state(cfg.name)
         lock.release()
 
 
@@ -328,7 +203,7 @@ def _begin_stop(site: str) -> _Stopping | None:
             raise Fail(f"site '{site}' is starting or stopping; try again in a moment")
         if state is not None or leftover_pppd(None, f"pppssh-{site}"):
             _need_root("stop")
-            undo_leftovers(site, state)
+            undo_leftovers(site)
             print(f"pppssh: site '{site}' was not running (undid what it left)")
         else:
             print(f"pppssh: site '{site}' is not running")
@@ -542,21 +417,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _reported(run: Callable[[], int], verbose: bool) -> int:
-    """run()'s exit status; a failure becomes one line on stderr (with -v, its traceback)."""
+    """run()'s exit status; a PppsshError becomes its one line on stderr (with -v, its
+    traceback too) and its exit status; Ctrl-C is 130. Anything else is a bug: it is not
+    caught here, and Python prints its traceback."""
     try:
         return run()
-    except Fail as exc:
-        print(f"pppssh: {exc}", file=sys.stderr)
-        return exc.status
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
+    except PppsshError as exc:
         if verbose:
             traceback.print_exc()
-        else:
-            print(f"pppssh: {type(exc).__name__}: {exc} (run with -v for details)",
-                  file=sys.stderr)  # fmt: skip
-        return 1
+        print(f"pppssh: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
 
 
 def _exit(status: int) -> NoReturn:

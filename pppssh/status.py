@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from .ledger import Entry, Ledger
 from .system import State, interface_counters, pid_alive, read_state, read_states
 
 __all__ = ["render_table", "site_status", "status_main"]
@@ -29,9 +30,23 @@ def _duration(seconds: float) -> str:
     return f"{s}s"
 
 
+def _entries(state: State) -> list[Entry]:
+    """The ledger of a state file (nothing, if it is not one)."""
+    try:
+        return Ledger.from_json(state.ledger).entries
+    except ValueError:
+        return []
+
+
+def _routes(entries: list[Entry], side: str) -> list[Entry]:
+    """The routes of one side, in the order they were added."""
+    return [e for e in entries if e.side == side and e.kind in ("route", "server-route")]
+
+
 def site_status(state: State, now: float | None = None) -> dict[str, Any]:
-    """One site's status as plain data (the --json form)."""
+    """One site's status as plain data (the --json form); routes from its ledger."""
     now = time.time() if now is None else now
+    entries = _entries(state)
     alive = pid_alive(state.pid)
     counters = interface_counters(state.interface) if state.interface and alive else None
     return {
@@ -46,8 +61,10 @@ def site_status(state: State, now: float | None = None) -> dict[str, Any]:
         "uptime": round(now - state.up_since, 1) if state.up_since and alive else None,
         "bytes_in": counters[0] if counters else None,
         "bytes_out": counters[1] if counters else None,
-        "local_routes": list(state.local_routes),
-        "remote_routes": list(state.remote_routes),
+        "local_routes": [e.shown for e in _routes(entries, "local")],
+        "remote_routes": [e.shown for e in _routes(entries, "remote")],
+        "routes_here": [e.what for e in _routes(entries, "local")],
+        "routes_there": [e.what for e in _routes(entries, "remote")],
         "reconnects": state.reconnects,
         "last_error": state.last_error,
         "log": state.log,
@@ -64,11 +81,6 @@ def _human_bytes(n: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
-
-
-def _route_only(command: str) -> str:
-    """`sudo -n /usr/sbin/ip route add NET via X dev Y` -> `NET via X dev Y`."""
-    return command.split(" route add ", 1)[-1]
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -94,10 +106,9 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         for r in table
     ]
     for row in rows:
-        for side, where in (("local", "here"), ("remote", "there")):
-            routes = row[f"{side}_routes"]
-            lines.append(f"{row['site']} routes {where}: "
-                         + (", ".join(_route_only(r) for r in routes) or "none"))  # fmt: skip
+        for where in ("here", "there"):
+            routes = row[f"routes_{where}"]
+            lines.append(f"{row['site']} routes {where}: {', '.join(routes) or 'none'}")
     return "\n".join(lines)
 
 

@@ -13,12 +13,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import CommandFailed
-from .plan import Command
+from .plan import Command, shell_join
 
 __all__ = [
     "FILE_MODE",
@@ -54,14 +55,15 @@ def echo(prefix: str, text: str, out: TextIO | None = None) -> None:
     print(f"{prefix} {text}" if prefix else text, file=stream, flush=True)
 
 
-def run_local(command: Command) -> str:
-    """Echo `[#] cmd`, run it, return stdout; raise CommandFailed with its stderr.
+def run_local(command: Command, show: bool = True) -> str:
+    """Echo `[#] cmd` (unless show is False), run it, return stdout; raise CommandFailed.
 
     subprocess (vfork and exec) rather than a fork of this process: on a small gateway a
     fork of the daemon costs more than the command (0.26 s against 0.07 s in the lab kernel)
     and holds up the event loop, and with it the link, while it runs.
     """
-    echo("[#]", command.shown)
+    if show:
+        echo("[#]", command.shown)
     try:
         result = subprocess.run(
             command.argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -76,13 +78,20 @@ def run_local(command: Command) -> str:
     return result.stdout
 
 
-def run_hook(argv: tuple[str, ...], env: dict[str, str], timeout: float) -> None:
-    """Echo `[#] cmd`, run a site's up/down command with env added, relay its output.
+def run_hook(
+    argv: tuple[str, ...],
+    env: dict[str, str],
+    timeout: float,
+    on_line: Callable[[str], None] | None = None,
+) -> None:
+    """Echo `[#] cmd`, run a site's up/down command with env added, relay its output (to
+    on_line instead, without the echo, when given).
 
     Raises CommandFailed when it exits non-zero, is missing, or runs past timeout (killed).
     """
     shown = " ".join(shlex.quote(word) for word in argv)
-    echo("[#]", shown)
+    if on_line is None:
+        echo("[#]", shown)
     try:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -98,7 +107,10 @@ def run_hook(argv: tuple[str, ...], env: dict[str, str], timeout: float) -> None
         proc.communicate()
         raise CommandFailed(shown, None, f"still running after {timeout:g}s; killed") from None
     for line in out.splitlines():
-        echo("", f"  {line}")
+        if on_line is None:
+            echo("", f"  {line}")
+        else:
+            on_line(line)
     if proc.returncode != 0:
         last = out.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
         raise CommandFailed(shown, proc.returncode, last[0])
@@ -176,6 +188,25 @@ class State:
     reconnects: int = 0
     last_error: str | None = None
     log: str | None = None
+    # The ledger (ledger.Entry.to_json() each): what is applied, with its undo. The three
+    # lists above are views of it for people and scripts, written from it, never read back.
+    ledger: list[dict[str, Any]] = field(default_factory=list)
+
+    def set_ledger(self, entries: list[dict[str, Any]]) -> None:
+        """Record the ledger and refresh its views (the apply commands, as shown)."""
+        self.ledger = entries
+
+        def shown(side: str, kinds: tuple[str, ...]) -> list[str]:
+            """The apply commands of entries on side of one of kinds (with an undo)."""
+            return [
+                shell_join(e["apply"])
+                for e in entries
+                if e["side"] == side and e["kind"] in kinds and e.get("undo") is not None
+            ]
+
+        self.local_routes = shown("local", ("route", "server-route"))
+        self.remote_routes = shown("remote", ("route",))
+        self.local_filter = shown("local", ("filter",))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> State:

@@ -324,7 +324,10 @@ def _reaches_in(tree: ast.AST, hooked: set[str]) -> list[str]:
             found.append(where + ast.unparse(node))
         if isinstance(node, ast.Assign):
             for target in node.targets:
-                if isinstance(target, ast.Attribute) and target.attr in hooked:
+                own = isinstance(target, ast.Attribute) and (
+                    isinstance(target.value, ast.Name) and target.value.id in ("self", "cls")
+                )  # an object setting its own attribute (self.write = ...) patches nothing
+                if isinstance(target, ast.Attribute) and target.attr in hooked and not own:
                     found.append(where + ast.unparse(target) + " = ...")
         if isinstance(node, ast.Import) and any(a.name.startswith("asyncssh") for a in node.names):
             found.append(where + ast.unparse(node))

@@ -58,28 +58,14 @@ def test_importing_pppssh_runs_no_linker(tmp_path: Path) -> None:
         pytest.skip("liboqs is in the ld.so cache: no find_library here reaches gcc or ld")
     plain = _linkers_run(tmp_path, "import asyncssh")
     assert plain, "asyncssh alone should have tried gcc or ld for liboqs here"
-    code = "import pppssh.tunnel, pppssh.check, pppssh.remote_setup"
+    code = "import pppssh.adapters, pppssh.check, pppssh.remote_setup"
     assert _linkers_run(tmp_path, code) == []
 
 
 def test_nettle_is_not_loaded(tmp_path: Path) -> None:
-    code = "import pppssh.tunnel; print(any('nettle' in line for line in open('/proc/self/maps')))"
+    code = (
+        "import pppssh.adapters; print(any('nettle' in line for line in open('/proc/self/maps')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout  # fmt: skip
     assert out.split() == ["False"]
-
-
-def test_the_old_import_path_is_the_same_asyncssh() -> None:
-    """pppssh._asyncssh re-exports the module asyncssh_compat imported, no second import."""
-    import asyncssh
-
-    from pppssh import _asyncssh, asyncssh_compat
-
-    assert _asyncssh.asyncssh is asyncssh_compat.asyncssh is asyncssh
-
-
-def test_a_library_outside_the_cache_counts_as_absent() -> None:
-    """Only `ldconfig -p` answers: a name it does not list is None, never a linker run."""
-    find = ld_cache_lookup(LISTING, "libc6,x86-64")
-    assert find("oqs-not-there") is None
-    assert find("ff") is None  # a name is matched up to its dot, not as a prefix

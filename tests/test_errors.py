@@ -142,7 +142,7 @@ def test_command_failed_and_remote_failed_keep_what_ran() -> None:
 def _pppssh_modules() -> list[str]:
     """Every module of the package, by name."""
     names = [m.name for m in pkgutil.iter_modules(pppssh.__path__, "pppssh.")]
-    assert "pppssh.errors" in names and "pppssh.tunnel" in names
+    assert "pppssh.errors" in names and "pppssh.lifecycle" in names
     return names
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
-import os
 from pathlib import Path
 
 import pytest
 
-import pppssh.tunnel
 from pppssh.config import SiteConfig, parse
+from pppssh.errors import TunnelError
+from pppssh.lifecycle import Attempt
 from pppssh.linkfilter import (
     PRIORITY,
     effective_rp_filter,
@@ -23,8 +23,7 @@ from pppssh.linkfilter import (
 from pppssh.localppp import LocalPppd
 from pppssh.plan import Command
 from pppssh.ssh import RemoteFailed
-from pppssh.system import State
-from pppssh.tunnel import Tunnel, TunnelError
+from tests.fakes import Recorder, World, fake_ports
 
 
 def site(
@@ -152,11 +151,26 @@ def test_loose_all_setting_is_reported() -> None:
 # ---------------------------------------------------------------------------- remote text
 
 
-def tunnel_for(cfg: SiteConfig) -> Tunnel:
-    """A Tunnel with a connection object that is never used (its remote calls are faked)."""
-    tunnel = Tunnel(cfg, State(site=cfg.name, config=str(cfg.path), pid=os.getpid()))
-    tunnel.conn = object()  # type: ignore[assignment]
-    return tunnel
+class Answers:
+    """An SSH transport whose every remote request gets one answer (or one failure)."""
+
+    def __init__(self, answer: str | Exception) -> None:
+        """What each request returns or raises."""
+        self.answer = answer
+
+    async def run(self, command: Command, timeout: float = 60.0) -> str:
+        """The answer."""
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def tunnel_for(cfg: SiteConfig, answer: str | Exception) -> Attempt:
+    """An attempt whose remote requests all get `answer`."""
+    ports, _, _ = fake_ports(World(), cfg)
+    attempt = Attempt(cfg, ports, Recorder())
+    attempt.ssh = Answers(answer)  # type: ignore[assignment]
+    return attempt
 
 
 @pytest.mark.parametrize("answer", ["ppp0;reboot", "eth0", "ppp0\x1b[2J", "../ppp0", "ppp"])
@@ -166,12 +180,7 @@ def test_remote_interface_name_must_be_pppn(
     monkeypatch.setenv("PPPSSH_RUN_DIR", str(tmp_path))
     cfg = site(ppp="", networks="local = 10.1.0.0/24\nremote = 10.2.0.0/24\n")
     cfg = dataclasses.replace(cfg, helper=True)  # the helper answers with the name alone
-    tunnel = tunnel_for(cfg)
-
-    async def answers(command: Command, timeout: float = 60.0) -> str:
-        return answer + "\n"
-
-    monkeypatch.setattr(tunnel, "_run_remote", answers)
+    tunnel = tunnel_for(cfg, answer + "\n")
     with pytest.raises(TunnelError) as caught:
         asyncio.run(tunnel._remote_if())
     message = str(caught.value)
@@ -180,24 +189,16 @@ def test_remote_interface_name_must_be_pppn(
 
 
 def test_remote_interface_pppn_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
-    tunnel = tunnel_for(dataclasses.replace(site(), helper=True))
-
-    async def answers(command: Command, timeout: float = 60.0) -> str:
-        return "ppp7\n"
-
-    monkeypatch.setattr(tunnel, "_run_remote", answers)
+    tunnel = tunnel_for(dataclasses.replace(site(), helper=True), "ppp7\n")
     assert asyncio.run(tunnel._remote_if()) == "ppp7"
 
 
 def test_remote_stderr_is_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
-    tunnel = tunnel_for(site())
-
-    async def fails(conn: object, command: Command, timeout: float = 60.0) -> str:
-        raise RemoteFailed(command.shown, 1, "sudo: \x1b]0;owned\x07no\r\nsecond\x1b[2J line")
-
-    monkeypatch.setattr(pppssh.tunnel, "run_remote", fails)
+    shown = "ip route add 10.1.0.0/24"
+    failure = RemoteFailed(shown, 1, "sudo: \x1b]0;owned\x07no\r\nsecond\x1b[2J line")
+    tunnel = tunnel_for(site(), failure)
     with pytest.raises(RemoteFailed) as caught:
-        asyncio.run(tunnel._run_remote(Command(("ip", "route", "add", "10.1.0.0/24"))))
+        asyncio.run(tunnel._remote(Command(("ip", "route", "add", "10.1.0.0/24"))))
     message = str(caught.value)
     assert message.isprintable(), message
     assert "\\x1b]0;owned\\x07no | second\\x1b[2J line" in message

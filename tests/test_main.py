@@ -15,7 +15,7 @@ import sys
 import pppssh.__main__ as main
 main.without_tls()
 import asyncio
-import pppssh.tunnel, pppssh.check, pppssh.remote_setup
+import pppssh.adapters, pppssh.supervisor, pppssh.check, pppssh.remote_setup
 
 async def echo_once():
     async def serve(reader, writer):
@@ -54,9 +54,11 @@ def test_ssl_is_there_without_it() -> None:
 def test_failures_are_reported_one_line_or_with_traceback(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """How main() and the forked daemon report a failure: Fail as its own line, anything
-    else as one line naming it, or its traceback with -v; Ctrl-C is 130."""
-    from pppssh.cli import Fail, _reported
+    """How main() and the forked daemon report a failure: a PppsshError as its own line and
+    its exit status (with -v its traceback first); Ctrl-C is 130; anything else is a bug and
+    is not caught (Python prints its traceback)."""
+    from pppssh.cli import _reported
+    from pppssh.errors import ConfigError, Fail
 
     def boom() -> int:
         raise ValueError("no such thing")
@@ -64,17 +66,23 @@ def test_failures_are_reported_one_line_or_with_traceback(
     def refused() -> int:
         raise Fail("site 'x' is already running")
 
+    def bad_file() -> int:
+        raise ConfigError("/etc/pppssh/x.conf", 3, "mtu", "not a number")
+
     def interrupted() -> int:
         raise KeyboardInterrupt
 
     assert _reported(lambda: 7, verbose=False) == 7
     assert _reported(refused, verbose=False) == 1
     assert capsys.readouterr().err == "pppssh: site 'x' is already running\n"
-    assert _reported(boom, verbose=False) == 1
-    assert capsys.readouterr().err == (
-        "pppssh: ValueError: no such thing (run with -v for details)\n"
-    )
-    assert _reported(boom, verbose=True) == 1
+    assert _reported(bad_file, verbose=False) == 2
+    assert capsys.readouterr().err == "pppssh: /etc/pppssh/x.conf:3: mtu: not a number\n"
+    assert _reported(refused, verbose=True) == 1
     err = capsys.readouterr().err
-    assert err.startswith("Traceback") and err.endswith("ValueError: no such thing\n")
+    assert err.startswith("Traceback") and err.endswith(
+        "Fail: site 'x' is already running\npppssh: site 'x' is already running\n"
+    )
+    with pytest.raises(ValueError, match="no such thing"):
+        _reported(boom, verbose=False)
+    assert capsys.readouterr().err == ""
     assert _reported(interrupted, verbose=False) == 130

@@ -14,18 +14,19 @@ import subprocess
 import time
 import tty
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
 import pytest
 
-import pppssh.tunnel
 from pppssh import check, trust
+from pppssh.adapters import AsyncsshTransport, real_ports
 from pppssh.asyncssh_compat import skip_packet_logging
 from pppssh.bridge import Bridge
 from pppssh.config import parse
+from pppssh.events import TerminalReporter
+from pppssh.lifecycle import Attempt
 from pppssh.localppp import describe_exit
 from pppssh.plan import Command, remote_pppd_argv, shell_join
 from pppssh.ssh import (
@@ -54,8 +55,6 @@ from pppssh.ssh import (
     read_identity,
     run_remote,
 )
-from pppssh.system import State
-from pppssh.tunnel import Tunnel
 
 from .sshserver import USER, SSHTestServer
 from .test_proxy import http_proxy, serve
@@ -776,7 +775,7 @@ def test_connect_options_are_the_one_place(tmp_path: Path, monkeypatch: pytest.M
 
 
 def _fake_local_pppd(release: Callable[[], None]) -> type:
-    """A LocalPppd stand-in: Tunnel.up stops right where the local pppd would start."""
+    """A LocalPppd stand-in: Attempt.up stops right where the local pppd would start."""
 
     class StopBeforeLocalPppd(Exception):
         """Raised instead of spawning pppd."""
@@ -794,6 +793,14 @@ def _fake_local_pppd(release: Callable[[], None]) -> type:
     return FakeLocalPppd
 
 
+def attempt_for(cfg: Any, pppd: type | None = None) -> Attempt:
+    """An attempt with the real ports (a stand-in local pppd when given)."""
+    ports = real_ports(cfg)
+    if pppd is not None:
+        ports.pppd = lambda: pppd(cfg)
+    return Attempt(cfg, ports, TerminalReporter())
+
+
 def test_tunnel_starts_remote_pppd_on_a_raw_pty(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -809,18 +816,17 @@ def test_tunnel_starts_remote_pppd_on_a_raw_pty(
         process.exit(0)
 
     fake = _fake_local_pppd(release.set)
-    monkeypatch.setattr(pppssh.tunnel, "LocalPppd", fake)
 
-    async def main() -> tuple[SSHTestServer, Tunnel]:
+    async def main() -> tuple[SSHTestServer, Attempt]:
         async with SSHTestServer(tmp_path, remote_pppd) as srv:
             cfg = srv.cfg()
-            tunnel = Tunnel(cfg, State(site=cfg.name, config=str(cfg.path), pid=os.getpid()))
+            tunnel = attempt_for(cfg, fake)
             with pytest.raises(fake.stop_exception):
-                async with AsyncExitStack() as stack:
-                    await tunnel.up(stack)
+                await tunnel.run(lambda attempt: None)
             return srv, tunnel
 
     srv, tunnel = run(main)
+    assert isinstance(tunnel.ssh, AsyncsshTransport)
     cfg = srv.cfg()
     assert shell_join(remote_pppd_argv(cfg)) == LAB_REMOTE_COMMAND
     check, session = srv.rec.sessions
@@ -834,10 +840,11 @@ def test_tunnel_starts_remote_pppd_on_a_raw_pty(
         MUST_BE_OFF, 0
     )
     assert modes.get(asyncssh.PTY_CS8) == 1
-    assert tunnel.bridge is not None
-    assert tunnel.bridge.first_frame.is_set()
-    assert tunnel.bridge.preamble_text() == ""
-    assert tunnel.bridge.closed.done() and tunnel.bridge.closed.result() == 0
+    bridge = tunnel.ssh.bridge
+    assert bridge is not None
+    assert bridge.first_frame.is_set()
+    assert bridge.preamble_text() == ""
+    assert bridge.closed.done() and bridge.closed.result() == 0
     out = capsys.readouterr().out
     assert f"[{USER}@127.0.0.1] {LAB_REMOTE_COMMAND}\n" in out
 
@@ -871,10 +878,9 @@ def test_tunnel_stops_a_remote_pppd_left_by_an_earlier_session(
         async with SSHTestServer(tmp_path, remote) as srv:
             cfg = srv.cfg(helper="yes" if helper else "no")
             assert cfg.helper is helper
-            tunnel = Tunnel(cfg, State(site=cfg.name, config=str(cfg.path), pid=os.getpid()))
+            tunnel = attempt_for(cfg)
             with pytest.raises(TunnelError, match="a password is required"):
-                async with AsyncExitStack() as stack:
-                    await tunnel.up(stack)
+                await tunnel.run(lambda attempt: None)
             commands = [s.command for s in srv.rec.sessions]
             if helper:
                 assert commands == ["cleanup", "pppd"]
@@ -899,15 +905,12 @@ def test_tunnel_reports_sudo_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyP
         process.stderr.write(b"sudo: a password is required\r\n")
         process.exit(1)
 
-    monkeypatch.setattr(pppssh.tunnel, "LocalPppd", _fake_local_pppd(lambda: None))
-
     async def main() -> str:
         async with SSHTestServer(tmp_path, sudo_refuses) as srv:
             cfg = srv.cfg()
-            tunnel = Tunnel(cfg, State(site=cfg.name, config=str(cfg.path), pid=os.getpid()))
+            tunnel = attempt_for(cfg, _fake_local_pppd(lambda: None))
             with pytest.raises(TunnelError) as info:
-                async with AsyncExitStack() as stack:
-                    await tunnel.up(stack)
+                await tunnel.run(lambda attempt: None)
             return str(info.value)
 
     # sshd merges stderr into the pty; asyncssh sends it as extended data, which the Bridge
@@ -924,7 +927,7 @@ def test_tunnel_reports_sudo_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyP
 async def _open_bridge(
     srv: SSHTestServer, factory: Callable[[], Bridge] = Bridge, **options: Any
 ) -> tuple[asyncssh.SSHClientConnection, Bridge]:
-    """Connect and open the remote pppd session as Tunnel.up does (open_bridge)."""
+    """Connect and open the remote pppd session as Attempt.up does (open_bridge)."""
     conn, _client = await connect(srv.cfg())
     session = await open_bridge(conn, shell_join(remote_pppd_argv(srv.cfg())), factory, **options)
     assert isinstance(session, Bridge)
@@ -1357,7 +1360,7 @@ def test_bridge_notices_local_pppd_closing_its_tty(tmp_path: Path) -> None:
                 assert not bridge.master_closed.done()
                 os.close(slave)  # what the local pppd's exit does
                 await bridge.master_closed
-                assert not bridge.closed.done()  # the channel is the Tunnel's to close
+                assert not bridge.closed.done()  # the channel is the lifecycle's to close
             finally:
                 bridge.close()
                 conn.close()
@@ -1542,34 +1545,6 @@ def test_find_ppp_interface() -> None:
     assert find_ppp_interface(IP_ADDR, "10.99.0.2", "10.88.0.1") is None
     assert find_ppp_interface(IP_ADDR, "10.2.0.1", "10.2.0.255") is None
     assert find_ppp_interface("", "10.99.0.2", "10.99.0.1") is None
-
-
-def test_link_down_names_the_cause_not_its_echo(tmp_path: Path) -> None:
-    """The pty closes a moment before the pidfd says the local pppd was killed: watch()
-    reports the kill, not the closed terminal."""
-    from types import SimpleNamespace
-
-    async def main() -> str:
-        loop = asyncio.get_running_loop()
-        srv = SSHTestServer(tmp_path)
-        srv.port = 2222  # never listens: the link's parts are stand-ins
-        cfg = srv.cfg()
-        tunnel = Tunnel(cfg, State(site=cfg.name, config=str(cfg.path), pid=os.getpid()))
-        master_closed, exited = loop.create_future(), loop.create_future()
-        tunnel.bridge = SimpleNamespace(  # type: ignore[assignment]
-            closed=loop.create_future(), master_closed=master_closed
-        )
-        tunnel.local = SimpleNamespace(  # type: ignore[assignment]
-            exited=exited, last_lines=lambda: ""
-        )
-        loop.call_later(0.01, master_closed.set_result, None)
-        loop.call_later(0.2, exited.set_result, -9)
-        return await tunnel.watch()
-
-    assert run(main).startswith("local pppd exited, ")
-
-
-# ---------------------------------------------------------------------------- reaching the gateway
 
 
 def _bastion_line(bastion: SSHTestServer, key: asyncssh.SSHKey | None = None) -> str:

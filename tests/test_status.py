@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import time
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pppssh import cli
+from pppssh import system
 from pppssh.cli import main
+from pppssh.ledger import filter_entry, route_entry
+from pppssh.plan import Command, RouteChange
 from pppssh.status import render_table, site_status
 from pppssh.system import SiteLock, State, create_file, write_state
 
@@ -23,15 +26,34 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+RULE = ("ip", "-4", "rule", "add", "iif", "ppp0", "priority", "5001", "prohibit")
+RULE_DEL = ("ip", "-4", "rule", "del", "iif", "ppp0", "priority", "5001", "prohibit")
+
+
+def route(prefix: tuple[str, ...], net: str, via: str, dev: str) -> RouteChange:
+    """A route change as plan.py makes them."""
+    tail = (net, "via", via, "dev", dev)
+    return RouteChange(
+        ipaddress.IPv4Network(net),
+        Command((*prefix, "route", "add", *tail)),
+        Command((*prefix, "route", "del", *tail)),
+    )
+
+
 def up_state(**changes: object) -> State:
     """A site that is up, held by this very process (so its pid is alive)."""
     state = State(
         site="site-b", config="/etc/pppssh/site-b.conf", pid=os.getpid(), state="up",
         up_since=time.time() - 125, interface="lo", remote_interface="ppp3",
         local_address="192.168.77.1", remote_address="192.168.77.2",
-        local_routes=["ip route add 10.2.0.0/24 via 192.168.77.2 dev ppp0"],
-        remote_routes=["sudo -n /usr/sbin/ip route add 10.1.0.0/24 via 192.168.77.1 dev ppp3"],
     )  # fmt: skip
+    state.set_ledger([
+        filter_entry("only the local networks", Command(RULE), Command(RULE_DEL)).to_json(),
+        route_entry("local", route(("ip",), "10.2.0.0/24", "192.168.77.2", "ppp0")).to_json(),
+        route_entry(
+            "remote", route(("sudo", "-n", "/usr/sbin/ip"), "10.1.0.0/24", "192.168.77.1", "ppp3")
+        ).to_json(),
+    ])  # fmt: skip
     for key, value in changes.items():
         setattr(state, key, value)
     return state
@@ -100,7 +122,27 @@ def test_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--json"]) == 0
     site = json.loads(capsys.readouterr().out)["sites"][0]
     assert site["site"] == "site-b" and site["interface"] == "lo" and site["reconnects"] == 0
-    assert site["remote_routes"] == up_state().remote_routes
+    assert site["remote_routes"] == [
+        "sudo -n /usr/sbin/ip route add 10.1.0.0/24 via 192.168.77.1 dev ppp3"
+    ]
+    assert site["local_routes"] == ["ip route add 10.2.0.0/24 via 192.168.77.2 dev ppp0"]
+    assert site["routes_here"] == ["10.2.0.0/24 via 192.168.77.2 dev ppp0"]
+
+
+def test_state_file_views_are_written_from_the_ledger(run_dir: Path) -> None:
+    """The state file's local_routes/remote_routes/local_filter lists are the ledger's apply
+    commands, for scripts that read them; the ledger itself is there whole."""
+    write_state(up_state())
+    data = json.loads((run_dir / "site-b.json").read_text())
+    assert data["local_routes"] == ["ip route add 10.2.0.0/24 via 192.168.77.2 dev ppp0"]
+    assert data["remote_routes"] == [
+        "sudo -n /usr/sbin/ip route add 10.1.0.0/24 via 192.168.77.1 dev ppp3"
+    ]
+    assert data["local_filter"] == ["ip -4 rule add iif ppp0 priority 5001 prohibit"]
+    assert [e["kind"] for e in data["ledger"]] == ["filter", "route", "route"]
+    assert data["ledger"][1]["undo"] == [
+        "ip", "route", "del", "10.2.0.0/24", "via", "192.168.77.2", "dev", "ppp0"
+    ]  # fmt: skip
 
 
 def test_stop_not_running_says_so(
@@ -109,7 +151,13 @@ def test_stop_not_running_says_so(
     """stop of a site that is not running: a message and exit 0; what a dead pppssh left
     (its state file says) is undone. Commands are recorded here, not run on this host."""
     ran: list[tuple[str, ...]] = []
-    monkeypatch.setattr(cli, "run_local", lambda command: ran.append(command.argv) or "")
+
+    def run_local(command: Command, show: bool = True) -> str:
+        """Recorded, not run."""
+        ran.append(command.argv)
+        return ""
+
+    monkeypatch.setattr(system, "run_local", run_local)
     assert main(["stop", "site-b"]) == 0
     assert capsys.readouterr().out == "pppssh: site 'site-b' is not running\n"
     assert ran == []
@@ -118,7 +166,9 @@ def test_stop_not_running_says_so(
     out = capsys.readouterr().out
     assert "an earlier pppssh (pid 4194305) ended without its teardown" in out
     assert "was not running (undid what it left)" in out
-    assert ran == [("ip", "route", "del", "10.2.0.0/24", "via", "192.168.77.2", "dev", "ppp0")]
+    assert ran == [("ip", "route", "del", "10.2.0.0/24", "via", "192.168.77.2", "dev", "ppp0"),
+                   RULE_DEL]  # fmt: skip
+    assert "[#] ip route del 10.2.0.0/24 via 192.168.77.2 dev ppp0\n" in out
     assert main(["status", "site-b"]) == 3
 
 

@@ -1,0 +1,363 @@
+"""The real ports: asyncssh (ssh.py, bridge.py), the local pppd on a pty (localppp.py),
+subprocess (system.py), the state files in /run/pppssh, the clock, the fork's readiness pipe."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from . import system
+from .asyncssh_compat import asyncssh
+from .bridge import Bridge
+from .config import SiteConfig
+from .errors import CommandFailed, TunnelError
+from .events import LogReporter, NotifyReporter, Reporters, StateReporter, TerminalReporter
+from .lifecycle import recover
+from .localppp import LinkInfo, describe_exit
+from .localppp import LocalPppd as PtyProcessPppd
+from .plan import Command
+from .ports import HookResult, Ports
+from .sanitize import printable
+from .ssh import close_connection, connect, open_bridge, pin_address, run_remote
+from .supervisor import Supervisor
+from .system import State
+
+__all__ = [
+    "AsyncsshTransport",
+    "PipeReadiness",
+    "PtyPppd",
+    "RunDirStore",
+    "SubprocessRunner",
+    "SystemClock",
+    "hold_site",
+    "real_ports",
+    "recover_site",
+]
+
+RP_FILTER_ALL = "/proc/sys/net/ipv4/conf/all/rp_filter"
+
+
+class AsyncsshTransport:
+    """SshTransport over ssh.py's strict connection and bridge.Bridge (the byte pump)."""
+
+    def __init__(self, cfg: SiteConfig) -> None:
+        """Prepare; nothing is opened until connect()."""
+        self.cfg = cfg
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.client: Any = None
+        self.bridge: Bridge | None = None
+
+    async def connect(self) -> str:
+        """Open the connection; the server's version string."""
+        self.conn, self.client = await connect(self.cfg)
+        return str(self.conn.get_extra_info("server_version"))
+
+    def peer_address(self) -> str:
+        """The address of the path's TCP peer as connected (the proxy, the first jump host or
+        the gateway): what the full tunnel must keep routed where it is."""
+        assert self.conn is not None
+        address = pin_address(self.client)
+        if address is None:  # config refuses full_tunnel with proxy_command; never a guess
+            raise TunnelError("full tunnel: a proxy command carries the SSH connection")
+        return address
+
+    async def run(self, command: Command, timeout: float = 60.0) -> str:
+        """One remote request."""
+        assert self.conn is not None
+        return await run_remote(self.conn, command, timeout=timeout)
+
+    async def open_pppd(self, command: str) -> None:
+        """The remote pppd on a raw pty, pumped by a Bridge; a refused or lost channel is a
+        TunnelError (the supervisor then tries again, as for any other failed step)."""
+        assert self.conn is not None
+        try:
+            self.bridge = await open_bridge(self.conn, command)
+        except (asyncssh.Error, OSError) as exc:
+            reason = printable(str(exc) or type(exc).__name__)
+            raise TunnelError(f"cannot open the remote pppd's channel: {reason}") from None
+
+    async def first_frame(self) -> None:
+        """The first PPP frame from the remote pppd."""
+        assert self.bridge is not None
+        await self.bridge.first_frame.wait()
+
+    def attach(self, master: int) -> None:
+        """Pump to and from the local pty master."""
+        assert self.bridge is not None
+        self.bridge.attach(master)
+
+    def detach(self) -> None:
+        """Stop pumping."""
+        if self.bridge is not None:
+            self.bridge.detach()
+
+    def failures(self) -> list[asyncio.Future[Any]]:
+        """The connection's and the channel's end."""
+        futures: list[asyncio.Future[Any]] = []
+        if self.client is not None:
+            futures.append(self.client.lost)
+        if self.bridge is not None:
+            futures += [self.bridge.closed, self.bridge.master_closed]
+        return futures
+
+    def connection_lost(self) -> bool:
+        """The connection is gone."""
+        return self.conn is None or (self.client is not None and self.client.lost.done())
+
+    def _pppd_end(self) -> str:
+        """How the remote pppd ended."""
+        assert self.bridge is not None
+        if self.bridge.exit_status is not None:
+            return describe_exit(self.bridge.exit_status)
+        return self.bridge.describe_end()
+
+    def why_lost(self) -> str | None:
+        """Which part died and how (raw text), or None."""
+        lost = self.client.lost if self.client is not None else None
+        if lost is not None and lost.done() and lost.result():
+            return f"SSH connection lost: {lost.result()}"
+        if self.bridge is not None and self.bridge.closed.done():
+            text = self.bridge.preamble_text()
+            status = f"remote pppd ended, {self._pppd_end()}"
+            return status + (f": {text}" if text else "")
+        if lost is not None and lost.done():
+            return "SSH connection closed"
+        if self.bridge is not None and self.bridge.master_closed.done():
+            return "local pppd closed its terminal"
+        return None
+
+    def pppd_open(self) -> bool:
+        """The channel is open."""
+        return self.bridge is not None and not self.bridge.closed.done()
+
+    async def wait_pppd_end(self, timeout: float) -> bool:
+        """Wait for the channel to close."""
+        if self.bridge is None:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.bridge.closed), timeout)
+        return self.bridge.closed.done()
+
+    def hang_up(self) -> None:
+        """Close the channel (SIGHUP for the remote pppd)."""
+        if self.bridge is not None:
+            self.bridge.close()
+
+    def pppd_end(self) -> str:
+        """How the remote pppd ended."""
+        return self._pppd_end() if self.bridge is not None else "never started"
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self.conn is not None:
+            await close_connection(self.conn)
+
+
+class PtyPppd:
+    """LocalPppd port over localppp.LocalPppd (ptyprocess, logfd, pidfd)."""
+
+    def __init__(self, cfg: SiteConfig) -> None:
+        """Prepare (inside the event loop); nothing runs until start()."""
+        self.pppd = PtyProcessPppd(cfg)
+
+    @property
+    def exited(self) -> asyncio.Future[int | None]:
+        """Its end."""
+        return self.pppd.exited
+
+    @property
+    def interface(self) -> str | None:
+        """The pppN interface pppd named."""
+        return self.pppd.interface
+
+    @property
+    def compression(self) -> str | None:
+        """pppd's compression line."""
+        return self.pppd.compression
+
+    @property
+    def pid(self) -> int | None:
+        """Its process id."""
+        return self.pppd.pid
+
+    @property
+    def master(self) -> int:
+        """The pty master."""
+        return self.pppd.master
+
+    def start(self) -> list[str]:
+        """Spawn it."""
+        return self.pppd.start()
+
+    async def wait_connected(self) -> None:
+        """Its tty is in PPP mode."""
+        await self.pppd.connected.wait()
+
+    async def wait_ipcp(self) -> LinkInfo:
+        """IPCP is up."""
+        return await asyncio.shield(self.pppd.ipcp_up)
+
+    async def wait_ipv6cp(self) -> tuple[str, str]:
+        """IPV6CP is up."""
+        return await asyncio.shield(self.pppd.ipv6cp_up)
+
+    def last_lines(self) -> str:
+        """Its last log lines."""
+        return self.pppd.last_lines()
+
+    async def stop(self) -> int | None:
+        """Stop it."""
+        return await self.pppd.stop()
+
+
+class SubprocessRunner:
+    """Runner over system.run_local/run_hook, each in a thread (the loop keeps pumping)."""
+
+    async def run(self, command: Command) -> str:
+        """Run a local argv (the lifecycle has shown it already)."""
+        return await asyncio.to_thread(system.run_local, command, False)
+
+    async def hook(self, argv: tuple[str, ...], env: dict[str, str], timeout: float) -> HookResult:
+        """Run an up/down command; its output and failure."""
+        lines: list[str] = []
+        try:
+            await asyncio.to_thread(system.run_hook, argv, env, timeout, lines.append)
+        except CommandFailed as exc:
+            return HookResult(lines, exc)
+        return HookResult(lines, None)
+
+    def rp_filter_all(self) -> int:
+        """net.ipv4.conf.all.rp_filter."""
+        with open(RP_FILTER_ALL) as f:
+            return int(f.read())
+
+    def leftover_pppd(self, state: State | None, linkname: str) -> list[int]:
+        """Local pppds of a dead pppssh (state file and pppd's pid file)."""
+        return system.leftover_pppd(state, linkname)
+
+    async def stop_process(self, pid: int) -> str:
+        """SIGTERM, then SIGKILL."""
+        return await asyncio.to_thread(system.stop_process, pid)
+
+
+class RunDirStore:
+    """StateStore over /run/pppssh (system.write_state & co.)."""
+
+    def write(self, state: State) -> None:
+        """Write atomically."""
+        system.write_state(state)
+
+    def read(self, site: str) -> State | None:
+        """Read, or None."""
+        return system.read_state(site)
+
+    def remove(self, site: str) -> None:
+        """Delete."""
+        system.remove_state(site)
+
+
+class SystemClock:
+    """The real clock."""
+
+    def monotonic(self) -> float:
+        """time.monotonic()."""
+        return time.monotonic()
+
+    def time(self) -> float:
+        """time.time()."""
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        """asyncio.sleep()."""
+        await asyncio.sleep(seconds)
+
+
+class PipeReadiness:
+    """The waiting `pppssh start`: READY or RETRYING on the pipe from the fork; then the
+    daemon's output goes to its log file (stdout and stderr, and the reporters' lines)."""
+
+    def __init__(self, fd: int | None, log: Path, reporters: Reporters) -> None:
+        """fd: the pipe's write end (None when nobody waits: --foreground)."""
+        self.fd = fd
+        self.log = log
+        self.reporters = reporters
+
+    def ready(self) -> None:
+        """Up: `start` returns 0."""
+        self._say(b"READY\n")
+
+    def retrying(self, why: str) -> None:
+        """Not up yet, retrying: `start` says so and returns 0."""
+        self._say(f"RETRYING {why}\n".encode())
+
+    def _say(self, message: bytes) -> None:
+        """Move the output to the log, tell the waiting `start`, close the pipe (once)."""
+        if self.fd is None:
+            return
+        system.redirect_output(self.log)
+        self._log_through_logging()
+        os.write(self.fd, message)
+        os.close(self.fd)
+        self.fd = None
+
+    def _log_through_logging(self) -> None:
+        """From now on the reporters' lines go to the log file through Python logging."""
+        logger = logging.getLogger("pppssh.daemon")
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        handler = logging.FileHandler(self.log, mode="a")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        self.reporters.reporters = [
+            LogReporter(logger) if isinstance(r, TerminalReporter) else r
+            for r in self.reporters.reporters
+        ]
+
+
+def recover_site(site: str) -> bool:
+    """Undo what a pppssh of site that died without its teardown left (its ledger)."""
+    return asyncio.run(recover(site, SubprocessRunner(), RunDirStore(), TerminalReporter()))
+
+
+def hold_site(cfg: SiteConfig, ready_fd: int | None) -> int:
+    """Hold a site in this process (its lock taken): undo what a dead predecessor left, then
+    the supervisor over the real ports, SIGTERM/SIGINT/SIGHUP stopping it; the exit status.
+    The state file is gone afterwards, whatever happened."""
+    log = system.run_dir() / f"{cfg.name}.log"
+    ports = real_ports(cfg)
+    state = State(site=cfg.name, config=str(cfg.path.absolute()), pid=os.getpid(), log=str(log))
+    terminal = TerminalReporter()
+    reporters = Reporters(terminal, NotifyReporter(system.sd_notify))
+
+    async def main() -> int:
+        """Recover, then hold the site until a signal or the end."""
+        await recover(cfg.name, ports.runner, ports.store, terminal)
+        reporters.reporters.append(StateReporter(state, ports.store.write, ports.clock.time))
+        readiness = PipeReadiness(ready_fd, log, reporters)
+        supervisor = Supervisor(cfg, ports, reporters, readiness, os.getpid())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, supervisor.stop, sig.name)
+        return await supervisor.run()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        ports.store.remove(cfg.name)
+
+
+def real_ports(cfg: SiteConfig) -> Ports:
+    """The ports of a real site."""
+    return Ports(
+        ssh=lambda: AsyncsshTransport(cfg),
+        pppd=lambda: PtyPppd(cfg),
+        runner=SubprocessRunner(),
+        store=RunDirStore(),
+        clock=SystemClock(),
+    )
