@@ -359,20 +359,43 @@ class LogReporter(Reporter):
 
 
 class NotifyReporter(Reporter):
-    """systemd's view (Type=notify): STATUS= while connecting, READY=1, STOPPING=1."""
+    """systemd's view (Type=notify): STATUS= at every change, READY=1 once up or once the
+    first attempt failed under retry_start (so `systemctl start` does not block), STATUS=
+    that says `retrying`/`reconnecting` and why until the link is up, `failed: ...` at the
+    end of a site that gave up, STOPPING=1."""
 
     def __init__(self, send: Callable[..., object]) -> None:
         """send(*lines) delivers lines to the notify socket (system.sd_notify)."""
         self.send = send
+        self.was_up = False  # a link came up once: later failures are reconnecting
+        self.last: str | None = None  # the cause of the last failed attempt, while not up
+
+    def _waiting(self) -> str:
+        """What the site is doing while not up: retrying (never up yet) or reconnecting."""
+        return "reconnecting" if self.was_up else "retrying"
 
     def report(self, event: Event) -> None:
         """Send what systemd needs to know of this event."""
         if isinstance(event, Connecting):
-            self.send(f"STATUS=connecting to {event.destination}")
+            if self.last is None:
+                self.send(f"STATUS=connecting to {event.destination}")
+            else:
+                self.send(f"STATUS={self._waiting()}: connecting to {event.destination} "
+                          f"(last: {self.last})")  # fmt: skip
         elif isinstance(event, Ready):
+            self.was_up, self.last = True, None
             self.send("READY=1", f"STATUS=up: {event.link}")
         elif isinstance(event, Reconnecting):
-            self.send(f"STATUS=reconnecting: {event.cause}")
+            self.last = event.cause
+            status = f"STATUS={self._waiting()} in {event.delay:.1f}s: {event.cause}"
+            # READY=1 while retrying: the unit is active and keeps trying, as `pppssh start`
+            # returns with RETRYING; systemd ignores a second READY=1.
+            if self.was_up:
+                self.send(status)
+            else:
+                self.send("READY=1", status)
+        elif isinstance(event, Failed):
+            self.send(f"STATUS=failed: {event.error}")
         elif isinstance(event, SignalReceived):
             self.send("STOPPING=1")
 

@@ -809,17 +809,28 @@ def test_notify_reporter_gives_systemd_its_lines() -> None:
     notify = NotifyReporter(lambda *lines: sent.append(lines))
     for event in (
         Connecting("vpn@gw:22", "/etc/kh"),
+        Reconnecting("site-b", 2.0, "connection refused"),
+        Connecting("vpn@gw:22", "/etc/kh"),
         Note("ignored"),
         Ready("site-b", "ppp0 A -> B", 1, again=False),
         Reconnecting("site-b", 5.0, "link down: x"),
+        Connecting("vpn@gw:22", "/etc/kh"),
+        Ready("site-b", "ppp0 A -> B", 1, again=True),
         SignalReceived("SIGTERM"),
+        Failed("site-b", "gave up"),
     ):
         notify.report(event)
     assert sent == [
         ("STATUS=connecting to vpn@gw:22",),
+        # retry_start: systemctl start returns once the first attempt failed
+        ("READY=1", "STATUS=retrying in 2.0s: connection refused"),
+        ("STATUS=retrying: connecting to vpn@gw:22 (last: connection refused)",),
         ("READY=1", "STATUS=up: ppp0 A -> B"),
-        ("STATUS=reconnecting: link down: x",),
+        ("STATUS=reconnecting in 5.0s: link down: x",),
+        ("STATUS=reconnecting: connecting to vpn@gw:22 (last: link down: x)",),
+        ("READY=1", "STATUS=up: ppp0 A -> B"),
         ("STOPPING=1",),
+        ("STATUS=failed: gave up",),
     ]
 
 
