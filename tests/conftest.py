@@ -8,6 +8,8 @@ On a host without PPP: each selected lab test is replaced by a stand-in. The fir
 to run boots UML once and runs all selected lab tests there with pytest; each stand-in then
 passes if its test passed inside, and fails with the inner failure text otherwise (failed,
 error, skipped or missing alike). Results and the UML console log go to lab-results/.
+Lab tests marked `uml_systemd` need systemd as PID 1: they get a UML boot of their own, in
+uml.py's systemd mode (lab-results/systemd-pytest-*), the first time one of them runs.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from tests.lab.netlab import Lab
 
 IN_UML = os.environ.get("PPPSSH_IN_UML") == "1"
 HAVE_PPP = (os.path.exists("/dev/ppp") or IN_UML) and os.geteuid() == 0
+SYSTEMD_MARK = "uml_systemd"
 
 
 @dataclass
 class UmlRun:
-    """What the one UML run of this session gave: per-test outcomes, or why there are none."""
+    """What one UML run of this session gave: per-test outcomes, or why there are none."""
 
     nodeids: list[str]
+    mode: str = "sh"
     tests: dict[str, dict[str, str]] = field(default_factory=dict)
     error: str = ""
     console: Path | None = None
@@ -42,7 +46,14 @@ class UmlRun:
     done: bool = False
 
 
-_UML_RUN = pytest.StashKey[UmlRun]()
+_UML_RUN = pytest.StashKey[dict[str, UmlRun]]()  # boot mode -> its run
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Declare the marker of lab tests that need systemd as PID 1."""
+    config.addinivalue_line(
+        "markers", f"{SYSTEMD_MARK}: a lab test that needs systemd as PID 1 (a UML boot of its own)"
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -91,10 +102,11 @@ def _lab_left_clean(request: pytest.FixtureRequest) -> Iterator[None]:
 class UmlLabItem(pytest.Item):
     """Stand-in for a lab test on a host without PPP: its outcome is the one it had in UML."""
 
-    def __init__(self, *, original: pytest.Item, **kwargs: object) -> None:
-        """Copy the original test's markers and location."""
+    def __init__(self, *, original: pytest.Item, mode: str, **kwargs: object) -> None:
+        """Copy the original test's markers and location; mode is the UML boot it needs."""
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.original = original
+        self.mode = mode
         self.own_markers.extend(original.own_markers)
         self.keywords.update(original.keywords)
 
@@ -104,7 +116,7 @@ class UmlLabItem(pytest.Item):
 
     def runtest(self) -> None:
         """Fail unless this test passed in the session's UML run (booted on first use)."""
-        run = _uml_run(self.config)
+        run = _uml_run(self.config, self.mode)
         where = f"\nUML console log: {run.console}" if run.console else ""
         if run.error:
             pytest.fail(f"lab tests could not run in UML: {run.error}{where}", pytrace=False)
@@ -123,24 +135,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if HAVE_PPP:
         return
     stand_ins = {
-        i: UmlLabItem.from_parent(item.parent, name=item.name, original=item)
+        i: UmlLabItem.from_parent(
+            item.parent,
+            name=item.name,
+            original=item,
+            mode="systemd" if item.get_closest_marker(SYSTEMD_MARK) else "sh",
+        )
         for i, item in enumerate(items)
         if item.get_closest_marker("lab") and item.parent is not None
     }
     items[:] = [stand_ins.get(i, item) for i, item in enumerate(items)]
-    config.stash[_UML_RUN] = UmlRun(nodeids=[s.nodeid for s in stand_ins.values()])
+    runs: dict[str, UmlRun] = {}
+    for s in stand_ins.values():
+        runs.setdefault(s.mode, UmlRun(nodeids=[], mode=s.mode)).nodeids.append(s.nodeid)
+    config.stash[_UML_RUN] = runs
 
 
-def _uml_run(config: pytest.Config) -> UmlRun:
-    """Run all selected lab tests in one UML boot, once per session; return what it gave."""
-    run = config.stash[_UML_RUN]
+def _uml_run(config: pytest.Config, mode: str) -> UmlRun:
+    """Run all selected lab tests of a boot mode in one UML boot, once per session; return
+    what it gave."""
+    run = config.stash[_UML_RUN][mode]
     if run.done:
         return run
     run.done = True
     if uml.find_kernel() is None:
         run.error = f"linux.uml not found; {uml.INSTALL_HINT}"
         return run
-    results = uml.results_dir("pytest")
+    results = uml.results_dir("pytest" if mode == "sh" else f"{mode}-pytest")
     run.console = results / "console.log"
     report = results / "report.json"
     # --basetemp under /run (root's, 0755, a tmpfs of the run): pppssh, started by the lab
@@ -149,7 +170,8 @@ def _uml_run(config: pytest.Config) -> UmlRun:
     argv = [sys.executable, "-m", "pytest", "-m", "lab", "-p", "no:cacheprovider",
             "-p", "tests.lab.report", "--color=no", "--basetemp=/run/pppssh-pytest",
             "-v" if config.get_verbosity() > 0 else "-q", *run.nodeids]  # fmt: skip
-    _say(config, f"lab: running {len(run.nodeids)} lab tests in UML; console: {run.console}")
+    what = "" if mode == "sh" else f" ({mode} as PID 1)"
+    _say(config, f"lab: running {len(run.nodeids)} lab tests in UML{what}; console: {run.console}")
     start = time.monotonic()
     try:
         run.status = uml.boot(
@@ -158,6 +180,7 @@ def _uml_run(config: pytest.Config) -> UmlRun:
             timeout=float(os.environ.get("PPPSSH_LAB_TIMEOUT", "2700")),
             env={"PPPSSH_LAB_REPORT": str(report)},
             console=run.console,
+            mode=mode,
         )
     except uml.UmlError as e:
         run.error = str(e)
@@ -186,11 +209,12 @@ def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
     """Say where the lab tests ran and where the UML console log is."""
-    run = config.stash.get(_UML_RUN, None)
-    if run is not None and run.done and run.error:
-        terminalreporter.write_line(f"lab: lab tests could not run in UML: {run.error}")
-    elif run is not None and run.done:
-        terminalreporter.write_line(
-            f"lab: {len(run.nodeids)} lab tests ran in UML in {run.seconds:.0f} s "
-            f"(inner pytest status {run.status}); console: {run.console}"
-        )
+    for mode, run in config.stash.get(_UML_RUN, {}).items():
+        what = "" if mode == "sh" else f" ({mode} as PID 1)"
+        if run.done and run.error:
+            terminalreporter.write_line(f"lab: lab tests could not run in UML{what}: {run.error}")
+        elif run.done:
+            terminalreporter.write_line(
+                f"lab: {len(run.nodeids)} lab tests ran in UML{what} in {run.seconds:.0f} s "
+                f"(inner pytest status {run.status}); console: {run.console}"
+            )

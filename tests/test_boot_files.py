@@ -44,7 +44,7 @@ def test_systemd_analyze_verify_finds_nothing(tmp_path: Path) -> None:
 def test_unit_settings() -> None:
     s = unit_settings()
     assert s["ExecStart"] == [f"{EXEC} start --foreground /etc/pppssh/%i.conf"]
-    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["exec"]  # pppssh, ExecStopPost=
     assert s["KillMode"] == ["mixed"]
     assert s["Restart"] == ["on-failure"]
     assert s["RestartPreventExitStatus"] == ["2"]

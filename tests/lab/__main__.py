@@ -2,6 +2,7 @@
 
 shell-check  build the lab (in UML when this kernel has no PPP), print what it is, tear down
 run -- CMD   boot UML and run CMD in it as root, from the repository; exit with CMD's status
+             (--systemd: systemd 252 is PID 1 and a unit runs CMD)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def have_ppp() -> bool:
     return os.path.exists("/dev/ppp") and os.geteuid() == 0
 
 
-def in_uml(argv: list[str], kind: str, timeout: float, mem: str = "1G") -> int:
+def in_uml(argv: list[str], kind: str, timeout: float, mem: str = "1G", mode: str = "sh") -> int:
     """Run argv inside UML, echo its console, keep the log in lab-results; return its status."""
     results = uml.results_dir(kind)
     console = results / "console.log"
@@ -29,7 +30,7 @@ def in_uml(argv: list[str], kind: str, timeout: float, mem: str = "1G") -> int:
     start = time.monotonic()
     try:
         status = uml.boot(
-            argv, results=results, timeout=timeout, console=console, echo=True, mem=mem
+            argv, results=results, timeout=timeout, console=console, echo=True, mem=mem, mode=mode
         )
     except uml.UmlError as e:
         print(f"lab: {e}", file=sys.stderr)
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     verbs = parser.add_subparsers(dest="verb", required=True)
     verbs.add_parser("shell-check", help="build the lab, print its facts, tear it down")
     run = verbs.add_parser("run", help="run CMD inside UML (after --)")
+    run.add_argument("--systemd", action="store_true", help="boot with systemd as PID 1")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="command and arguments")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("run needs a command: python3 -m tests.lab run -- CMD ...")
-    return in_uml(cmd, "run", args.timeout, args.mem)
+    return in_uml(cmd, "run", args.timeout, args.mem, "systemd" if args.systemd else "sh")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,21 @@
-"""The lab itself, before any tunnel: reachability, sshd with host key checking, sudo policy."""
+"""The lab itself, before any tunnel: reachability, sshd with host key checking, sudo policy,
+and the UML boot's wall between the lab and the host's files."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import uuid
+from pathlib import Path
 
 import pytest
 
 from tests.lab.netlab import GW_A_LAN, GW_B_LAN, GW_B_WAN, WS_B, Lab
 
 pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+IN_UML = os.environ.get("PPPSSH_IN_UML") == "1"
 
 
 def ssh_argv(lab: Lab, known_hosts: str, command: str) -> list[str]:
@@ -65,3 +72,52 @@ def test_write_site_conf(lab: Lab) -> None:
     assert f"known_hosts = {lab.known_hosts}\n" in text
     assert "proxyarp = remote\n" in text
     assert "[extra]\nx = 1\n" in text
+
+
+def mountinfo(pid: str = "1") -> list[tuple[str, str, str]]:
+    """The mounts PID 1's mount namespace shows, entered with nsenter -m: (point, options,
+    file system type) each."""
+    out = subprocess.run(["nsenter", "-m", "-t", pid, "--", "cat", "/proc/self/mountinfo"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    mounts = []
+    for line in out.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        mounts.append((fields[4], fields[5], right.split()[0]))
+    return mounts
+
+
+def test_the_host_root_is_out_of_reach_from_pid_1s_mount_namespace(tmp_path: Path) -> None:
+    """Entering PID 1's mount namespace (as nsenter -m does) lands in the overlay, not on the
+    host's root: the host's files are mounted there only as the read-only repository and the
+    results folder, a write to the repository is refused, and a canary written at a host path
+    stays in the overlay (a fresh read-only view of the host's root does not show it)."""
+    assert IN_UML, "this test checks the UML lab's own boot"
+    results = os.environ["PPPSSH_LAB_RESULTS"]
+    mounts = mountinfo()
+    assert [kind for point, _, kind in mounts if point == "/"] == ["overlay"], mounts
+    host = {point: options.split(",") for point, options, kind in mounts if kind == "hostfs"}
+    assert set(host) <= {str(REPO), results}, host
+    assert "ro" in host[str(REPO)], host
+    assert all("ro" in opts for point, opts in host.items() if point != results), host
+
+    def in_pid_1(script: str) -> subprocess.CompletedProcess[str]:
+        """Run a shell script in PID 1's mount namespace."""
+        argv = ["nsenter", "-m", "-t", "1", "--", "sh", "-c", script]
+        return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+    canary = f"/var/tmp/pppssh-lab-canary-{uuid.uuid4().hex}"
+    refused = in_pid_1(f"echo canary >{REPO}/{Path(canary).name}")
+    assert refused.returncode != 0 and "Read-only file system" in refused.stderr, refused
+    wrote = in_pid_1(f"echo canary >{canary} && cat {canary}")
+    assert (wrote.returncode, wrote.stdout) == (0, "canary\n"), wrote
+    view = tmp_path / "host"
+    view.mkdir()
+    look = subprocess.run(
+        ["unshare", "-m", "--", "sh", "-c",
+         f'mount -t hostfs -o ro none "$1" -o / && test -f "$1{REPO}/pyproject.toml" || exit 9;'
+         f' test -e "$1{canary}" || test -e "$1{REPO}/{Path(canary).name}"; echo $?',
+         "sh", str(view)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert (look.returncode, look.stdout) == (0, "1\n"), look

@@ -36,3 +36,21 @@ def test_paths_with_spaces_cannot_reach_the_kernel_command_line() -> None:
     """A path that would split into two kernel words is refused with a clear error."""
     with pytest.raises(uml.UmlError, match="command line"):
         uml._kernel_word(Path("/tmp/a b"))
+
+
+def test_boot_refuses_an_unknown_mode(tmp_path: Path) -> None:
+    """Only the sh and systemd boot modes exist; another is refused before anything boots."""
+    with pytest.raises(ValueError, match="boot mode"):
+        uml.boot(["true"], results=tmp_path, mode="upstart")
+    assert not (tmp_path / uml.RUN_SCRIPT).exists()
+
+
+def test_init_pivots_into_the_overlay_and_drops_the_host_root() -> None:
+    """uml-init makes the host root read-only, pivots into the overlay and unmounts the old
+    root before it runs anything (the lab test of the wall is in test_lab.py)."""
+    text = uml.INIT.read_text()
+    ro, pivot = text.index("mount -o remount,bind,ro /"), text.index("pivot_root . ")
+    umount, run = text.index("umount -l /run/lab-oldroot"), text.index('/bin/sh "$results/')
+    assert ro < pivot < umount < run
+    commands = [line.split()[0] for line in text.splitlines() if line.strip()]
+    assert "chroot" not in commands

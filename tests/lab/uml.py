@@ -4,9 +4,14 @@ The host kernel has no PPP; Debian's linux.uml (a Linux kernel run as a normal p
 it as modules. boot() starts linux.uml with the host's root file system through hostfs and
 tests/lab/uml-init as PID 1. uml-init loads the PPP modules, mounts an overlay whose upper
 layer is a tmpfs inside UML, binds the results folder (read-write) and the repository
-(read-only) into it, chroots there, runs the command from the repository and powers off.
-Users, keys, sudoers and namespaces made inside vanish at power-off; only files written
-to the results folder reach the host. UML gets no network device.
+(read-only) into it, remounts the host root read-only, pivots into the overlay and unmounts
+the old root, runs the command from the repository and powers off. Users, keys, sudoers and
+namespaces made inside vanish at power-off; only files written to the results folder reach
+the host. UML gets no network device.
+
+Two boot modes: "sh" (uml-init itself runs the command) and "systemd" (uml-init execs
+systemd 252 as PID 1 and a unit, lab-run.service, runs the command; for the tests of the
+systemd unit).
 
 Files in the results folder: uml-run.sh (the command, written here), uml-status (its exit
 status, written by uml-init), uml-init-error (why uml-init gave up, if it did).
@@ -40,6 +45,7 @@ RUN_SCRIPT = "uml-run.sh"
 STATUS_FILE = "uml-status"
 INIT_ERROR = "uml-init-error"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MODES = ("sh", "systemd")
 
 _KERNEL_WORD = re.compile(r"[A-Za-z0-9._/+,:@-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -72,7 +78,7 @@ def run_script(argv: list[str], env: dict[str, str] | None, results: Path) -> st
         "PPPSSH_LAB_RESULTS": str(results),
     }
     base.update(env or {})
-    lines = ["# Written by tests/lab/uml.py: runs inside UML, chrooted in the overlay."]
+    lines = ["# Written by tests/lab/uml.py: runs inside UML, in the overlay."]
     for name, value in base.items():
         if not _ENV_NAME.fullmatch(name):
             raise ValueError(f"bad environment variable name: {name!r}")
@@ -148,16 +154,22 @@ def boot(
     console: Path | None = None,
     mem: str = "1G",
     echo: bool = False,
+    mode: str = "sh",
 ) -> int:
-    """Run argv inside UML from the repository and return its exit status."""
+    """Run argv inside UML from the repository and return its exit status.
+
+    mode "sh": uml-init runs argv; "systemd": systemd is PID 1 and a unit runs argv.
+    """
     if not argv:
         raise ValueError("boot() needs a command")
+    if mode not in MODES:
+        raise ValueError(f"unknown UML boot mode {mode!r}; known: {', '.join(MODES)}")
     kernel = find_kernel()
     if kernel is None:
         raise UmlError(f"linux.uml not found: {INSTALL_HINT}")
     results = Path(results).resolve()
     results.mkdir(parents=True, exist_ok=True)
-    words = [_kernel_word(results), _kernel_word(REPO)]
+    words = [_kernel_word(results), _kernel_word(REPO), mode]
     for name in (STATUS_FILE, INIT_ERROR):
         (results / name).unlink(missing_ok=True)
     (results / RUN_SCRIPT).write_text(run_script(argv, env, results))
