@@ -929,7 +929,7 @@ async def open_bridge(
     max_pktsize: int = MAX_PKTSIZE,
 ) -> Bridge:
     """Run command on a raw remote pty; return the Bridge that pumps its channel (attach a
-    local pty master to it). The session Tunnel.up opens for the remote pppd, and the one
+    local pty master to it). The session the lifecycle opens for the remote pppd, and the one
     bench.pump measures."""
     chan, session = await conn.create_session(
         factory, command, term_type="dumb", term_modes=RAW_PTY_MODES, encoding=None,
