@@ -110,7 +110,7 @@ def _pingpong(fd: int, count: int) -> list[float]:
 def openssh_argv(port: int, d: Path, command: str) -> list[str]:
     """The OpenSSH client the pppssh side is compared with, in one place: no config file, a
     raw pty (`-tt`, no escapes), the cipher pppssh negotiates first, the throw-away key and
-    strict host key checking (pppssh's own side connects with ssh.connect, as the lifecycle (AsyncsshTransport))."""
+    strict host key checking (pppssh's own side connects with ssh.connect, as the lifecycle)."""
     return [
         "ssh", "-F", "/dev/null", "-tt", "-e", "none", "-q", "-p", str(port), "-c", CIPHER,
         "-i", str(d / "id_ed25519"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
@@ -140,9 +140,9 @@ async def _rtt_pppssh(port: int, d: Path, count: int) -> list[float]:
     """Frame RTTs through pppssh's Bridge to `cat` on the far pty."""
     master, slave = os.openpty()
     tty.setraw(slave)
-    conn, _client = await connect(_site(port, d), username="root")  # as the lifecycle (AsyncsshTransport) does
+    conn, _client = await connect(_site(port, d), username="root")  # as the lifecycle does
     async with conn:
-        session = await open_bridge(conn, ECHO)  # as the lifecycle (AsyncsshTransport) does
+        session = await open_bridge(conn, ECHO)  # as the lifecycle does
         session.attach(master)
         await asyncio.to_thread(_wait_ready, slave)
         rtts = await asyncio.to_thread(_pingpong, slave, count)
@@ -309,9 +309,9 @@ async def _run_pppssh(port: int, d: Path, direction: str, nbytes: int) -> Sample
     tty.setraw(slave)
     command = (UP if direction == "up" else DOWN).format(n=nbytes)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    conn, _client = await connect(_site(port, d), username="root")  # as the lifecycle (AsyncsshTransport) does
+    conn, _client = await connect(_site(port, d), username="root")  # as the lifecycle does
     async with conn:
-        session = await open_bridge(conn, command)  # as the lifecycle (AsyncsshTransport) does
+        session = await open_bridge(conn, command)  # as the lifecycle does
         session.attach(master)
         early = await asyncio.to_thread(_wait_ready, slave)
         start = time.monotonic()
