@@ -169,6 +169,7 @@ def _uml_run(config: pytest.Config, mode: str) -> UmlRun:
     # -m lab: pyproject's default `-m "not lab"` would deselect every one of them inside.
     argv = [sys.executable, "-m", "pytest", "-m", "lab", "-p", "no:cacheprovider",
             "-p", "tests.lab.report", "--color=no", "--basetemp=/run/pppssh-pytest",
+            "--durations=40",  # the console log names the slowest lab tests
             "-v" if config.get_verbosity() > 0 else "-q", *run.nodeids]  # fmt: skip
     what = "" if mode == "sh" else f" ({mode} as PID 1)"
     _say(config, f"lab: running {len(run.nodeids)} lab tests in UML{what}; console: {run.console}")
