@@ -503,25 +503,46 @@ while :; do
   read -r -t {every} -u 3 || :
 done
 """
+# the router's two bottleneck queues (tbf), to-a the way down and to-b the way up
+ROUTER_SAMPLER = """\
+f=$(mktemp -u); mkfifo "$f"; exec 3<>"$f"; rm -f "$f"
+while :; do
+  echo "@ $EPOCHREALTIME"
+  for d in to-a to-b; do echo "# $d"; tc -s qdisc show dev $d; done
+  read -r -t {every} -u 3 || :
+done
+"""
+WAN_QUEUES = {"to-a": "wan_queue_down", "to-b": "wan_queue_up"}
+BYTE_KEYS = ("send_q", "notsent", "unacked", "ppp_backlog", *WAN_QUEUES.values())
 
 
 def parse_probe(text: str) -> list[dict[str, float]]:
     """The ticks of one sampler's output: time, and per tick the SSH socket's Send-Q,
-    notsent, unacked, cwnd and rtt, and the ppp qdisc's backlog bytes and packets."""
+    notsent, unacked, cwnd and rtt, the ppp qdisc's backlog bytes and packets, or (after a
+    `# to-a` or `# to-b` line) the backlog of the router's tbf on that link."""
     ticks: list[dict[str, float]] = []
     tick: dict[str, float] = {}
+    dev, kind = "", ""
     for line in text.splitlines():
         if line.startswith("@ "):
-            tick = {"t": float(line[2:])}
+            tick, dev, kind = {"t": float(line[2:])}, "", ""
             ticks.append(tick)
         elif not tick:
             continue
+        elif line.startswith("# "):
+            dev = line[2:].strip()
+        elif m := re.match(r"qdisc (\S+)", line):
+            kind = m[1]
+        elif dev and (m := re.search(r"backlog (\d+)b", line)):
+            if kind == "tbf" and dev in WAN_QUEUES:
+                tick[WAN_QUEUES[dev]] = float(m[1])
         elif m := re.match(r"(\d+)\s+(\d+)\s+\S+:\d+\s+\S+:\d+", line):
             tick["recv_q"], tick["send_q"] = float(m[1]), float(m[2])
         elif m := re.search(r"backlog (\d+)b (\d+)p", line):
             tick["ppp_backlog"] = tick.get("ppp_backlog", 0.0) + float(m[1])
             tick["ppp_backlog_p"] = tick.get("ppp_backlog_p", 0.0) + float(m[2])
         elif "cwnd:" in line or "rtt:" in line:
+            tick.update(notsent=0.0, unacked=0.0)  # ss leaves out a count that is 0
             for key, pat in (("notsent", r"notsent:(\d+)"), ("unacked", r"unacked:(\d+)"),
                              ("cwnd", r"cwnd:(\d+)"), ("rtt", r"\brtt:([0-9.]+)/")):  # fmt: skip
                 if m := re.search(pat, line):
@@ -532,22 +553,79 @@ def parse_probe(text: str) -> list[dict[str, float]]:
 def probe_summary(ticks: list[dict[str, float]], mbit: float) -> dict[str, dict[str, float]]:
     """Median and max of each sampled quantity; bytes also as ms of queue at mbit."""
     out: dict[str, dict[str, float]] = {}
-    for key in ("send_q", "notsent", "unacked", "cwnd", "rtt", "ppp_backlog", "ppp_backlog_p"):
+    for key in (*BYTE_KEYS, "cwnd", "rtt", "ppp_backlog_p"):
         values = [t[key] for t in ticks if key in t]
         if not values:
             continue
         row = {"p50": statistics.median(values), "max": max(values), "n": float(len(values))}
-        if key in ("send_q", "notsent", "unacked", "ppp_backlog"):
+        if key in BYTE_KEYS:
             row["p50_ms"] = row["p50"] * 8 / (mbit * 1e6) * 1000
             row["max_ms"] = row["max"] * 8 / (mbit * 1e6) * 1000
         out[key] = row
     return out
 
 
+PROBE_ROWS = (  # (where, key, label)
+    ("gw-a", "send_q", "gw-a SSH socket Send-Q (unacked + notsent)"),
+    ("gw-a", "notsent", "gw-a SSH socket notsent"),
+    ("gw-a", "ppp_backlog", "gw-a ppp qdisc backlog"),
+    ("router", "wan_queue_up", "WAN queue, way up (router to-b)"),
+    ("router", "wan_queue_down", "WAN queue, way down (router to-a)"),
+    ("gw-b", "send_q", "gw-b sshd socket Send-Q (unacked + notsent)"),
+    ("gw-b", "notsent", "gw-b sshd socket notsent"),
+    ("gw-b", "ppp_backlog", "gw-b ppp qdisc backlog"),
+)
+
+
+def probe_table(probed: dict[str, object]) -> str:
+    """Where the bytes sit, per path and direction: median and max bytes, and the median as
+    ms of queue at the probed rate."""
+    lines = []
+    for path, found in probed.items():
+        if not isinstance(found, dict) or "error" in found:
+            lines.append(f"{path}: no probe ({found})")
+            continue
+        for direction in ("upload", "download"):
+            got = found.get(direction)
+            if not isinstance(got, dict):
+                continue
+            rtt = got["rtt"]
+            lines.append(f"{path}, {direction} ({got['mbit']:.2f} Mbit/s; ping RTT p50 "
+                         f"{rtt['p50']} ms, p90 {rtt['p90']} ms):")  # fmt: skip
+            for where, key, label in PROBE_ROWS:
+                row = got.get(where, {}).get(key)
+                if row is None:
+                    lines.append(f"  {label:48} -")
+                    continue
+                lines.append(f"  {label:48} p50 {row['p50']:8.0f} B = {row['p50_ms']:5.0f} ms,"
+                             f"  max {row['max']:8.0f} B  ({row['n']:.0f} samples)")  # fmt: skip
+            cwnd = [f"{w} cwnd {got[w]['cwnd']['p50']:.0f} rtt {got[w]['rtt']['p50']:.0f} ms"
+                    for w in ("gw-a", "gw-b") if "cwnd" in got.get(w, {})
+                    and "rtt" in got[w]]  # fmt: skip
+            lines.append("  SSH TCP p50: " + "; ".join(cwnd))
+    return "\n".join(lines)
+
+
 def _samplers(
-    lab: Lab, filters: dict[str, str], files: dict[str, Path], into: list[subprocess.Popen[bytes]]
+    lab: Lab,
+    router: str,
+    filters: dict[str, str],
+    files: dict[str, Path],
+    into: list[subprocess.Popen[bytes]],
 ) -> None:
-    """Start one sampler per gateway (filter: its SSH socket), each writing to its file."""
+    """Start one sampler per gateway (filter: its SSH socket) and one in the router, each
+    writing to its file."""
+    with files["router"].open("wb") as out:
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            router,
+            "bash",
+            "-c",
+            ROUTER_SAMPLER.format(every=PING_EVERY),
+        ]
+        into.append(lab.spawn(None, argv, stdout=out, stderr=subprocess.DEVNULL))
     for gw, flt in filters.items():
         dev = next((str(link["name"]) for link in lab.ppp_links(gw)), "ppp0")
         script = SAMPLER.format(filter=flt, every=PING_EVERY, dev=dev)
@@ -558,18 +636,22 @@ def _samplers(
 
 
 def probe(
-    lab: Lab, profile: Profile, name: str, path: PathSetup, seconds: int
+    lab: Lab, router: str, profile: Profile, name: str, path: PathSetup, seconds: int
 ) -> dict[str, object]:
-    """During an upload and a download, sample the SSH sockets and ppp qdiscs every 0.2 s on
-    both gateways; return the loaded RTTs and each quantity's median and max."""
+    """During an upload and a download, sample every 0.2 s the SSH sockets and ppp qdiscs on
+    both gateways and the router's queues; return the loaded RTTs and each quantity's median
+    and max."""
     print(f"\n### probe {profile.name} {name}", flush=True)
     found: dict[str, object] = {}
     filters = {"gw-a": f"dst {GW_B_WAN} and dport = :22", "gw-b": f"src {GW_B_WAN} and sport = :22"}
     with path(lab) as ends, iperf_server(lab, ends.server, ends.addr):
         for direction, reverse in (("upload", False), ("download", True)):
-            files = {gw: RESULTS / f"bench-wan-probe-{name}-{direction}-{gw}.txt" for gw in filters}
+            files = {
+                where: RESULTS / f"bench-wan-probe-{name}-{direction}-{where}.txt"
+                for where in (*filters, "router")
+            }
             samplers: list[subprocess.Popen[bytes]] = []
-            start = functools.partial(_samplers, lab, filters, files, samplers)
+            start = functools.partial(_samplers, lab, router, filters, files, samplers)
             try:
                 mbit, series = loaded(lab, ends, seconds, reverse, during=start)
             finally:
@@ -581,7 +663,7 @@ def probe(
                 "mbit": mbit,
                 "rtt": rtt_stats(rtts),
                 **{gw: probe_summary(parse_probe(files[gw].read_text()), profile.mbit or 1e3)
-                   for gw in filters},
+                   for gw in (*filters, "router")},
             }  # fmt: skip
             print(f"  {direction}: {json.dumps(found[direction])}", flush=True)
     return found
@@ -633,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
             shape(lab, router, profile)
             for path_name, path in paths[::-1]:
                 try:
-                    probed[path_name] = probe(lab, profile, path_name, path, args.time)
+                    probed[path_name] = probe(lab, router, profile, path_name, path, args.time)
                 except (BenchError, CommandError, LabError, subprocess.TimeoutExpired,
                         OSError) as exc:  # fmt: skip
                     probed[path_name] = {"error": str(exc).strip()}
@@ -650,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
         floor = result["pppssh_floor"]
         assert floor is None or isinstance(floor, float)
         (RESULTS / f"bench-wan-{name}.png").write_bytes(plot(samples, profile, floor))
+    if probed:
+        texts.append(f"## where the queue sits (4mbit)\n{probe_table(probed)}")
     took = time.monotonic() - start
     report = "\n\n".join(texts)
     print(f"\n{args.rounds} rounds per profile, alternating; iperf3 {args.time} s; medians\n\n"

@@ -143,9 +143,28 @@ def test_parse_probe_reads_socket_and_qdisc() -> None:
                         "unacked": 17.0, "notsent": 491000.0, "ppp_backlog": 4200.0,
                         "ppp_backlog_p": 3.0}  # fmt: skip
     assert ticks[1] == {"t": 100.2}
+    assert wan.parse_probe("@ 1.5\n0 0 a:1 b:22\n\t cubic rtt:40/2 cwnd:10\n")[0] == {
+        "t": 1.5, "recv_q": 0.0, "send_q": 0.0, "rtt": 40.0, "cwnd": 10.0,
+        "notsent": 0.0, "unacked": 0.0,
+    }  # fmt: skip
+    router = wan.parse_probe(
+        "@ 2.0\n# to-a\nqdisc netem 1: root refcnt 2 limit 10000 delay 20ms\n"
+        " backlog 9000b 6p requeues 0\nqdisc tbf 10: parent 1:1 rate 4Mbit\n"
+        " backlog 28000b 19p requeues 0\n# to-b\nqdisc netem 1: root\n backlog 0b 0p\n"
+        "qdisc tbf 10: parent 1:1\n backlog 1514b 1p requeues 0\n"
+    )
+    assert router == [{"t": 2.0, "wan_queue_down": 28000.0, "wan_queue_up": 1514.0}]
     got = wan.probe_summary(ticks, mbit=4)
     assert got["notsent"]["p50_ms"] == pytest.approx(491000 * 8 / 4e6 * 1000)
     assert got["cwnd"] == {"p50": 24.0, "max": 24.0, "n": 1.0}
+    table = wan.probe_table(
+        {
+            "pppssh": {"upload": {"mbit": 3.5, "rtt": {"p50": 90, "p90": 99}, "gw-a": got}},
+            "HOWTO": {"error": "x"},
+        }
+    )
+    assert "gw-a SSH socket notsent" in table and "=   982 ms" in table
+    assert "HOWTO: no probe" in table
 
 
 def _png_pixels(data: bytes) -> tuple[int, int, bytes]:
