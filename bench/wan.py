@@ -109,7 +109,9 @@ def shaping_commands(profile: Profile, dev: str) -> list[list[str]]:
     if profile.mbit is None:
         return [clear]
     rate = profile.mbit * 1e6
-    burst = max(2 * FRAME, int(rate / 8 * 0.002))  # 2 ms of tokens, at least two packets
+    # tokens for 10 ms (at least two packets): the lab kernel's timers wake tbf about every
+    # 7-8 ms, and a burst of 2 ms held a 20 Mbit/s tbf to 5 Mbit/s
+    burst = max(2 * FRAME, int(rate / 8 * 0.010))
     netem = ["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "netem",
              "delay", f"{profile.delay_ms:g}ms", "limit", "10000"]  # fmt: skip
     if profile.loss_pct:

@@ -83,8 +83,9 @@ def test_shaping_commands() -> None:
     assert lossy[0] == ["tc", "qdisc", "del", "dev", "to-b", "root"]
     netem, tbf = " ".join(lossy[1]), " ".join(lossy[2])
     assert "root handle 1: netem delay 20ms limit 10000 loss 1%" in netem
-    assert "parent 1:1 handle 10: tbf rate 8mbit burst 3028 limit 30280" in tbf
-    assert "loss" not in " ".join(wan.shaping_commands(wan.PROFILES["4mbit"], "to-a")[1])
+    assert "parent 1:1 handle 10: tbf rate 8mbit burst 10000 limit 30280" in tbf
+    four = wan.shaping_commands(wan.PROFILES["4mbit"], "to-a")
+    assert "loss" not in " ".join(four[1]) and "burst 5000 " in " ".join(four[2])
     assert wan.shaping_commands(wan.PROFILES["unshaped"], "to-a") == [
         ["tc", "qdisc", "del", "dev", "to-a", "root"]
     ]
