@@ -520,7 +520,8 @@ BYTE_KEYS = ("send_q", "notsent", "unacked", "ppp_backlog", *WAN_QUEUES.values()
 
 def parse_probe(text: str) -> list[dict[str, float]]:
     """The ticks of one sampler's output: time, and per tick the SSH socket's Send-Q,
-    notsent, unacked, cwnd and rtt, the ppp qdisc's backlog bytes and packets, or (after a
+    notsent, unacked, cwnd and rtt, the ppp qdisc's backlog bytes and packets and its drop
+    counter, or (after a
     `# to-a` or `# to-b` line) the backlog of the router's tbf on that link."""
     ticks: list[dict[str, float]] = []
     tick: dict[str, float] = {}
@@ -540,6 +541,8 @@ def parse_probe(text: str) -> list[dict[str, float]]:
                 tick[WAN_QUEUES[dev]] = float(m[1])
         elif m := re.match(r"(\d+)\s+(\d+)\s+\S+:\d+\s+\S+:\d+", line):
             tick["recv_q"], tick["send_q"] = float(m[1]), float(m[2])
+        elif not dev and (m := re.search(r"\(dropped (\d+),", line)):
+            tick["ppp_dropped"] = tick.get("ppp_dropped", 0.0) + float(m[1])
         elif m := re.search(r"backlog (\d+)b (\d+)p", line):
             tick["ppp_backlog"] = tick.get("ppp_backlog", 0.0) + float(m[1])
             tick["ppp_backlog_p"] = tick.get("ppp_backlog_p", 0.0) + float(m[2])
@@ -564,6 +567,9 @@ def probe_summary(ticks: list[dict[str, float]], mbit: float) -> dict[str, dict[
             row["p50_ms"] = row["p50"] * 8 / (mbit * 1e6) * 1000
             row["max_ms"] = row["max"] * 8 / (mbit * 1e6) * 1000
         out[key] = row
+    dropped = [t["ppp_dropped"] for t in ticks if "ppp_dropped" in t]
+    if dropped:  # a counter: what it grew by while sampled
+        out["ppp_dropped"] = {"during": max(dropped) - min(dropped), "n": float(len(dropped))}
     return out
 
 
@@ -601,6 +607,9 @@ def probe_table(probed: dict[str, object]) -> str:
                     continue
                 lines.append(f"  {label:48} p50 {row['p50']:8.0f} B = {row['p50_ms']:5.0f} ms,"
                              f"  max {row['max']:8.0f} B  ({row['n']:.0f} samples)")  # fmt: skip
+            drops = [f"{w} {got[w]['ppp_dropped']['during']:.0f}" for w in ("gw-a", "gw-b")
+                     if "ppp_dropped" in got.get(w, {})]  # fmt: skip
+            lines.append("  ppp qdisc drops while sampled (the pty was full): " + ", ".join(drops))
             cwnd = [f"{w} cwnd {got[w]['cwnd']['p50']:.0f} rtt {got[w]['rtt']['p50']:.0f} ms"
                     for w in ("gw-a", "gw-b") if "cwnd" in got.get(w, {})
                     and "rtt" in got[w]]  # fmt: skip

@@ -142,8 +142,10 @@ def test_parse_probe_reads_socket_and_qdisc() -> None:
     ticks = wan.parse_probe(out)
     assert ticks[0] == {"t": 100.0, "recv_q": 0.0, "send_q": 524288.0, "rtt": 61.2, "cwnd": 24.0,
                         "unacked": 17.0, "notsent": 491000.0, "ppp_backlog": 4200.0,
-                        "ppp_backlog_p": 3.0}  # fmt: skip
+                        "ppp_backlog_p": 3.0, "ppp_dropped": 0.0}  # fmt: skip
     assert ticks[1] == {"t": 100.2}
+    more = out + " Sent 9000 bytes 70 pkt (dropped 5, overlimits 0 requeues 0)\n"
+    assert wan.probe_summary(wan.parse_probe(more), 4)["ppp_dropped"] == {"during": 5.0, "n": 2.0}
     assert wan.parse_probe("@ 1.5\n0 0 a:1 b:22\n\t cubic rtt:40/2 cwnd:10\n")[0] == {
         "t": 1.5, "recv_q": 0.0, "send_q": 0.0, "rtt": 40.0, "cwnd": 10.0,
         "notsent": 0.0, "unacked": 0.0,
