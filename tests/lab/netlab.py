@@ -35,7 +35,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -56,6 +56,8 @@ LINKS = (
     (("gw-b", "lan0", f"{GW_B_LAN}/24"), ("ws-b", "eth0", f"{WS_B}/24")),
 )
 DEFAULT_ROUTES = {"ws-a": GW_A_LAN, "ws-b": GW_B_LAN}
+ROUTER = "wan-r"  # the router namespace routed_wan() puts between the gateways
+ROUTER_ADDR = "198.51.100.254"  # its address, on both of its links
 USER = "vpn"
 ADMIN = "lab-admin"  # an administrator with sudo, made on demand (make_admin)
 LINK_USER = "tunnel"  # the account `pppssh remote-setup` creates in the tests
@@ -442,6 +444,48 @@ class Lab:
                 self._kill(pids, f"processes left in {ns}", quiet=True)
                 _run(["ip", "netns", "del", ns], check=False)
         self.spokes = []
+
+    @contextlib.contextmanager
+    def routed_wan(self) -> Iterator[str]:
+        """Put a router between the gateways for the duration; yield its namespace's name.
+
+        The direct WAN veth gives way to gw-a wan0 <-> PREFIX+wan-r (to-a, to-b) <-> gw-b
+        wan0: each gateway keeps its address as a /32 with the router (198.51.100.254) as
+        its peer and a route to the WAN /24 through it, so every packet between them is
+        forwarded once. The router's to-a and to-b egress are where a benchmark shapes the
+        WAN. Afterwards the router goes and the direct veth comes back as built.
+        """
+        router = self.prefix + ROUTER
+        before = {gw: self._baseline.get(gw, []) for gw in ("gw-a", "gw-b")}
+        _run(["ip", "netns", "add", router])
+        try:
+            _run(["ip", "-n", router, "link", "set", "lo", "up"])
+            _run(["ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            _run(["ip", "-n", self.ns("gw-a"), "link", "del", "wan0"])  # and its peer
+            for side, gw, addr in (("a", "gw-a", GW_A_WAN), ("b", "gw-b", GW_B_WAN)):
+                _run(["ip", "-n", self.ns(gw), "link", "add", "wan0", "type", "veth",
+                      "peer", "name", f"to-{side}", "netns", router])  # fmt: skip
+                self.run(gw, ["ip", "addr", "add", addr, "peer", ROUTER_ADDR, "dev", "wan0"])
+                self.run(gw, ["ip", "link", "set", "wan0", "up"])
+                _run(["ip", "-n", router, "addr", "add", ROUTER_ADDR, "peer", addr,
+                      "dev", f"to-{side}"])  # fmt: skip
+                _run(["ip", "-n", router, "link", "set", f"to-{side}", "up"])
+                self.run(gw, ["ip", "route", "add", WAN, "via", ROUTER_ADDR, "dev", "wan0"])
+            for gw in before:
+                self._baseline[gw] = self.routes(gw)
+            if not self.ping("gw-a", GW_B_WAN, count=2):
+                raise LabError("gw-a cannot ping gw-b through the WAN router")
+            yield router
+        finally:
+            _run(["ip", "netns", "del", router], check=False)  # its veths and the gw ends go
+            (ns1, if1, addr1), (ns2, if2, addr2) = LINKS[1]
+            if wait_for(lambda: "wan0" not in self.run(ns1, ["ip", "-o", "link"]).stdout, 5):
+                _run(["ip", "-n", self.ns(ns1), "link", "add", if1, "type", "veth",
+                      "peer", "name", if2, "netns", self.ns(ns2)])  # fmt: skip
+                for ns, ifname, addr in ((ns1, if1, addr1), (ns2, if2, addr2)):
+                    self.run(ns, ["ip", "addr", "add", addr, "dev", ifname])
+                    self.run(ns, ["ip", "link", "set", ifname, "up"])
+            self._baseline.update(before)
 
     # --- using ----------------------------------------------------------------------------
 
