@@ -559,7 +559,7 @@ def test_stop_while_waiting_to_reconnect() -> None:
 
 
 def test_a_second_signal_is_ignored() -> None:
-    """Only the first SIGTERM/SIGINT/SIGHUP counts; the teardown is not cut short."""
+    """Only the first SIGTERM/SIGINT counts; the teardown is not cut short."""
     h = harness(stop_when_up=False)
 
     def twice() -> None:
