@@ -528,11 +528,19 @@ class Attempt:
         for entry in remove:
             self.ledger.remove(entry)
             await (self._undo_local if entry.side == "local" else self._undo_remote)(entry)
+        gained = [n for n in new.remote_networks if n not in self.cfg.remote_networks]
         self.cfg = new
         if self.came_up:
             self.down_armed = bool(new.down_command)
         done = [f"added {e.side} {e.kind} {e.what}" for e in add]
-        return done + [f"removed {e.side} {e.kind} {e.what}" for e in remove]
+        done += [f"removed {e.side} {e.kind} {e.what}" for e in remove]
+        if gained and not new.full_tunnel:  # the remote filter is pppd's ip-up script there
+            nets = ", ".join(str(n) for n in gained)
+            done.append(
+                f"note: the remote gateway's link filter forwards to {nets} from its next link "
+                "on (`pppssh remote-setup --apply`, then `pppssh reconnect`)"
+            )
+        return done
 
     async def _reload_apply(self, entry: Entry) -> None:
         """Apply one entry and record it: a filter rule beside the others, a route at the end."""

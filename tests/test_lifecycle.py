@@ -950,7 +950,8 @@ def test_reload_adds_and_removes_exactly_the_diff_on_both_sides() -> None:
         ("remote", "route", "10.3.0.0/24 via 10.99.0.1"),
     ]  # fmt: skip
     assert ("pppd", "stop") not in seen["reload_calls"] and h.world.connects == 1
-    assert any("reload 1: done: added local filter" in line for line in h.lines())
+    done = [line for line in h.lines() if "reload 1: done: added local filter" in line]
+    assert len(done) == 1 and "link filter forwards to 10.4.0.0/24 from its next link" in done[0]
     teardown = h.world.calls[seen["calls"] + 4 :]
     assert teardown == [
         ("hook", "/bin/down2"),
