@@ -203,7 +203,7 @@ class Supervisor:
             if keys:
                 return self._refused(
                     serial, f"{', '.join(keys)} changed: that needs a new link "
-                    f"(`pppssh reconnect {self.cfg.name}` or a restart); nothing was changed",
+                    "(restart the site: stop, then start); nothing was changed",
                 )  # fmt: skip
             changes: list[str] = []
             if self.live is not None and not self.stopping:
