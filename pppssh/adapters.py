@@ -387,13 +387,14 @@ def hold_site(cfg: SiteConfig, ready_fd: int | None) -> int:
         readiness = PipeReadiness(ready_fd, log, reporters)
         supervisor = Supervisor(cfg, ports, reporters, readiness, os.getpid())
         loop = asyncio.get_running_loop()
+        path = cfg.path.absolute()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, supervisor.stop, sig.name)
         reloads: set[asyncio.Task[bool]] = set()
 
         def reload() -> None:
             """SIGHUP: re-read the site file (same checks as at start) and apply it by diff."""
-            task = loop.create_task(supervisor.reload(lambda: load(cfg.path)))
+            task = loop.create_task(supervisor.reload(lambda: load(path)))
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 

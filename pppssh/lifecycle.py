@@ -86,6 +86,7 @@ class Attempt:
         self.came_up = False
         self._deadline = 0.0
         self._reloading: asyncio.Task[list[str]] | None = None  # a reload under way
+        self._going_down = False  # down() has begun: no reload any more
 
     # ------------------------------------------------------------------ helpers
 
@@ -388,7 +389,7 @@ class Attempt:
         """Undo everything in reverse: down command, routes, local pppd, filter, channel,
         connection. Each step runs even when one before it failed; the first failure is
         raised at the end."""
-        await self._reload_finished()
+        await self._reload_finished()  # and none after this
         steps: list[Callable[[], Awaitable[None]]] = []
         if self.down_armed:
             steps.append(self._run_down)
@@ -495,6 +496,8 @@ class Attempt:
         additions first (filter rules, local routes, remote routes), then removals newest
         first. A refused addition is rolled back and raised as TunnelError; the link and the
         ledger are then as before. What changed, one line each."""
+        if self._going_down:
+            raise TunnelError("the link is going down; the next attempt reads the site file")
         self._reloading = asyncio.ensure_future(self._reload(new))
         try:
             return await asyncio.shield(self._reloading)
@@ -503,7 +506,8 @@ class Attempt:
                 self._reloading = None
 
     async def _reload_finished(self) -> None:
-        """Let a reload under way finish before the teardown reads the ledger."""
+        """Let a reload under way finish before the teardown reads the ledger; no new one."""
+        self._going_down = True
         if self._reloading is not None:
             with contextlib.suppress(BaseException):
                 await self._reloading

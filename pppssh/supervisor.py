@@ -18,6 +18,7 @@ from .config import SCHEMA, ConfigError, SiteConfig
 from .errors import TunnelError
 from .events import (
     Failed,
+    Note,
     Ready,
     Reconnecting,
     Reloaded,
@@ -123,6 +124,10 @@ class Supervisor:
                 failures = 0
                 continue
             except TunnelError as exc:
+                if self._redial and not self.stopping:  # the teardown of a reconnect failed
+                    self._redial = False
+                    self.reporter.report(Note(f"note: {exc}"))
+                    continue
                 if not (cfg.reconnect if self.announced else cfg.retry_start):
                     raise
                 if attempt.came_up:  # this attempt had come up: start over
