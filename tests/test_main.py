@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -90,20 +91,21 @@ def test_failures_are_reported_one_line_or_with_traceback(
 
 
 DAEMON = """
-import json, os, signal, sys, time
+import os, signal, sys, time
 from pathlib import Path
-out = Path(sys.argv[1])
+from pppssh.adapters import ReloadOutcome
+from pppssh.events import Reloaded, ReloadRefused
+outcome = ReloadOutcome("site-b", os.getpid())
 serial = 0
 def reload(*_):
     global serial
     serial += 1
-    applied = serial == 1
-    line = f"pppssh: site-b: reload {serial}: " + ("done: added local route x" if applied
-                                                   else "refused: [ppp] mtu changed")
-    out.write_text(json.dumps({"pid": os.getpid(), "serial": serial, "applied": applied,
-                               "line": line}))
+    if serial == 1:
+        outcome.report(Reloaded("site-b", serial, ("added local route x",)))
+    else:
+        outcome.report(ReloadRefused("site-b", serial, "[ppp] mtu changed"))
 signal.signal(signal.SIGHUP, reload)
-signal.signal(signal.SIGUSR1, lambda *_: Path(str(out) + ".usr1").write_text("x"))
+signal.signal(signal.SIGUSR1, lambda *_: Path(sys.argv[1]).write_text("x"))
 print("ready", flush=True)
 while True:
     time.sleep(0.1)
@@ -113,7 +115,7 @@ while True:
 def test_reload_and_reconnect_talk_to_the_daemon(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`pppssh reload` sends SIGHUP and relays the daemon's outcome: 0 when applied, 1 with
+    """`pppssh reload` sends SIGHUP and relays the outcome the daemon's ReloadOutcome wrote: 0 when applied, 1 with
     its line when refused (an older outcome is not taken for the new one); `reconnect`
     sends SIGUSR1; a site that does not run is said so."""
     from pppssh.cli import main
@@ -123,8 +125,8 @@ def test_reload_and_reconnect_talk_to_the_daemon(
     assert main(["reload", "site-b"]) == 1
     assert capsys.readouterr().err == "pppssh: site 'site-b' is not running\n"
     daemon = subprocess.Popen(
-        [sys.executable, "-c", DAEMON, str(tmp_path / "site-b.reload")],
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", DAEMON, str(tmp_path / "usr1")], stdout=subprocess.PIPE,
+        text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     try:
         assert daemon.stdout is not None and daemon.stdout.readline() == "ready\n"
@@ -136,10 +138,10 @@ def test_reload_and_reconnect_talk_to_the_daemon(
         assert main(["reconnect", "site-b"]) == 0
         assert "reconnecting now" in capsys.readouterr().out
         for _ in range(200):  # the signal is delivered at once; its handler runs soon
-            if (tmp_path / "site-b.reload.usr1").exists():
+            if (tmp_path / "usr1").exists():
                 break
             time.sleep(0.05)
-        assert (tmp_path / "site-b.reload.usr1").exists()
+        assert (tmp_path / "usr1").exists()
     finally:
         daemon.kill()
         daemon.wait()
