@@ -115,9 +115,9 @@ while True:
 def test_reload_and_reconnect_talk_to_the_daemon(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`pppssh reload` sends SIGHUP and relays the outcome the daemon's ReloadOutcome wrote: 0 when applied, 1 with
-    its line when refused (an older outcome is not taken for the new one); `reconnect`
-    sends SIGUSR1; a site that does not run is said so."""
+    """`pppssh reload` sends SIGHUP and relays the outcome the daemon's ReloadOutcome wrote:
+    0 when applied, 1 with its line when refused (an older outcome is not taken for the new
+    one); `reconnect` sends SIGUSR1; a site that does not run is said so."""
     from pppssh.cli import main
     from pppssh.system import State, write_state
 
