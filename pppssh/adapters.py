@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -15,9 +16,19 @@ from typing import Any
 from . import system
 from .asyncssh_compat import asyncssh
 from .bridge import Bridge
-from .config import SiteConfig
+from .config import SiteConfig, load
 from .errors import CommandFailed, TunnelError
-from .events import LogReporter, NotifyReporter, Reporters, StateReporter, TerminalReporter
+from .events import (
+    Event,
+    LogReporter,
+    NotifyReporter,
+    Reloaded,
+    ReloadRefused,
+    Reporter,
+    Reporters,
+    StateReporter,
+    TerminalReporter,
+)
 from .lifecycle import recover
 from .localppp import LinkInfo, describe_exit
 from .localppp import LocalPppd as PtyProcessPppd
@@ -32,12 +43,14 @@ __all__ = [
     "AsyncsshTransport",
     "PipeReadiness",
     "PtyPppd",
+    "ReloadOutcome",
     "RunDirStore",
     "SubprocessRunner",
     "SystemClock",
     "hold_site",
     "real_ports",
     "recover_site",
+    "reload_outcome_path",
 ]
 
 RP_FILTER_ALL = "/proc/sys/net/ipv4/conf/all/rp_filter"
@@ -320,6 +333,35 @@ class PipeReadiness:
         ]
 
 
+def reload_outcome_path(site: str) -> Path:
+    """Where a daemon leaves the outcome of its last reload, for `pppssh reload`."""
+    return system.run_dir() / f"{site}.reload"
+
+
+class ReloadOutcome(Reporter):
+    """Writes each reload's outcome (pid, serial, applied or not, its line) to the site's
+    .reload file in the run directory, atomically, where `pppssh reload` waits for it."""
+
+    def __init__(self, site: str, pid: int) -> None:
+        """The daemon of site, process pid."""
+        self.path = reload_outcome_path(site)
+        self.pid = pid
+
+    def report(self, event: Event) -> None:
+        """Write the outcome of a reload."""
+        if not isinstance(event, Reloaded | ReloadRefused):
+            return
+        data = {"pid": self.pid, "serial": event.serial, "applied": isinstance(event, Reloaded),
+                "line": event.line()}  # fmt: skip
+        system.make_run_dir()
+        tmp = self.path.with_suffix(".reload-tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        with os.fdopen(system.create_file(tmp, os.O_EXCL), "w") as f:
+            f.write(json.dumps(data) + "\n")
+        os.replace(tmp, self.path)
+
+
 def recover_site(site: str) -> bool:
     """Undo what a pppssh of site that died without its teardown left (its ledger)."""
     return asyncio.run(recover(site, SubprocessRunner(), RunDirStore(), TerminalReporter()))
@@ -327,13 +369,16 @@ def recover_site(site: str) -> bool:
 
 def hold_site(cfg: SiteConfig, ready_fd: int | None) -> int:
     """Hold a site in this process (its lock taken): undo what a dead predecessor left, then
-    the supervisor over the real ports, SIGTERM/SIGINT/SIGHUP stopping it; the exit status.
+    the supervisor over the real ports, SIGTERM/SIGINT stopping it, SIGHUP reloading the site
+    file, SIGUSR1 reconnecting at once; the exit status.
     The state file is gone afterwards, whatever happened."""
     log = system.run_dir() / f"{cfg.name}.log"
     ports = real_ports(cfg)
     state = State(site=cfg.name, config=str(cfg.path.absolute()), pid=os.getpid(), log=str(log))
     terminal = TerminalReporter()
-    reporters = Reporters(terminal, NotifyReporter(system.sd_notify))
+    reporters = Reporters(
+        terminal, NotifyReporter(system.sd_notify), ReloadOutcome(cfg.name, os.getpid())
+    )
 
     async def main() -> int:
         """Recover, then hold the site until a signal or the end."""
@@ -342,14 +387,27 @@ def hold_site(cfg: SiteConfig, ready_fd: int | None) -> int:
         readiness = PipeReadiness(ready_fd, log, reporters)
         supervisor = Supervisor(cfg, ports, reporters, readiness, os.getpid())
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        path = cfg.path.absolute()
+        for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, supervisor.stop, sig.name)
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def reload() -> None:
+            """SIGHUP: re-read the site file (same checks as at start) and apply it by diff."""
+            task = loop.create_task(supervisor.reload(lambda: load(path)))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        loop.add_signal_handler(signal.SIGUSR1, supervisor.reconnect, "SIGUSR1")
         return await supervisor.run()
 
     try:
         return asyncio.run(main())
     finally:
         ports.store.remove(cfg.name)
+        with contextlib.suppress(OSError):
+            reload_outcome_path(cfg.name).unlink()
 
 
 def real_ports(cfg: SiteConfig) -> Ports:

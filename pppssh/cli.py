@@ -1,10 +1,12 @@
-"""Command line: pppssh start | stop | status | routes | check | remote-setup."""
+"""Command line: pppssh start | stop | reload | reconnect | status | routes | check |
+remote-setup."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -247,6 +249,65 @@ def _relay(log: Path | None, offset: int) -> int:
     return offset + end
 
 
+# ---------------------------------------------------------------------------- reload, reconnect
+
+
+def _running_pid(site: str, verb: str) -> int:
+    """The pid of a running site's daemon (root only); Fail when it does not run."""
+    _need_root(verb)
+    try:
+        state = read_state(site)
+    except PermissionError:
+        raise Fail(_root_only(verb)) from None
+    if state is None or not pid_alive(state.pid):
+        raise Fail(f"site '{site}' is not running")
+    return state.pid
+
+
+def _outcome(site: str) -> dict[str, object] | None:
+    """The daemon's last reload outcome, or None."""
+    from .adapters import reload_outcome_path
+
+    try:
+        data = json.loads(reload_outcome_path(site).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Send SIGHUP to a site's daemon and relay the outcome: 0 applied, 1 refused."""
+    site = _site_name(args.site)
+    pid = _running_pid(site, "reload")
+    before = _outcome(site)
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        now = _outcome(site)
+        if now is not None and now != before and now.get("pid") == pid:
+            break
+        if not pid_alive(pid):
+            raise Fail(f"site '{site}' (pid {pid}) ended during the reload")
+        if time.monotonic() > deadline:
+            raise Fail(f"site '{site}' (pid {pid}) did not answer the reload within "
+                       f"{args.timeout:g}s")  # fmt: skip
+        time.sleep(0.05)
+    line = str(now.get("line", ""))
+    if now.get("applied") is True:
+        print(line)
+        return 0
+    raise Fail(line.removeprefix("pppssh: "))
+
+
+def cmd_reconnect(args: argparse.Namespace) -> int:
+    """Send SIGUSR1 to a site's daemon: it drops the link and dials again at once."""
+    site = _site_name(args.site)
+    pid = _running_pid(site, "reconnect")
+    os.kill(pid, signal.SIGUSR1)
+    print(f"pppssh: {site}: reconnecting now (pid {pid})")
+    return 0
+
+
 # ---------------------------------------------------------------------------- status
 
 
@@ -362,6 +423,19 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--all", action="store_true", help="stop every running site")
     stop.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (60)")
     stop.set_defaults(func=cmd_stop)
+
+    reload = verbs.add_parser(
+        "reload", help="apply a changed site file (networks, hooks) without dropping the link"
+    )
+    reload.add_argument("site", metavar="SITE", help="site name or site file")
+    reload.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (120)")
+    reload.set_defaults(func=cmd_reload)
+
+    reconnect = verbs.add_parser(
+        "reconnect", help="drop the link and dial again now, skipping a backoff wait"
+    )
+    reconnect.add_argument("site", metavar="SITE", help="site name or site file")
+    reconnect.set_defaults(func=cmd_reconnect)
 
     status = verbs.add_parser("status", help="show running sites")
     status.add_argument("sites", nargs="*", metavar="SITE", help="site name or site file")

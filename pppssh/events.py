@@ -37,6 +37,8 @@ __all__ = [
     "NotifyReporter",
     "Ready",
     "Reconnecting",
+    "ReloadRefused",
+    "Reloaded",
     "RemotePppdEnded",
     "RemotePppdStarted",
     "Reporter",
@@ -273,7 +275,7 @@ class Reconnecting(Event):
 
 @dataclass(frozen=True)
 class SignalReceived(Event):
-    """SIGTERM, SIGINT or SIGHUP: the site stops."""
+    """SIGTERM or SIGINT: the site stops."""
 
     name: str
 
@@ -291,6 +293,34 @@ class Stopped(Event):
     def line(self) -> str:
         """pppssh: NAME stopped."""
         return f"pppssh: {self.site} stopped"
+
+
+@dataclass(frozen=True)
+class Reloaded(Event):
+    """A reload applied the site file's changes to the running site (serial: its number)."""
+
+    site: str
+    serial: int
+    changes: tuple[str, ...]
+
+    def line(self) -> str:
+        """pppssh: NAME: reloaded: what changed."""
+        what = "; ".join(self.changes) if self.changes else "nothing to change"
+        return f"pppssh: {self.site}: reload {self.serial}: done: {what}"
+
+
+@dataclass(frozen=True)
+class ReloadRefused(Event):
+    """A reload changed nothing: the file is bad or untrusted, a key needs a new link, or a
+    change was refused and rolled back."""
+
+    site: str
+    serial: int
+    why: str
+
+    def line(self) -> str:
+        """pppssh: NAME: reload refused: why."""
+        return f"pppssh: {self.site}: reload {self.serial}: refused: {self.why}"
 
 
 @dataclass(frozen=True)
@@ -354,7 +384,8 @@ class LogReporter(Reporter):
         text = event.line()
         if text is None:
             return
-        level = logging.WARNING if isinstance(event, Failed | LinkDown) else logging.INFO
+        bad = isinstance(event, Failed | LinkDown | ReloadRefused)
+        level = logging.WARNING if bad else logging.INFO
         self.logger.log(level, text)
 
 

@@ -129,6 +129,11 @@ class Ledger:
         self.entries.append(entry)
         self._changed()
 
+    def insert(self, index: int, entry: Entry) -> None:
+        """Record a change at its place in the undo order (a reload's new filter rule)."""
+        self.entries.insert(index, entry)
+        self._changed()
+
     def remove(self, entry: Entry) -> None:
         """Forget a change (before its undo runs: a crash then leaves no double undo)."""
         self.entries.remove(entry)

@@ -36,7 +36,7 @@ from .events import (
     Stopping,
     Up,
 )
-from .ledger import Entry, Ledger, already_gone, filter_entry, route_entry
+from .ledger import Entry, Ledger, already_gone, diff, filter_entry, route_entry
 from .linkfilter import local_filter, loose_warning
 from .localppp import LinkInfo, describe_exit
 from .plan import (
@@ -85,6 +85,8 @@ class Attempt:
         self.down_armed = False  # the down command runs once up has been reached
         self.came_up = False
         self._deadline = 0.0
+        self._reloading: asyncio.Task[list[str]] | None = None  # a reload under way
+        self._going_down = False  # down() has begun: no reload any more
 
     # ------------------------------------------------------------------ helpers
 
@@ -387,6 +389,7 @@ class Attempt:
         """Undo everything in reverse: down command, routes, local pppd, filter, channel,
         connection. Each step runs even when one before it failed; the first failure is
         raised at the end."""
+        await self._reload_finished()  # and none after this
         steps: list[Callable[[], Awaitable[None]]] = []
         if self.down_armed:
             steps.append(self._run_down)
@@ -475,6 +478,89 @@ class Attempt:
         assert self.ssh is not None
         await self.ssh.close()
         self.emit(Note(f"disconnected from {self.cfg.destination}"))
+
+    # ------------------------------------------------------------------ reload
+
+    def wanted(self, cfg: SiteConfig) -> list[Entry]:
+        """The filter and route entries cfg gives this running link, in the order of up."""
+        assert self.local is not None and self.link is not None
+        ifname = self.link.interface
+        entries = [filter_entry(s.why, s.apply, s.undo) for s in local_filter(cfg, ifname)]
+        here = local_routes(cfg, ifname) + full_tunnel_routes(cfg, ifname)
+        entries += [route_entry("local", route) for route in here]
+        there = remote_routes(cfg, self.remote_interface or "")
+        return entries + [route_entry("remote", route) for route in there]
+
+    async def reload(self, new: SiteConfig) -> list[str]:
+        """Apply new networks and hooks to the running link by diff, the link untouched:
+        additions first (filter rules, local routes, remote routes), then removals newest
+        first. A refused addition is rolled back and raised as TunnelError; the link and the
+        ledger are then as before. What changed, one line each."""
+        if self._going_down:
+            raise TunnelError("the link is going down; the next attempt reads the site file")
+        self._reloading = asyncio.ensure_future(self._reload(new))
+        try:
+            return await asyncio.shield(self._reloading)
+        finally:
+            if self._reloading.done():
+                self._reloading = None
+
+    async def _reload_finished(self) -> None:
+        """Let a reload under way finish before the teardown reads the ledger; no new one."""
+        self._going_down = True
+        if self._reloading is not None:
+            with contextlib.suppress(BaseException):
+                await self._reloading
+
+    async def _reload(self, new: SiteConfig) -> list[str]:
+        """reload()'s work (see there)."""
+        old = [e for e in self.ledger.entries if e.kind in ("route", "filter")]
+        remove, add = diff(old, self.wanted(new))
+        added: list[Entry] = []
+        try:
+            for entry in add:
+                await self._reload_apply(entry)
+                added.append(entry)
+        except (CommandFailed, RemoteFailed) as exc:
+            for entry in reversed(added):
+                self.ledger.remove(entry)
+                await (self._undo_local if entry.side == "local" else self._undo_remote)(entry)
+            where = "remote gateway" if isinstance(exc, RemoteFailed) else "this gateway"
+            hint = " (set it up there with `pppssh remote-setup`)" if where[0] == "r" else ""
+            raise TunnelError(f"refused on the {where}{hint}: {exc}; rolled back, "
+                              "the link is unchanged") from None  # fmt: skip
+        for entry in remove:
+            self.ledger.remove(entry)
+            await (self._undo_local if entry.side == "local" else self._undo_remote)(entry)
+        gained = [n for n in new.remote_networks if n not in self.cfg.remote_networks]
+        self.cfg = new
+        if self.came_up:
+            self.down_armed = bool(new.down_command)
+        done = [f"added {e.side} {e.kind} {e.what}" for e in add]
+        done += [f"removed {e.side} {e.kind} {e.what}" for e in remove]
+        if gained and not new.full_tunnel:  # the remote filter is pppd's ip-up script there
+            nets = ", ".join(str(n) for n in gained)
+            done.append(
+                f"note: the remote gateway's link filter forwards to {nets} from its next link "
+                "on (`pppssh remote-setup --apply`, then `pppssh reconnect`)"
+            )
+        return done
+
+    async def _reload_apply(self, entry: Entry) -> None:
+        """Apply one entry and record it: a filter rule beside the others, a route at the end."""
+        command = Command(entry.apply)
+        if entry.side == "remote":
+            self.emit(CommandRun("remote", command.shown, self.remote_prefix))
+            await self._remote(command)
+        else:
+            await self._local(command)
+        if entry.kind == "filter":
+            kinds = [e.kind for e in self.ledger.entries]
+            at = len(kinds) - kinds[::-1].index("filter") if "filter" in kinds else 0
+            self.ledger.insert(at, entry)
+        else:
+            self.ledger.add(entry)
+            self.emit(RouteAdded(entry))
 
     # ------------------------------------------------------------------ the attempt
 

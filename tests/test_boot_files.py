@@ -30,7 +30,7 @@ def test_systemd_analyze_verify_finds_nothing(tmp_path: Path) -> None:
     pppssh = shutil.which("pppssh")
     assert pppssh, "pppssh is not installed: pip install -e ."
     text = UNIT.read_text()
-    assert text.count(EXEC) == 1
+    assert text.count(EXEC) == 2  # ExecStart=, ExecReload=
     instance = tmp_path / "pppssh@site-b.service"
     instance.write_text(text.replace(EXEC, pppssh))
     proc = subprocess.run([analyze, "verify", str(instance)], capture_output=True, text=True)
@@ -44,6 +44,7 @@ def test_systemd_analyze_verify_finds_nothing(tmp_path: Path) -> None:
 def test_unit_settings() -> None:
     s = unit_settings()
     assert s["ExecStart"] == [f"{EXEC} start --foreground /etc/pppssh/%i.conf"]
+    assert s["ExecReload"] == [f"{EXEC} reload %i"]  # not SIGHUP alone: its outcome is relayed
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["exec"]  # pppssh, ExecStopPost=
     assert s["KillMode"] == ["mixed"]
     assert s["Restart"] == ["on-failure"]
@@ -70,3 +71,37 @@ def test_shell_scripts_pass_shellcheck(script: str) -> None:
         [shellcheck, str(REPO / "scripts" / script)], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "reconnects"),
+    [
+        ("pppssh-sleep.sh", ["post", "suspend"], ["site-b", "site-c"]),
+        ("pppssh-sleep.sh", ["pre", "suspend"], []),
+        ("pppssh-nm-dispatcher.sh", ["wlan0", "up"], ["site-b", "site-c"]),
+        ("pppssh-nm-dispatcher.sh", ["wlan0", "down"], []),
+        ("pppssh-nm-dispatcher.sh", ["ppp0", "up"], []),
+    ],
+)
+def test_resume_and_network_hooks_reconnect_the_running_sites(
+    tmp_path: Path, script: str, args: list[str], reconnects: list[str]
+) -> None:
+    """The systemd-sleep hook after a resume and the NetworkManager dispatcher when an uplink
+    comes up call `pppssh reconnect` for each running site (those with a state file), and
+    only then; a site that fails to reconnect does not stop the others."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("site-b", "site-c"):
+        (run / f"{name}.json").write_text("{}")
+    (run / "site-b.log").write_text("")
+    calls = tmp_path / "calls"
+    fake = tmp_path / "pppssh"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexit 1\n')
+    fake.chmod(0o755)
+    proc = subprocess.run(
+        ["sh", str(REPO / "scripts" / script), *args], capture_output=True, text=True,
+        env={"PPPSSH": str(fake), "PPPSSH_RUN_DIR": str(run), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    said = calls.read_text().splitlines() if calls.exists() else []
+    assert said == [f"reconnect {name}" for name in reconnects]

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from pppssh.backoff import delays
 from pppssh.config import SiteConfig
-from pppssh.errors import TunnelError
+from pppssh.errors import ConfigError, TunnelError
 from pppssh.events import (
     CommandRun,
     Connected,
@@ -559,7 +560,7 @@ def test_stop_while_waiting_to_reconnect() -> None:
 
 
 def test_a_second_signal_is_ignored() -> None:
-    """Only the first SIGTERM/SIGINT/SIGHUP counts; the teardown is not cut short."""
+    """Only the first SIGTERM/SIGINT counts; the teardown is not cut short."""
     h = harness(stop_when_up=False)
 
     def twice() -> None:
@@ -892,3 +893,228 @@ def test_a_refused_channel_is_a_tunnel_error() -> None:
     with pytest.raises(TunnelError) as caught:
         asyncio.run(transport.open_pppd("pppd"))
     assert str(caught.value) == "cannot open the remote pppd's channel: Connection lost\\x1b[2J"
+
+
+# ---------------------------------------------------------------------------- reload, reconnect
+
+NEW_NETWORKS = "local = 10.1.0.0/24 10.3.0.0/24\nremote = 10.4.0.0/24\n"
+
+
+def reload_when_up(h: Harness, load: Callable[[], SiteConfig]) -> dict[str, Any]:
+    """Once up: reload with load(), note the calls and ledger before and after, then stop."""
+    seen: dict[str, Any] = {}
+
+    async def reload_then_stop() -> None:
+        """The reload a SIGHUP starts, then SIGTERM."""
+        seen["calls"] = len(h.world.calls)
+        seen["before"] = h.ledger()
+        seen["applied"] = await h.supervisor.reload(load)
+        seen["after"] = h.ledger()
+        seen["reload_calls"] = h.world.calls[seen["calls"] :]
+        h.supervisor.stop("SIGTERM")
+
+    h.recorder.on_ready = lambda: seen.setdefault(
+        "task", asyncio.get_running_loop().create_task(reload_then_stop())
+    )
+    return seen
+
+
+def whats(ledger: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """A ledger as (side, kind, what)."""
+    return [(e["side"], e["kind"], e["what"]) for e in ledger]
+
+
+def test_reload_adds_and_removes_exactly_the_diff_on_both_sides() -> None:
+    """A new local network (its filter rule here, its route there), a remote network swapped
+    (route here): additions first, then the removal; the link is untouched; the ledger holds
+    the new set, the filter rules together; the teardown undoes all of it."""
+    h = harness(site(hooks="down = /bin/down\n"))
+    new = site(networks=NEW_NETWORKS, hooks="down = /bin/down2\n")
+    seen = reload_when_up(h, lambda: new)
+    assert h.run() == 0
+    assert seen["applied"] is True
+    assert seen["reload_calls"] == [
+        ("local", "ip -4 rule add iif ppp0 to 10.3.0.0/24 priority 5000 lookup main"),
+        ("local", "ip route add 10.4.0.0/24 via 10.99.0.2 dev ppp0"),
+        ("remote", "route add 10.3.0.0/24 via 10.99.0.1"),
+        ("local", "ip route del 10.2.0.0/24 via 10.99.0.2 dev ppp0"),
+    ]
+    assert whats(seen["after"]) == [
+        ("local", "filter", "strict reverse-path filter: sources only from what is routed via "
+         "the link"),
+        ("local", "filter", "forward from the link to 10.1.0.0/24"),
+        ("local", "filter", "forward nothing else from the link (IPv4)"),
+        ("local", "filter", "forward from the link to 10.3.0.0/24"),
+        ("remote", "route", "10.1.0.0/24 via 10.99.0.1"),
+        ("local", "route", "10.4.0.0/24 via 10.99.0.2 dev ppp0"),
+        ("remote", "route", "10.3.0.0/24 via 10.99.0.1"),
+    ]  # fmt: skip
+    assert ("pppd", "stop") not in seen["reload_calls"] and h.world.connects == 1
+    done = [line for line in h.lines() if "reload 1: done: added local filter" in line]
+    assert len(done) == 1 and "link filter forwards to 10.4.0.0/24 from its next link" in done[0]
+    teardown = h.world.calls[seen["calls"] + 4 :]
+    assert teardown == [
+        ("hook", "/bin/down2"),
+        ("remote", "route del 10.3.0.0/24 via 10.99.0.1"),
+        ("local", "ip route del 10.4.0.0/24 via 10.99.0.2 dev ppp0"),
+        ("remote", "route del 10.1.0.0/24 via 10.99.0.1"),
+        ("pppd", "stop"),
+        ("ssh", "detach"),
+        ("local", "ip -4 rule del iif ppp0 to 10.3.0.0/24 priority 5000 lookup main"),
+        ("local", RULES[1].replace(" add ", " del ")),
+        ("local", RULES[0].replace(" add ", " del ")),
+        ("ssh", "close"),
+    ]
+    assert h.ledger() == []
+
+
+def test_reload_of_the_same_file_changes_nothing() -> None:
+    """Nothing changed: no command runs, the ledger is as it was."""
+    h = harness()
+    seen = reload_when_up(h, lambda: h.cfg)
+    assert h.run() == 0
+    assert seen["applied"] is True and seen["reload_calls"] == []
+    assert seen["after"] == seen["before"]
+    assert "pppssh: site-b: reload 1: done: nothing to change" in h.lines()
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"host": "gw2.example.net"}, "[remote] host"),
+        ({"mtu": 1300}, "[ppp] mtu"),
+        ({"full_tunnel": True}, "[networks] full_tunnel"),
+    ],
+)
+def test_reload_refuses_keys_that_need_a_new_link(change: dict[str, Any], key: str) -> None:
+    """A key the running link cannot take: one line naming it, nothing is changed, not even
+    the networks changed beside it."""
+    h = harness()
+    new = dataclasses.replace(site(networks=NEW_NETWORKS), **change)
+    seen = reload_when_up(h, lambda: new)
+    assert h.run() == 0
+    assert seen["applied"] is False and seen["reload_calls"] == []
+    assert seen["after"] == seen["before"]
+    refused = [line for line in h.lines() if "reload 1: refused" in line]
+    assert len(refused) == 1 and key in refused[0] and "needs a new link" in refused[0]
+    assert h.supervisor.cfg is h.cfg
+
+
+def test_reload_of_a_bad_file_changes_nothing() -> None:
+    """The file's one-line error (from config.load: trust checks, validation); nothing ran."""
+    h = harness()
+
+    def bad() -> SiteConfig:
+        """What config.load raises for a bad or untrusted file."""
+        raise ConfigError("/etc/pppssh/site-b.conf", 7, "remote", "not a network: 10.4.0.0/33")
+
+    seen = reload_when_up(h, bad)
+    assert h.run() == 0
+    assert seen["applied"] is False and seen["reload_calls"] == []
+    assert seen["after"] == seen["before"]
+    assert (
+        "pppssh: site-b: reload 1: refused: /etc/pppssh/site-b.conf:7: remote: not a network: "
+        "10.4.0.0/33" in h.lines()
+    )
+
+
+def test_reload_refused_remotely_rolls_back_and_keeps_the_link() -> None:
+    """The remote gateway's sudoers/helper does not allow the new route (no remote-setup for
+    it yet): what this reload added is taken back, newest first; nothing was removed; the
+    link stays; the next reload with the same file tries again."""
+    h = harness()
+    h.world.refuse_remote["route add 10.3.0.0/24"] = "pppssh-helper: request not allowed"
+    new = site(networks=NEW_NETWORKS)
+    seen = reload_when_up(h, lambda: new)
+    assert h.run() == 0
+    assert seen["applied"] is False
+    assert seen["reload_calls"] == [
+        ("local", "ip -4 rule add iif ppp0 to 10.3.0.0/24 priority 5000 lookup main"),
+        ("local", "ip route add 10.4.0.0/24 via 10.99.0.2 dev ppp0"),
+        ("remote", "route add 10.3.0.0/24 via 10.99.0.1"),
+        ("local", "ip route del 10.4.0.0/24 via 10.99.0.2 dev ppp0"),
+        ("local", "ip -4 rule del iif ppp0 to 10.3.0.0/24 priority 5000 lookup main"),
+    ]
+    assert seen["after"] == seen["before"]
+    refused = [line for line in h.lines() if "reload 1: refused" in line]
+    assert len(refused) == 1 and "remote gateway" in refused[0]
+    assert "pppssh remote-setup" in refused[0] and "rolled back" in refused[0]
+    assert h.world.connects == 1 and h.supervisor.cfg is h.cfg
+    assert h.ledger() == []
+
+
+def test_reload_while_waiting_to_reconnect_is_for_the_next_attempt() -> None:
+    """No link to change: the next attempt uses the new networks."""
+    h = harness(stop_when_up=False, retry_start=True)
+    h.world.unreachable = 1
+    new = dataclasses.replace(site(networks=NEW_NETWORKS), retry_start=True)
+    outcome: list[bool] = []
+
+    async def sleep(seconds: float) -> None:
+        """The backoff wait: a reload arrives."""
+        h.clock.sleeps.append(seconds)
+        outcome.append(await h.supervisor.reload(lambda: new))
+
+    h.ports.clock.sleep = sleep  # type: ignore[method-assign]
+    h.recorder.on_ready = h.world.stop
+    assert h.run() == 0
+    assert outcome == [True]
+    assert ("remote", "route add 10.3.0.0/24 via 10.99.0.1") in h.world.calls
+
+
+def test_reconnect_while_up_drops_and_dials_at_once() -> None:
+    """SIGUSR1 while up: the teardown runs, then a new attempt without a backoff wait."""
+    h = harness(stop_when_up=False)
+    ups: list[int] = []
+
+    def on_ready() -> None:
+        """First up: reconnect; second up: stop."""
+        ups.append(h.world.connects)
+        if len(ups) == 1:
+            h.supervisor.reconnect("SIGUSR1")
+        else:
+            h.supervisor.stop("SIGTERM")
+
+    h.recorder.on_ready = on_ready
+    assert h.run() == 0
+    assert ups == [1, 2] and h.clock.sleeps == []
+    assert "pppssh: site-b: reconnect requested (SIGUSR1); trying again in 0.0s" in h.lines()
+    first_close = h.world.calls.index(("ssh", "close"))
+    assert h.world.calls[first_close + 1] == ("ssh", "connect")
+    assert h.world.calls[:first_close].count(("pppd", "stop")) == 1
+    assert h.ledger() == [] and h.state.reconnects == 1
+
+
+def test_reconnect_during_the_backoff_wait_dials_at_once() -> None:
+    """SIGUSR1 in a long backoff wait: the wait ends, the next attempt starts now."""
+    h = harness(stop_when_up=False, retry_start=True)
+    h.world.unreachable = 1
+
+    async def sleep(seconds: float) -> None:
+        """A wait that would last; the reconnect ends it."""
+        h.clock.sleeps.append(seconds)
+        h.supervisor.reconnect("SIGUSR1")
+        await asyncio.sleep(10)
+
+    h.ports.clock.sleep = sleep  # type: ignore[method-assign]
+    h.recorder.on_ready = h.world.stop
+    assert h.run() == 0
+    assert h.world.connects == 2 and h.clock.sleeps == [5.0]
+    assert [line for line in h.lines() if "reconnect requested" in line] == [
+        "pppssh: site-b: reconnect requested (SIGUSR1); trying again in 0.0s"
+    ]
+    assert any(isinstance(e, Ready) for e in h.recorder.events)
+
+
+def test_reconnect_after_stop_is_ignored() -> None:
+    """A stop wins over a reconnect: the site ends, no new attempt."""
+    h = harness(stop_when_up=False)
+
+    def both() -> None:
+        """SIGTERM, then SIGUSR1."""
+        h.supervisor.stop("SIGTERM")
+        h.supervisor.reconnect("SIGUSR1")
+
+    h.recorder.on_ready = both
+    assert h.run() == 0
+    assert h.world.connects == 1 and h.lines()[-1] == "pppssh: site-b stopped"

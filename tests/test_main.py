@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,60 @@ def test_failures_are_reported_one_line_or_with_traceback(
         _reported(boom, verbose=False)
     assert capsys.readouterr().err == ""
     assert _reported(interrupted, verbose=False) == 130
+
+
+DAEMON = """
+import os, signal, sys, time
+from pathlib import Path
+from pppssh.adapters import ReloadOutcome
+from pppssh.events import Reloaded, ReloadRefused
+outcome = ReloadOutcome("site-b", os.getpid())
+serial = 0
+def reload(*_):
+    global serial
+    serial += 1
+    if serial == 1:
+        outcome.report(Reloaded("site-b", serial, ("added local route x",)))
+    else:
+        outcome.report(ReloadRefused("site-b", serial, "[ppp] mtu changed"))
+signal.signal(signal.SIGHUP, reload)
+signal.signal(signal.SIGUSR1, lambda *_: Path(sys.argv[1]).write_text("x"))
+print("ready", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def test_reload_and_reconnect_talk_to_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pppssh reload` sends SIGHUP and relays the outcome the daemon's ReloadOutcome wrote:
+    0 when applied, 1 with its line when refused (an older outcome is not taken for the new
+    one); `reconnect` sends SIGUSR1; a site that does not run is said so."""
+    from pppssh.cli import main
+    from pppssh.system import State, write_state
+
+    monkeypatch.setenv("PPPSSH_RUN_DIR", str(tmp_path))
+    assert main(["reload", "site-b"]) == 1
+    assert capsys.readouterr().err == "pppssh: site 'site-b' is not running\n"
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", DAEMON, str(tmp_path / "usr1")], stdout=subprocess.PIPE,
+        text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        assert daemon.stdout is not None and daemon.stdout.readline() == "ready\n"
+        write_state(State(site="site-b", config="/etc/pppssh/site-b.conf", pid=daemon.pid))
+        assert main(["reload", "site-b"]) == 0
+        assert capsys.readouterr().out == "pppssh: site-b: reload 1: done: added local route x\n"
+        assert main(["reload", "site-b"]) == 1
+        assert capsys.readouterr().err == "pppssh: site-b: reload 2: refused: [ppp] mtu changed\n"
+        assert main(["reconnect", "site-b"]) == 0
+        assert "reconnecting now" in capsys.readouterr().out
+        for _ in range(200):  # the signal is delivered at once; its handler runs soon
+            if (tmp_path / "usr1").exists():
+                break
+            time.sleep(0.05)
+        assert (tmp_path / "usr1").exists()
+    finally:
+        daemon.kill()
+        daemon.wait()
