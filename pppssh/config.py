@@ -1002,6 +1002,23 @@ def server_address_message(addr: Address, where: str) -> str:
     )
 
 
+def server_address_error(cfg: SiteConfig, peer: str) -> ConfigError | None:
+    """The usual file:line: key error when the SSH connection's TCP peer (the gateway as
+    resolved, or the first jump host or proxy) is one of the site's PPP addresses."""
+    clash = server_address_clash(peer, cfg.local_address, cfg.remote_address)
+    if clash is None:
+        return None
+    attr, addr = clash
+    if peer == cfg.host:
+        where = "host"
+    elif cfg.jump or cfg.proxy is not None:
+        where = "the first hop of the SSH path"
+    else:
+        where = f"host {cfg.host} resolves to it"
+    line = cfg.lines.get(attr, 0)
+    return ConfigError(str(cfg.path), line, attr, server_address_message(addr, where))
+
+
 def _check_server_address(parsed: dict[str, Any], err: Callable[[str, str], ConfigError]) -> None:
     """A host given as an IP literal must not be one of the PPP addresses."""
     clash = server_address_clash(parsed["host"], parsed["local_address"], parsed["remote_address"])
