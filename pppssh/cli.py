@@ -18,6 +18,7 @@ from typing import NoReturn
 from . import __version__
 from .config import _SITE_NAME, ConfigError, SiteConfig, check_files, load
 from .errors import EXIT_USAGE, Fail, PppsshError
+from .events import STAMP
 from .system import (
     SiteLock,
     leftover_pppd,
@@ -265,6 +266,9 @@ def _finish_stop(one: _Stopping, deadline: float, timeout: float) -> int:
     if read_state(one.site) is not None:
         remove_state(one.site)
         raise Fail(f"site '{one.site}' (pid {one.pid}) exited without finishing its teardown")
+    if one.log is not None:  # a clean stop: nothing to read there (a failure's log stays)
+        with contextlib.suppress(FileNotFoundError):
+            one.log.unlink()
     return 0
 
 
@@ -279,8 +283,8 @@ def _relay(log: Path | None, offset: int) -> int:
     except OSError:
         return offset
     end = data.rfind(b"\n") + 1
-    if end:
-        sys.stdout.write(data[:end].decode(errors="replace"))
+    if end:  # the log's stamps are for the file; the terminal shows the lines alone
+        sys.stdout.write(STAMP.sub("", data[:end].decode(errors="replace")))
         sys.stdout.flush()
     return offset + end
 

@@ -9,6 +9,7 @@ STATUS=/READY=/STOPPING= lines, and the state reporter is the one writer of the 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from .ledger import Entry
 from .system import State
 
 __all__ = [
+    "STAMP",
     "CommandRun",
     "Connected",
     "Connecting",
@@ -43,13 +45,19 @@ __all__ = [
     "Reporters",
     "RouteAdded",
     "SignalReceived",
+    "StampedFormatter",
     "Starting",
     "StateReporter",
     "Stopped",
     "Stopping",
     "TerminalReporter",
     "Up",
+    "log_stamp",
 ]
+
+# The daemon log's stamp: ISO 8601, local time with its offset (journald's short-iso).
+LOG_STAMP = "%Y-%m-%dT%H:%M:%S%z"
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} ", re.MULTILINE)
 
 
 class Event:
@@ -356,6 +364,20 @@ class LogReporter(Reporter):
             return
         level = logging.WARNING if isinstance(event, Failed | LinkDown) else logging.INFO
         self.logger.log(level, text)
+
+
+def log_stamp(when: float | None = None) -> str:
+    """A log line's prefix for when (default now): LOG_STAMP in local time."""
+    return time.strftime(LOG_STAMP, time.localtime(when))
+
+
+class StampedFormatter(logging.Formatter):
+    """The daemon log's format: every line of a record begins with the record's time."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The message, each of its lines stamped with log_stamp(record.created)."""
+        stamp = log_stamp(record.created)
+        return "\n".join(f"{stamp} {line}" for line in super().format(record).split("\n"))
 
 
 class NotifyReporter(Reporter):
