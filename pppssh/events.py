@@ -197,9 +197,11 @@ class Stopping(Event):
 
 @dataclass(frozen=True)
 class LinkDown(Event):
-    """Some part of the link died; cause says which and how."""
+    """Some part of the link died; cause says which and how. reconnecting: the site dials
+    again after the undo (reconnect = yes), so the state and STATUS say so at once."""
 
     cause: str
+    reconnecting: bool = False
 
     def line(self) -> str:
         """link down: ...; undoing."""
@@ -416,6 +418,9 @@ class NotifyReporter(Reporter):
                 self.send(status)
             else:
                 self.send("READY=1", status)
+        elif isinstance(event, LinkDown):  # said at once, not after the undo
+            after = "reconnecting" if event.reconnecting else "stopping"
+            self.send(f"STATUS={after}: link down: {event.cause}")
         elif isinstance(event, Failed):
             self.send(f"STATUS=failed: {event.error}")
         elif isinstance(event, SignalReceived):
@@ -453,8 +458,9 @@ class StateReporter(Reporter):
             s.state, s.up_since = "up", event.since
         elif isinstance(event, Stopping):
             s.state = "stopping"
-        elif isinstance(event, LinkDown):
-            s.state, s.last_error = "stopping", f"link down: {event.cause}"
+        elif isinstance(event, LinkDown):  # known now; the undo may take long (a dead link)
+            s.state = "reconnecting" if event.reconnecting else "stopping"
+            s.last_error, s.up_since = f"link down: {event.cause}", None
         elif isinstance(event, LocalPppdStopped):
             s.local_pppd_pid, s.interface = None, None
         elif isinstance(event, RemotePppdEnded):

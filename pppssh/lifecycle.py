@@ -512,7 +512,7 @@ class Attempt:
             self.emit(Note("stopping"))
             await self.down()
             raise
-        self.emit(LinkDown(reason))
+        self.emit(LinkDown(reason, reconnecting=self.cfg.reconnect))  # the supervisor's rule
         await self.down()
         raise TunnelError(f"link down: {reason}")
 
