@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
+import logging.handlers
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from .events import (
     ReloadRefused,
     Reporter,
     Reporters,
+    StampedFormatter,
     StateReporter,
     TerminalReporter,
 )
@@ -291,15 +295,68 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
 
+class _LogStream(io.TextIOBase):
+    """sys.stdout/sys.stderr of the daemon once its log is open: each whole line through the
+    log's logger, so that it is stamped like the reporters' lines."""
+
+    def __init__(self, logger: logging.Logger, level: int) -> None:
+        """Log completed lines at level."""
+        super().__init__()
+        self.logger = logger
+        self.level = level
+        self.partial = ""
+        self.busy = False  # a failing handler reports on stderr: never back into it
+
+    def writable(self) -> bool:
+        """Always."""
+        return True
+
+    def write(self, text: str) -> int:
+        """Keep the unfinished line; log each finished one."""
+        *lines, self.partial = (self.partial + text).split("\n")
+        if not self.busy:
+            self.busy = True
+            try:
+                for line in lines:
+                    self.logger.log(self.level, line)
+            finally:
+                self.busy = False
+        return len(text)
+
+
+def daemon_logger() -> tuple[logging.Logger, logging.handlers.MemoryHandler]:
+    """The daemon log's logger, holding its records (with their times) until the log file
+    opens, so that the log begins with what `start` showed."""
+    logger = logging.getLogger("pppssh.daemon")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    held = logging.handlers.MemoryHandler(1_000_000, flushLevel=logging.CRITICAL + 1)
+    logger.addHandler(held)
+    return logger, held
+
+
 class PipeReadiness:
     """The waiting `pppssh start`: READY or RETRYING on the pipe from the fork; then the
-    daemon's output goes to its log file (stdout and stderr, and the reporters' lines)."""
+    daemon's output goes to its log file (stdout and stderr, and the reporters' lines), every
+    line stamped, beginning with the lines held since the start."""
 
-    def __init__(self, fd: int | None, log: Path, reporters: Reporters) -> None:
-        """fd: the pipe's write end (None when nobody waits: --foreground)."""
+    def __init__(
+        self,
+        fd: int | None,
+        log: Path,
+        reporters: Reporters,
+        daemon_log: tuple[logging.Logger, logging.handlers.MemoryHandler] | None = None,
+    ) -> None:
+        """fd: the pipe's write end (None when nobody waits: --foreground); daemon_log: the
+        logger whose LogReporter is already among reporters, and the handler holding its
+        records so far (daemon_logger(); made here if not given)."""
         self.fd = fd
         self.log = log
         self.reporters = reporters
+        if daemon_log is None and fd is not None:
+            daemon_log = daemon_logger()
+            reporters.reporters.append(LogReporter(daemon_log[0]))
+        self.daemon_log = daemon_log
 
     def ready(self) -> None:
         """Up: `start` returns 0."""
@@ -320,17 +377,22 @@ class PipeReadiness:
         self.fd = None
 
     def _log_through_logging(self) -> None:
-        """From now on the reporters' lines go to the log file through Python logging."""
-        logger = logging.getLogger("pppssh.daemon")
-        logger.propagate = False
-        logger.setLevel(logging.INFO)
+        """From now on the reporters' lines (and stdout, stderr) go to the log file through
+        Python logging, stamped; the lines held since the start are written first."""
+        assert self.daemon_log is not None
+        logger, held = self.daemon_log
         handler = logging.FileHandler(self.log, mode="a")
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(StampedFormatter("%(message)s"))
+        held.setTarget(handler)
+        held.flush()  # each record keeps its own time
+        logger.removeHandler(held)
+        held.close()
         logger.addHandler(handler)
         self.reporters.reporters = [
-            LogReporter(logger) if isinstance(r, TerminalReporter) else r
-            for r in self.reporters.reporters
+            r for r in self.reporters.reporters if not isinstance(r, TerminalReporter)
         ]
+        sys.stdout = _LogStream(logger, logging.INFO)
+        sys.stderr = _LogStream(logger, logging.WARNING)
 
 
 def reload_outcome_path(site: str) -> Path:
@@ -379,12 +441,18 @@ def hold_site(cfg: SiteConfig, ready_fd: int | None) -> int:
     reporters = Reporters(
         terminal, NotifyReporter(system.sd_notify), ReloadOutcome(cfg.name, os.getpid())
     )
+    shown: Reporter = terminal
+    daemon_log = None
+    if ready_fd is not None:  # a log file once `start` returns: it begins with what it showed
+        daemon_log = daemon_logger()
+        shown = Reporters(terminal, LogReporter(daemon_log[0]))
+        reporters.reporters.append(LogReporter(daemon_log[0]))
 
     async def main() -> int:
         """Recover, then hold the site until a signal or the end."""
-        await recover(cfg.name, ports.runner, ports.store, terminal)
+        await recover(cfg.name, ports.runner, ports.store, shown)
         reporters.reporters.append(StateReporter(state, ports.store.write, ports.clock.time))
-        readiness = PipeReadiness(ready_fd, log, reporters)
+        readiness = PipeReadiness(ready_fd, log, reporters, daemon_log)
         supervisor = Supervisor(cfg, ports, reporters, readiness, os.getpid())
         loop = asyncio.get_running_loop()
         path = cfg.path.absolute()

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import commands
 from .asyncssh_compat import asyncssh
 from .commands import root_ops, sudoers_rules
-from .config import Network, SiteConfig
+from .config import Network, SiteConfig, server_address_error
 from .plan import Command
 from .remote_setup import SUDOERS_DIR, file_name, sudoers_name
 from .sanitize import printable, valid_ifname
@@ -32,6 +32,7 @@ from .ssh import (
     close_connection,
     connect,
     first_hop,
+    pin_address,
     run_remote,
 )
 from .system import probe, read_state
@@ -313,6 +314,14 @@ async def _remote_checks(cfg: SiteConfig) -> list[Check]:
         checks.append(Check("keys offered", True, "; ".join(client.offered)))
     accepted = client.accepted or str(cfg.identity)
     checks.append(Check("key accepted", True, f"{cfg.user}@{cfg.host} with {accepted}"))
+    peer = pin_address(client)  # None when a proxy command carries the connection
+    clash = server_address_error(cfg, peer) if peer is not None else None
+    if clash is not None:  # a host name hid it from the parser; start refuses it
+        checks.append(Check(
+            "PPP addresses not the SSH server's", False, str(clash),
+            "choose local_address and remote_address the SSH server does not have (its SSH "
+            "connection must stay outside the link)",
+        ))  # fmt: skip
     try:
         if cfg.helper:
             checks += await _remote_helper(cfg, conn)

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .config import ConfigError, SiteConfig, check_files, load
+from .config import _SITE_NAME, ConfigError, SiteConfig, check_files, load
 from .errors import EXIT_USAGE, Fail, PppsshError
+from .events import STAMP
 from .system import (
     SiteLock,
     leftover_pppd,
@@ -33,10 +34,48 @@ from .system import (
 __all__ = ["entry", "main"]
 
 
-def _load(path: str, files: bool = True) -> SiteConfig:
-    """Load a site file (with files=False, not the files it names); errors exit with 2."""
+CONF_DIR = Path("/etc/pppssh")  # where a bare NAME's site file is: CONF_DIR/NAME.conf
+
+
+def _is_path(arg: str) -> bool:
+    """A site file given as a path: it holds a '/' or ends in .conf (else it is a NAME)."""
+    return os.sep in arg or arg.endswith(".conf")
+
+
+def _bare_name(arg: str) -> str:
+    """A bare site NAME, checked; anything else is a one-line usage error."""
+    if not _SITE_NAME.match(arg):
+        raise Fail(
+            f"'{arg}' is neither a site name (letters, digits, '_', '.', '-'; at most 32) nor a "
+            "site file (a path with a '/' or ending in .conf)",
+            EXIT_USAGE,
+        )
+    return arg
+
+
+def site_file(arg: str) -> str:
+    """The site file an argument means: a path as given, a bare NAME as CONF_DIR/NAME.conf."""
+    return arg if _is_path(arg) else str(CONF_DIR / f"{_bare_name(arg)}.conf")
+
+
+def _load_arg(arg: str, files: bool = True) -> SiteConfig:
+    """Load the site file an argument means (ConfigError as load() raises it); a bare NAME's
+    file must be site NAME, so that `stop NAME` and `status NAME` find what `start NAME` ran."""
+    cfg = load(site_file(arg), files=files)
+    if not _is_path(arg) and cfg.name != arg:
+        line = cfg.lines.get("name", 0)
+        raise ConfigError(
+            str(cfg.path), line, "name",
+            f"site '{cfg.name}' given as '{arg}': `pppssh stop {arg}` would not find it; "
+            f"name the file {cfg.name}.conf or give its path",
+        )  # fmt: skip
+    return cfg
+
+
+def _load(arg: str, files: bool = True) -> SiteConfig:
+    """Load a site file or NAME (with files=False, not the files it names); errors exit 2."""
     try:
-        return load(path, files=files)
+        return _load_arg(arg, files=files)
     except ConfigError as exc:
         raise Fail(str(exc), EXIT_USAGE) from None
 
@@ -149,10 +188,10 @@ def _run_foreground(cfg: SiteConfig, ready_fd: int | None) -> int:
 
 
 def _site_name(arg: str) -> str:
-    """A site given by name or by its config file."""
-    if arg.endswith(".conf") or os.sep in arg or Path(arg).is_file():
+    """A site given by its file (a path: its name) or by NAME (as is: the running site)."""
+    if _is_path(arg):
         return _load(arg, files=False).name
-    return arg
+    return _bare_name(arg)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -229,6 +268,9 @@ def _finish_stop(one: _Stopping, deadline: float, timeout: float) -> int:
     if read_state(one.site) is not None:
         remove_state(one.site)
         raise Fail(f"site '{one.site}' (pid {one.pid}) exited without finishing its teardown")
+    if one.log is not None:  # a clean stop: nothing to read there (a failure's log stays)
+        with contextlib.suppress(FileNotFoundError):
+            one.log.unlink()
     return 0
 
 
@@ -243,8 +285,8 @@ def _relay(log: Path | None, offset: int) -> int:
     except OSError:
         return offset
     end = data.rfind(b"\n") + 1
-    if end:
-        sys.stdout.write(data[:end].decode(errors="replace"))
+    if end:  # the log's stamps are for the file; the terminal shows the lines alone
+        sys.stdout.write(STAMP.sub("", data[:end].decode(errors="replace")))
         sys.stdout.flush()
     return offset + end
 
@@ -361,7 +403,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .check import Check, render, run_checks
 
     try:
-        cfg = load(args.config, files=False)
+        cfg = _load_arg(args.config, files=False)
         check_files(cfg, missing_ok=True)  # a missing one is a check below, with its fix
     except ConfigError as exc:
         sys.stdout.write(render([Check("site file valid", False, str(exc))]))
@@ -412,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     start = verbs.add_parser("start", help="bring a site's link up")
-    start.add_argument("config", help="site file, e.g. /etc/pppssh/site-b.conf")
+    start.add_argument("config", help="site file, or NAME for /etc/pppssh/NAME.conf")
     start.add_argument(
         "--foreground", action="store_true", help="stay attached (for systemd Type=notify)"
     )
@@ -443,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     routes = verbs.add_parser("routes", help="print the routes workstations on each LAN need")
-    routes.add_argument("config", help="site file")
+    routes.add_argument("config", help="site file, or NAME for /etc/pppssh/NAME.conf")
     routes.add_argument("--print", action="store_true", help="print them (works offline)")
     routes.add_argument(
         "--format", choices=("ip", "route", "windows", "bsd"), default="ip",
@@ -458,14 +500,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = verbs.add_parser(
         "check", help="preflight: what would stop the link, one line each, changing nothing"
     )
-    check.add_argument("config", help="site file")
+    check.add_argument("config", help="site file, or NAME for /etc/pppssh/NAME.conf")
     check.set_defaults(func=cmd_check)
 
     setup = verbs.add_parser(
         "remote-setup",
         help="print (or --apply) the remote gateway's set-up: account, helper, sudoers, key",
     )
-    setup.add_argument("config", help="site file")
+    setup.add_argument("config", help="site file, or NAME for /etc/pppssh/NAME.conf")
     setup.add_argument(
         "--apply", action="store_true",
         help="run it on the remote gateway over an administrator's SSH login",

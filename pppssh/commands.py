@@ -28,6 +28,7 @@ from .config import Address, Network, SiteConfig, lan_gateway
 
 __all__ = [
     "HELPER_PATH",
+    "OLD_POLICY_DIR",
     "PKILL",
     "POLICY_DIR",
     "RUN_DIR",
@@ -55,7 +56,10 @@ __all__ = [
 ]
 
 HELPER_PATH = "/usr/local/libexec/pppssh-helper"
-POLICY_DIR = "/etc/pppssh/helper"
+# The helper runs as the link account and must read its policy; /etc/pppssh may well be 0700
+# (pppssh's own site files on a gateway that also runs pppssh), so the policies live apart.
+POLICY_DIR = "/etc/pppssh-helper"
+OLD_POLICY_DIR = "/etc/pppssh/helper"  # where policies were kept before; remote-setup moves them
 SUDO = "/usr/bin/sudo"
 PKILL = "/usr/bin/pkill"
 RUN_DIR = "/run"  # pppd writes /run/ppp-LINKNAME.pid

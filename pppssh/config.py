@@ -790,10 +790,32 @@ _SECTION_RE = re.compile(r"^\[\s*([^\]\s]+)\s*\]$")
 _KEY_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
 
 
-def _strip_comment(line: str) -> str:
-    """Drop a trailing `# ...` or `; ...` comment that follows whitespace."""
-    match = re.search(r"(^|\s)[#;]", line)
-    return line[: match.start()].rstrip() if match else line.rstrip()
+def _inline_comment(value: str) -> int:
+    """Where an unquoted `#` or `;` starts a word of value (-1: nowhere).
+
+    Comments are whole lines only (like configparser's default): such a word is refused, not
+    dropped, so `remote = 10.2.0.0/24 ; 10.3.0.0/24` cannot silently lose a network. Inside
+    quotes (a hook's `/bin/sh -c 'a ; b'`) or within a word (`a;b`) it is ordinary text.
+    """
+    quote = ""
+    start = True
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if quote:
+            if c == quote:
+                quote = ""
+            elif c == "\\" and quote == '"':
+                i += 1
+        elif c in "'\"":
+            quote = c
+        elif c == "\\":
+            i += 1
+        elif c in "#;" and start:
+            return i
+        start = c in " \t" and not quote
+        i += 1
+    return -1
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -825,10 +847,10 @@ def parse(text: str, path: Path) -> SiteConfig:
             )
         if len(raw) > MAX_LINE:
             raise ConfigError(shown, number, key, f"line longer than {MAX_LINE} characters")
-        line = _strip_comment(raw.strip())
-        if not line:
+        line = raw.strip()
+        if not line or line[0] in "#;":
             continue
-        if m := _SECTION_RE.match(line):
+        if m := _SECTION_RE.match(re.sub(r"\s+[#;].*$", "", line)):
             section = m.group(1).lower()
             if section not in SECTIONS:
                 raise ConfigError(
@@ -865,7 +887,14 @@ def parse(text: str, path: Path) -> SiteConfig:
             raise ConfigError(
                 shown, number, key, f"set twice (first at line {values[section, key][1]})"
             )
-        values[section, key] = (m.group(2).strip(), number)
+        value = m.group(2).strip()
+        if (at := _inline_comment(value)) >= 0:
+            raise ConfigError(
+                shown, number, key,
+                f"'{value[at]}' inside the value: comments go on a line of their own (a line "
+                f"starting with # or ;); quote it if it belongs to the value",
+            )  # fmt: skip
+        values[section, key] = (value, number)
 
     parsed: dict[str, Any] = {}
     lines: dict[str, int] = {}
@@ -919,6 +948,7 @@ def parse(text: str, path: Path) -> SiteConfig:
     _check_reach(parsed, err)
     if parsed["local_address"] == parsed["remote_address"]:
         raise err("remote_address", "must differ from local_address")
+    _check_server_address(parsed, err)
     _split_ipv6(parsed, err)
     if parsed["ipv6"] and parsed["helper"]:
         raise err("ipv6", "not available with helper = yes: pppssh-helper routes IPv4 only")
@@ -945,6 +975,55 @@ def _check_reach(parsed: dict[str, Any], err: Callable[[str, str], ConfigError])
             "cannot pin the route to the SSH server when proxy_command reaches it; use jump "
             "or proxy instead",
         )
+
+
+def server_address_clash(
+    server: str, local: Address, remote: Address
+) -> tuple[str, Address] | None:
+    """("remote_address" or "local_address", the address) when that PPP address is the SSH
+    server's address: routing it into the link would carry the link's own SSH connection."""
+    try:
+        addr = ipaddress.ip_address(server.split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    for attr, own in (("remote_address", remote), ("local_address", local)):
+        if addr == own:
+            return attr, own
+    return None
+
+
+def server_address_message(addr: Address, where: str) -> str:
+    """The refusal for a PPP address that is the SSH server's (where: "host" or "host x")."""
+    return (
+        f"{addr} is the SSH server ({where}): the link would carry its own SSH connection; "
+        "use an address the server does not have"
+    )
+
+
+def server_address_error(cfg: SiteConfig, peer: str) -> ConfigError | None:
+    """The usual file:line: key error when the SSH connection's TCP peer (the gateway as
+    resolved, or the first jump host or proxy) is one of the site's PPP addresses."""
+    clash = server_address_clash(peer, cfg.local_address, cfg.remote_address)
+    if clash is None:
+        return None
+    attr, addr = clash
+    if peer == cfg.host:
+        where = "host"
+    elif cfg.jump or cfg.proxy is not None:
+        where = "the first hop of the SSH path"
+    else:
+        where = f"host {cfg.host} resolves to it"
+    line = cfg.lines.get(attr, 0)
+    return ConfigError(str(cfg.path), line, attr, server_address_message(addr, where))
+
+
+def _check_server_address(parsed: dict[str, Any], err: Callable[[str, str], ConfigError]) -> None:
+    """A host given as an IP literal must not be one of the PPP addresses."""
+    clash = server_address_clash(parsed["host"], parsed["local_address"], parsed["remote_address"])
+    if clash is not None:
+        raise err(clash[0], server_address_message(clash[1], "host"))
 
 
 def _split_ipv6(parsed: dict[str, Any], err: Callable[[str, str], ConfigError]) -> None:

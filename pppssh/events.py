@@ -9,6 +9,7 @@ STATUS=/READY=/STOPPING= lines, and the state reporter is the one writer of the 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from .ledger import Entry
 from .system import State
 
 __all__ = [
+    "STAMP",
     "CommandRun",
     "Connected",
     "Connecting",
@@ -45,13 +47,19 @@ __all__ = [
     "Reporters",
     "RouteAdded",
     "SignalReceived",
+    "StampedFormatter",
     "Starting",
     "StateReporter",
     "Stopped",
     "Stopping",
     "TerminalReporter",
     "Up",
+    "log_stamp",
 ]
+
+# The daemon log's stamp: ISO 8601, local time with its offset (journald's short-iso).
+LOG_STAMP = "%Y-%m-%dT%H:%M:%S%z"
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} ", re.MULTILINE)
 
 
 class Event:
@@ -191,9 +199,11 @@ class Stopping(Event):
 
 @dataclass(frozen=True)
 class LinkDown(Event):
-    """Some part of the link died; cause says which and how."""
+    """Some part of the link died; cause says which and how. reconnecting: the site dials
+    again after the undo (reconnect = yes), so the state and STATUS say so at once."""
 
     cause: str
+    reconnecting: bool = False
 
     def line(self) -> str:
         """link down: ...; undoing."""
@@ -389,6 +399,20 @@ class LogReporter(Reporter):
         self.logger.log(level, text)
 
 
+def log_stamp(when: float | None = None) -> str:
+    """A log line's prefix for when (default now): LOG_STAMP in local time."""
+    return time.strftime(LOG_STAMP, time.localtime(when))
+
+
+class StampedFormatter(logging.Formatter):
+    """The daemon log's format: every line of a record begins with the record's time."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The message, each of its lines stamped with log_stamp(record.created)."""
+        stamp = log_stamp(record.created)
+        return "\n".join(f"{stamp} {line}" for line in super().format(record).split("\n"))
+
+
 class NotifyReporter(Reporter):
     """systemd's view (Type=notify): STATUS= at every change, READY=1 once up or once the
     first attempt failed under retry_start (so `systemctl start` does not block), STATUS=
@@ -425,6 +449,9 @@ class NotifyReporter(Reporter):
                 self.send(status)
             else:
                 self.send("READY=1", status)
+        elif isinstance(event, LinkDown):  # said at once, not after the undo
+            after = "reconnecting" if event.reconnecting else "stopping"
+            self.send(f"STATUS={after}: link down: {event.cause}")
         elif isinstance(event, Failed):
             self.send(f"STATUS=failed: {event.error}")
         elif isinstance(event, SignalReceived):
@@ -462,8 +489,9 @@ class StateReporter(Reporter):
             s.state, s.up_since = "up", event.since
         elif isinstance(event, Stopping):
             s.state = "stopping"
-        elif isinstance(event, LinkDown):
-            s.state, s.last_error = "stopping", f"link down: {event.cause}"
+        elif isinstance(event, LinkDown):  # known now; the undo may take long (a dead link)
+            s.state = "reconnecting" if event.reconnecting else "stopping"
+            s.last_error, s.up_since = f"link down: {event.cause}", None
         elif isinstance(event, LocalPppdStopped):
             s.local_pppd_pid, s.interface = None, None
         elif isinstance(event, RemotePppdEnded):

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from .config import Compression, SiteConfig
+from .config import Compression, SiteConfig, server_address_error
 from .errors import CommandFailed, RemoteFailed, TunnelError
 from .events import (
     CommandRun,
@@ -158,6 +158,7 @@ class Attempt:
         server = await ssh.connect()
         self.connected = True
         self.emit(Connected(printable(server)))
+        self._refuse_server_address()  # before anything changes
 
         await self._until("cleaning up after an earlier session", self._cleanup_remote())
 
@@ -290,6 +291,16 @@ class Attempt:
                 return name
             await self.ports.clock.sleep(delay)  # remote IPCP finishes a moment after ours
             delay = min(delay * 2, 1.0)
+
+    def _refuse_server_address(self) -> None:
+        """A host name hid it from the parser: a PPP address that is the SSH connection's own
+        peer would route that connection into the link it carries. Refused here."""
+        assert self.ssh is not None
+        if self.cfg.proxy_command:
+            return  # no TCP peer of ours: a proxy command carries the connection
+        error = server_address_error(self.cfg, self.ssh.peer_address())
+        if error is not None:
+            raise TunnelError(str(error))
 
     async def _pin_server_route(self) -> None:
         """Before the full tunnel takes all IPv4 traffic: keep the SSH server where it is."""
@@ -587,7 +598,7 @@ class Attempt:
             self.emit(Note("stopping"))
             await self.down()
             raise
-        self.emit(LinkDown(reason))
+        self.emit(LinkDown(reason, reconnecting=self.cfg.reconnect))  # the supervisor's rule
         await self.down()
         raise TunnelError(f"link down: {reason}")
 

@@ -22,6 +22,7 @@ from . import trust
 from .asyncssh_compat import asyncssh
 from .commands import (
     HELPER_PATH,
+    OLD_POLICY_DIR,
     PKILL,
     POLICY_DIR,
     SUDO,
@@ -305,6 +306,29 @@ def _keys_lines(user: str, blob: str, line: str) -> str:
     )
 
 
+def _old_policy_lines() -> str:
+    """Shell lines that move every policy from where they were kept before into POLICY_DIR
+    (the helper installed is the one of every site, and reads only there), a policy already
+    there winning, and remove that directory once empty."""
+    return (
+        f"if [ -d '{OLD_POLICY_DIR}' ] && [ ! -L '{OLD_POLICY_DIR}' ]; then\n"
+        f"\tfor old in '{OLD_POLICY_DIR}'/*.policy; do\n"
+        f'\t\tif [ ! -f "$old" ] || [ -L "$old" ]; then continue; fi\n'
+        f"\t\tnew='{POLICY_DIR}'/${{old##*/}}\n"
+        f'\t\tif [ ! -e "$new" ]; then\n'
+        f'\t\t\tcp "$old" "$new.new" && chown root:root "$new.new" && chmod 644 "$new.new" &&\n'
+        f'\t\t\t\tmv -f "$new.new" "$new"\n'
+        f'\t\t\tsay "moved the helper policy ${{old##*/}} from {OLD_POLICY_DIR} to {POLICY_DIR}"\n'
+        f"\t\telse\n"
+        f'\t\t\tsay "removed the outdated helper policy $old"\n'
+        f"\t\tfi\n"
+        f'\t\trm -f "$old"\n'
+        f"\tdone\n"
+        f"\trmdir '{OLD_POLICY_DIR}' 2>/dev/null || :\n"
+        f"fi\n"
+    )
+
+
 def setup_script(cfg: SiteConfig, pubkey: str) -> str:
     """The whole set-up, as a script for root on the remote gateway (safe to run again)."""
     user, name = cfg.user, cfg.name
@@ -358,9 +382,16 @@ def setup_script(cfg: SiteConfig, pubkey: str) -> str:
     if cfg.helper:
         out.append(
             f"\n# 2. the helper, the only program the key can run, and the site's policy\n"
-            f"mkdir -p '{HELPER_PATH.rsplit('/', 1)[0]}' '{POLICY_DIR}'\n"
+            f"mkdir -p '{HELPER_PATH.rsplit('/', 1)[0]}'\n"
             f"{_install(HELPER_PATH, helper_text(), '755')}"
+            f"#    the policy holds no secret, and the helper (the link account) must read it:\n"
+            f"#    its own root-owned 0755 directory, made right on every run\n"
+            f"[ ! -L '{POLICY_DIR}' ] || fail \"{POLICY_DIR} is a symbolic link; refusing\"\n"
+            f"mkdir -p '{POLICY_DIR}'\n"
+            f"chown root:root '{POLICY_DIR}'\n"
+            f"chmod 755 '{POLICY_DIR}'\n"
             f"{_install(f'{POLICY_DIR}/{safe}.policy', policy_text(cfg), '644')}"
+            f"{_old_policy_lines()}"
         )
     else:
         out.append(
@@ -397,14 +428,84 @@ def setup_script(cfg: SiteConfig, pubkey: str) -> str:
     return "".join(out)
 
 
+def _stop_lines(cfg: SiteConfig, blob: str) -> str:
+    """Shell lines that stop the site's link before anything is removed: its pppd (through
+    its pid file), the filter rules of a link still up (ip-down does not run after KILL), and,
+    when the account is to go, every process of the account (helper, sshd session); they fail,
+    with nothing removed, if something cannot be stopped, and say in one line what they did."""
+    user, pidfile = cfg.user, remote_pidfile(cfg)
+    unfilter = "".join(f"\t{line}\n" for fam in (4, 6) for line in _unfilter_lines(cfg, fam))
+    return (
+        f"\n# 1. stop the site's link first, so that nothing is left half-removed\n"
+        f"# wait_gone COMMAND...: up to 10 s for COMMAND (a pgrep) to find nothing\n"
+        f"wait_gone() {{\n"
+        f"\ttries=0\n"
+        f'\twhile "$@" >/dev/null 2>&1; do\n'
+        f"\t\ttries=$((tries + 1))\n"
+        f'\t\t[ "$tries" -le 20 ] || return 1\n'
+        f"\t\tsleep 0.5\n"
+        f"\tdone\n"
+        f"}}\n"
+        f"# stop_account: TERM, then KILL, every process of the account; sets left on failure\n"
+        f"stop_account() {{\n"
+        f"\tleft=''\n"
+        f"\tid -u {user} >/dev/null 2>&1 || return 0\n"
+        f"\tpgrep -u {user} >/dev/null 2>&1 || return 0\n"
+        f"\tstopped=$((stopped + $(pgrep -u {user} | grep -c . || :)))\n"
+        f"\tpkill -TERM -u {user} || :\n"
+        f"\twait_gone pgrep -u {user} && return 0\n"
+        f"\tpkill -KILL -u {user} || :\n"
+        f"\twait_gone pgrep -u {user} && return 0\n"
+        f"\tleft=\"processes $(pgrep -u {user} | tr '\\n' ' ')of {user}\"\n"
+        f"\treturn 1\n"
+        f"}}\n"
+        f"stopped=0 did=''\n"
+        f"# the link's interface, while it is up: its filter rules go with it\n"
+        f"IF=$({cfg.remote_ip} -o -4 addr show | while read -r _ ifname family address word "
+        f"remote _; do\n"
+        f'\tif [ "$family" = inet ] && [ "$address" = {cfg.remote_address} ] &&\n'
+        f'\t\t[ "$word" = peer ] && [ "$remote" = {cfg.local_address}/32 ]; then\n'
+        f"\t\tprintf '%s\\n' \"${{ifname%%@*}}\"\n"
+        f"\tfi\n"
+        f"done | head -n 1)\n"
+        f"if pgrep -x -F {pidfile} pppd >/dev/null 2>&1; then\n"
+        f"\tpid=$(head -n 1 {pidfile} 2>/dev/null) || pid='?'  # then pppd's interface\n"
+        f"\tpkill -TERM -x -F {pidfile} pppd || :\n"
+        f"\tif ! wait_gone pgrep -x -F {pidfile} pppd; then\n"
+        f"\t\tpkill -KILL -x -F {pidfile} pppd || :\n"
+        f"\t\twait_gone pgrep -x -F {pidfile} pppd ||\n"
+        f'\t\t\tfail "cannot stop pppd $pid of site {cfg.name}; nothing removed"\n'
+        f"\tfi\n"
+        f'\tdid="pppd $pid"\n'
+        f"fi\n"
+        f"home=$(getent passwd {user} | cut -d: -f6) || home=''\n"
+        f"# the account goes (below) when pppssh made it and holds no other key: stop it all now\n"
+        f"# shellcheck disable=SC2016 # the account's own shell expands $1 and $2\n"
+        f'if [ -n "$home" ] && [ "$(getent passwd {user} | cut -d: -f5)" = "pppssh link" ] &&\n'
+        f"\t! runuser -u {user} -- /bin/sh -c \\\n"
+        f'\t\t\'grep -vF -- "$1" "$2" | grep -q .\' sh {shlex.quote(blob)} \\\n'
+        f'\t\t"$home/.ssh/authorized_keys" 2>/dev/null; then\n'
+        f'\tstop_account || fail "cannot stop $left; nothing removed"\n'
+        f"fi\n"
+        f'if [ -n "$IF" ]; then\n'
+        f"{unfilter}"
+        f'\tdid="${{did:+$did, }}the filter rules of $IF"\n'
+        f"fi\n"
+        f'[ "$stopped" -eq 0 ] || did="${{did:+$did, }}$stopped process(es) of {user}"\n'
+        f'[ -z "$did" ] || say "stopped the link of site {cfg.name}: $did"\n'
+    )
+
+
 def removal_script(cfg: SiteConfig, pubkey: str) -> str:
-    """Undo setup_script: sudo first, then the key, policy, options, and what is unused."""
+    """Undo setup_script: stop the site's link, then sudo first, the key, policy, options, and
+    what is unused."""
     user, name = cfg.user, cfg.name
     safe = file_name(cfg)
     blob = pubkey.split()[1]
     title = (
         f"# pppssh remote-setup --remove of site {name}: run as root on {cfg.host}.\n"
-        f"# Takes away the sudo rules, the key line, the policy, pppd options and link filter of\n"
+        f"# Stops the site's link if it is up (nothing is removed if that fails), then takes away\n"
+        f"# the sudo rules, the key line, the policy, pppd options and link filter of\n"
         f"# the site; the helper once no site uses it, the account once it created it and no key\n"
         f"# is left."
     )
@@ -412,24 +513,26 @@ def removal_script(cfg: SiteConfig, pubkey: str) -> str:
         f"'{PPP_DIR}/{d}/{safe}'" for d in ("ip-up.d", "ip-down.d", "ipv6-up.d", "ipv6-down.d")
     )
     out = [_PREAMBLE.format(title=title)]
+    out.append(_stop_lines(cfg, blob))
     out.append(
-        f"\nif [ -f {remote_pidfile(cfg)} ]; then\n"
-        f'\tsay "note: the link of site {name} may still be up; stop it first (pppssh stop)"\n'
-        f"fi\n"
+        f"\n# 2. then the files: sudo first, so that nothing of the site can run as root\n"
         f"rm -f '{SUDOERS_DIR}/{sudoers_name(cfg)}' '{SUDOERS_DIR}/.{sudoers_name(cfg)}.new'\n"
         f"home=$(getent passwd {user} | cut -d: -f6) || home=''\n"
         f'if [ -n "$home" ] && [ -d "$home" ]; then\n'
         f"{_keys_lines(user, blob, '')}"
         f"fi\n"
         f"rm -f '{POLICY_DIR}/{safe}.policy' '{PEERS_DIR}/{peers_name(cfg)}' {hooks}\n"
+        f"rm -f '{OLD_POLICY_DIR}/{safe}.policy'\n"
+        f"rmdir '{OLD_POLICY_DIR}' 2>/dev/null || :\n"
         f"if ! ls '{POLICY_DIR}'/*.policy >/dev/null 2>&1; then\n"
         f"\trm -f '{HELPER_PATH}'\n"
         f"\trmdir '{POLICY_DIR}' 2>/dev/null || :\n"
-        f"\trmdir '{POLICY_DIR.rsplit('/', 1)[0]}' 2>/dev/null || :\n"
         f"fi\n"
         f'if [ -n "$home" ] && [ "$(getent passwd {user} | cut -d: -f5)" = "pppssh link" ] &&\n'
         f'\t! grep -q . "$home/.ssh/authorized_keys" 2>/dev/null; then\n'
-        f"\tuserdel -r {user} 2>/dev/null || userdel {user}\n"
+        f'\tstop_account || fail "cannot stop $left; account {user} kept"\n'
+        f"\tuserdel -r {user} 2>/dev/null || userdel {user} 2>/dev/null ||\n"
+        f'\t\tfail "userdel {user} failed; the site\'s files are removed, the account is kept"\n'
         f'\tsay "removed account {user}"\n'
         f"fi\n"
         f'say "site {name} removed from $(hostname)"\n'

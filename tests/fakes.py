@@ -67,6 +67,7 @@ class World:
         self.pppd: FakePppd | None = None
         self.connects = 0
         self.pppds = 0
+        self.server = "203.0.113.5"  # the SSH connection's peer address, as resolved
 
     def record(self, where: str, what: str) -> None:
         """One action, in order."""
@@ -133,7 +134,7 @@ class FakeTransport:
 
     def peer_address(self) -> str:
         """The server's address."""
-        return "203.0.113.5"
+        return self.world.server
 
     async def run(self, command: Command, timeout: float = 60.0) -> str:
         """A remote request: scripted answers."""

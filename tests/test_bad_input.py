@@ -207,6 +207,8 @@ CASES: list[Bad] = [
     Bad("address-multicast", 13, "remote_address", "'224.0.0.1' cannot be a PPP address"),
     Bad("address-unspecified", 12, "local_address", "'0.0.0.0' cannot be a PPP address"),
     Bad("address-same", 13, "remote_address", "must differ from local_address"),
+    Bad("address-is-ssh-server", 13, "remote_address", "192.0.2.7 is the SSH server (host): the link would carry its own SSH connection; use an address the server does not have"),
+    Bad("networks-inline-comment", 17, "remote", "';' inside the value: comments go on a line of their own (a line starting with # or ;); quote it if it belongs to the value"),
     # Networks: overlapping sides, host bits, no prefix, the default route, IPv6, repeats.
     Bad("networks-overlap", 17, "remote", "10.1.0.128/25 overlaps local network 10.1.0.0/24"),
     Bad("networks-host-bits", 16, "local", "'10.1.0.1/24' has host bits set; did you mean 10.1.0.0/24?"),

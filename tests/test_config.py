@@ -45,7 +45,8 @@ retry_start = yes
 host = gw.example.net
 port = 2222
 user = pppssh
-identity = keys/id_ed25519      # relative: next to this file
+# relative: next to this file
+identity = keys/id_ed25519
 known_hosts = /etc/pppssh/known_hosts
 sudo = /usr/bin/sudo -n
 helper = yes
@@ -345,8 +346,37 @@ def test_name_defaults_to_file_stem(tmp_path: Path) -> None:
 
 
 def test_comments_and_blank_lines_are_ignored() -> None:
-    text = "# leading comment\n\n; another\n" + with_line(BASE, "user", "pppssh   # the account")
+    text = "# leading comment\n\n; another\n   # indented\n" + with_line(BASE, "user", "pppssh")
     assert parse(text, CONF).user == "pppssh"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "char"),
+    [
+        ("remote", "10.20.0.0/24 ; 172.16.5.0/24", ";"),
+        ("remote", "10.20.0.0/24 # 172.16.5.0/24", "#"),
+        ("remote", "10.20.0.0/24,\t;172.16.5.0/24", ";"),
+        ("user", "pppssh   # the account", "#"),
+        ("host", "; gw-b.example.net", ";"),
+        ("known_hosts", "known_hosts ;comment", ";"),
+    ],
+)
+def test_inline_comment_is_an_error_not_a_silent_cut(key: str, value: str, char: str) -> None:
+    text = with_line(BASE, key, value)
+    number = text.split("\n").index(f"{key} = {value}") + 1
+    assert error(text) == (
+        f"site-b.conf:{number}: {key}: '{char}' inside the value: comments go on a line of "
+        "their own (a line starting with # or ;); quote it if it belongs to the value"
+    )
+
+
+def test_semicolon_and_hash_inside_quotes_or_words_are_text() -> None:
+    text = BASE + "[hooks]\nup = /bin/sh -c 'logger a ; logger \"b # c\"' x;y\n"
+    assert parse(text, CONF).up_command == ("/bin/sh", "-c", 'logger a ; logger "b # c"', "x;y")
+
+
+def test_section_header_may_carry_a_trailing_comment() -> None:
+    assert parse(BASE.replace("[site]", "[site]   ; the site", 1), CONF).name == "site-b"
 
 
 def test_proxyarp_values_are_case_insensitive() -> None:
@@ -654,10 +684,9 @@ def test_shell_metacharacters_never_reach_a_shell(section: str, key: str) -> Non
                 assert not SHELL_META & set(word), (key, value, word)
 
 
-def test_semicolon_after_space_is_a_comment_not_a_command() -> None:
-    cfg = parse(insert_after(BASE, 8, "remote_options = novj ;rm -rf /"), CONF)
-    assert cfg.remote_options == ("novj",)
-    assert "rm" not in shell_join(remote_pppd_argv(cfg))
+def test_semicolon_after_space_is_refused_not_a_command() -> None:
+    with pytest.raises(ConfigError, match="remote_options: ';' inside the value"):
+        parse(insert_after(BASE, 8, "remote_options = novj ;rm -rf /"), CONF)
 
 
 @pytest.mark.parametrize(
@@ -734,3 +763,17 @@ def test_key_name_with_a_dash_gets_a_suggestion() -> None:
 def test_invisible_characters_are_shown_escaped() -> None:
     message = error(with_line(BASE, "user", "pp\u202essh"))
     assert "\u202e" not in message and "\\u202e" in message
+
+
+@pytest.mark.parametrize("attr", ["remote_address", "local_address"])
+def test_ppp_address_equal_to_ssh_server_literal_is_refused(attr: str) -> None:
+    text = with_line(with_line(BASE, "host", "10.99.0.9"), attr, "10.99.0.9")
+    number = text.split("\n").index(f"{attr} = 10.99.0.9") + 1
+    assert error(text) == (
+        f"site-b.conf:{number}: {attr}: 10.99.0.9 is the SSH server (host): the link would "
+        "carry its own SSH connection; use an address the server does not have"
+    )
+
+
+def test_ppp_address_next_to_ssh_server_is_fine() -> None:
+    assert parse(with_line(BASE, "host", "10.99.0.3"), CONF).host == "10.99.0.3"

@@ -17,6 +17,8 @@ from pppssh import cli
 from pppssh.config import parse
 from pppssh.remote_setup import (
     HELPER_PATH,
+    OLD_POLICY_DIR,
+    POLICY_DIR,
     _sudoers_word,
     apply,
     filter_lines,
@@ -159,6 +161,74 @@ def test_setup_script_embeds_each_file_verbatim() -> None:
     # sudoers is checked with visudo before anything else changes
     assert script.index("visudo -cqf") < script.index("useradd")
     assert script.index("useradd") < script.index("mv -f '/etc/sudoers.d/.pppssh-site-b.new'")
+
+
+def test_policy_lives_in_its_own_readable_directory_made_right_on_every_run() -> None:
+    """/etc/pppssh may be 0700 (site files of a gateway that also runs pppssh): the policy,
+    which the helper reads as the link account, is in a root-owned 0755 directory apart."""
+    assert not POLICY_DIR.startswith("/etc/pppssh/")
+    script = setup_script(cfg_of(), PUB)
+    step = script[script.index("# 2. the helper") : script.index("# 3.")]
+    lines = step.splitlines()
+    assert f"mkdir -p '{POLICY_DIR}'" in lines
+    assert f"chown root:root '{POLICY_DIR}'" in lines and f"chmod 755 '{POLICY_DIR}'" in lines
+    assert lines.index(f"chmod 755 '{POLICY_DIR}'") < lines.index(
+        f"mv -f '{POLICY_DIR}/pppssh-site-b.policy.new' '{POLICY_DIR}/pppssh-site-b.policy'"
+    )
+    assert f"chmod 644 '{POLICY_DIR}/pppssh-site-b.policy.new'" in lines
+    assert f"\nPOLICY_DIR={POLICY_DIR}\n" in helper_text()
+
+
+def _migration(script: str, top: Path) -> str:
+    """The setup script's policy migration, with its directories moved under top."""
+    start = script.index(f"if [ -d '{OLD_POLICY_DIR}' ]")
+    part = script[start : script.index("\nfi\n", start) + 4]
+    part = part.replace(OLD_POLICY_DIR, f"{top}{OLD_POLICY_DIR}")
+    return part.replace(f"'{POLICY_DIR}'", f"'{top}{POLICY_DIR}'")
+
+
+def test_setup_moves_old_policies_out_of_etc_pppssh(tmp_path: Path) -> None:
+    old, new = Path(f"{tmp_path}{OLD_POLICY_DIR}"), Path(f"{tmp_path}{POLICY_DIR}")
+    old.mkdir(parents=True)
+    new.mkdir(parents=True)
+    (old / "pppssh-other.policy").write_text("other\n")
+    (old / "pppssh-site-b.policy").write_text("stale\n")
+    (new / "pppssh-site-b.policy").write_text("current\n")
+    part = _migration(setup_script(cfg_of(), PUB), tmp_path)
+    say = "say() { printf '%s\\n' \"$*\"; }\n"
+    proc = subprocess.run(["sh", "-eu", "-c", say + part], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not old.exists(), "the old directory goes once empty"
+    assert (new / "pppssh-other.policy").read_text() == "other\n"
+    assert (new / "pppssh-other.policy").stat().st_mode & 0o777 == 0o644
+    assert (new / "pppssh-site-b.policy").read_text() == "current\n", "the new one wins"
+    assert "moved the helper policy pppssh-other.policy from " in proc.stdout
+    assert "removed the outdated helper policy " in proc.stdout
+    again = subprocess.run(["sh", "-eu", "-c", say + part], capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout == "", "a second run has nothing to move"
+
+
+def test_removal_stops_the_link_before_removing_anything() -> None:
+    cfg = cfg_of()
+    script = removal_script(cfg, PUB)
+    pidfile = "/run/ppp-pppssh-site-b-192.168.77.1.pid"
+    first_removal = script.index("rm -f '/etc/sudoers.d/pppssh-site-b'")
+    for step in (
+        f"pkill -TERM -x -F {pidfile} pppd",
+        f"pkill -KILL -x -F {pidfile} pppd",
+        "pkill -TERM -u tunnel",
+        "pkill -KILL -u tunnel",
+        'ip -4 rule del iif "$IF" priority 5000',
+        'ip -4 rule del iif "$IF" priority 5001',
+        'say "stopped the link of site site-b: $did"',
+    ):
+        assert 0 < script.index(step) < first_removal, step
+    assert 'fail "cannot stop pppd $pid of site site-b; nothing removed"' in script
+    assert 'fail "cannot stop $left; nothing removed"' in script
+    # a process started meanwhile does not leave userdel's raw refusal as the only word
+    assert script.index('stop_account || fail "cannot stop $left; account tunnel kept"') < (
+        script.index("userdel -r tunnel")
+    )
 
 
 def test_public_key_from_private_key_or_pub(tmp_path: Path) -> None:
@@ -313,8 +383,8 @@ def helper(tmp_path: Path) -> tuple[Path, Path]:
     sudo.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >>{log}\necho >>{log}\n')
     sudo.chmod(0o755)
     text = helper_text()
-    assert "\nPOLICY_DIR=/etc/pppssh/helper\n" in text and "\nSUDO=/usr/bin/sudo\n" in text
-    text = text.replace("\nPOLICY_DIR=/etc/pppssh/helper\n", f"\nPOLICY_DIR={policies}\n")
+    assert "\nPOLICY_DIR=/etc/pppssh-helper\n" in text and "\nSUDO=/usr/bin/sudo\n" in text
+    text = text.replace("\nPOLICY_DIR=/etc/pppssh-helper\n", f"\nPOLICY_DIR={policies}\n")
     text = text.replace("\nSUDO=/usr/bin/sudo\n", f"\nSUDO={sudo}\n")
     logger = tmp_path / "logger"  # what the helper sends to syslog
     logger.write_text(

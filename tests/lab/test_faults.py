@@ -337,3 +337,22 @@ def test_saturated_link_is_not_declared_dead(lab: Lab, stop_all: None) -> None:
     assert leak_check(lab) == []
     assert lab.ping("ws-a", WS_B, count=3)
     stop(lab)
+
+
+def test_status_says_reconnecting_as_soon_as_the_log_says_link_down(
+    lab: Lab, stop_all: None
+) -> None:
+    """The state file is saved when the loss is known, before the undo (which waits on the
+    dead connection): once the log says `link down`, `status` already says reconnecting."""
+    start(lab, **QUICK, ppp_lcp_echo_interval="0")
+    lab.run("gw-b", ["ip", "link", "set", "wan0", "down"])
+    try:
+        assert wait_for(lambda: "link down: " in log(), timeout=60, interval=0.2), log()
+        seen = status(lab)
+        assert seen.get("state") == "reconnecting", (seen, log())
+        assert seen.get("uptime") is None, seen
+        assert "link down: " in seen.get("last_error", ""), seen
+    finally:
+        lab.run("gw-b", ["ip", "link", "set", "wan0", "up"])
+    up_again(lab)
+    stop(lab)

@@ -4,7 +4,9 @@ and everything else that key might try, refused with nothing changed on gw-b."""
 from __future__ import annotations
 
 import contextlib
+import os
 import pwd
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -30,7 +32,8 @@ pytestmark = pytest.mark.lab
 
 SITE = "site-h"
 HELPER = Path("/usr/local/libexec/pppssh-helper")
-POLICY = Path(f"/etc/pppssh/helper/pppssh-{SITE}.policy")
+POLICY = Path(f"/etc/pppssh-helper/pppssh-{SITE}.policy")
+OLD_POLICY = Path(f"/etc/pppssh/helper/pppssh-{SITE}.policy")  # where it was kept before
 IP_UP = Path(f"/etc/ppp/ip-up.d/pppssh-{SITE}")
 IP_DOWN = Path(f"/etc/ppp/ip-down.d/pppssh-{SITE}")
 PEERS = Path(f"/etc/ppp/peers/pppssh-{SITE}")
@@ -248,3 +251,135 @@ def test_remote_setup_helper_link_and_refusals(
     with pytest.raises(KeyError):
         pwd.getpwnam(LINK_USER)
     assert not Path(f"/etc/sudoers.d/.pppssh-{SITE}.new").exists()
+
+
+@contextlib.contextmanager
+def closed_etc_pppssh() -> Iterator[Path]:
+    """/etc/pppssh at 0700, as on a gateway that also runs pppssh; its mode restored after."""
+    etc = Path("/etc/pppssh")
+    made = not etc.exists()
+    etc.mkdir(exist_ok=True)
+    mode = etc.stat().st_mode & 0o7777
+    etc.chmod(0o700)
+    try:
+        yield etc
+    finally:
+        if made:
+            with contextlib.suppress(OSError):
+                (etc / "helper").rmdir()
+            etc.rmdir()
+        else:
+            etc.chmod(mode)
+
+
+def test_helper_reads_its_policy_when_etc_pppssh_is_0700(
+    lab: Lab, helper_site: tuple[Path, Path]
+) -> None:
+    """The policy lives in its own root-owned 0755 directory: a 0700 /etc/pppssh does not
+    hide it from the helper, an old policy there is taken away, and a directory made
+    unreadable is made right again by the next run."""
+    conf, key = helper_site
+    admin, admin_key = lab.make_admin()
+    apply = ["remote-setup", "--apply", "--admin", admin, "--admin-identity", str(admin_key)]
+    with closed_etc_pppssh() as etc:
+        OLD_POLICY.parent.mkdir(mode=0o755, exist_ok=True)
+        OLD_POLICY.write_text("pppd /usr/sbin/pppd\n")  # an earlier set-up's, now out of reach
+        applied = pppssh(lab, *apply, str(conf))
+        assert applied.returncode == 0, show(applied)
+        print(applied.stdout)
+        assert f"removed the outdated helper policy {OLD_POLICY}" in applied.stdout
+        assert not OLD_POLICY.exists() and not OLD_POLICY.parent.exists()
+        assert etc.stat().st_mode & 0o777 == 0o700, "set-up must not loosen /etc/pppssh"
+        assert POLICY.parent.stat().st_mode & 0o777 == 0o755
+        assert POLICY.stat().st_mode & 0o777 == 0o644 and POLICY.stat().st_uid == 0
+        answer = lab.ssh(LINK_USER, key, "check")
+        assert answer.returncode == 0 and "pppd present" in answer.stdout, show(answer)
+
+        POLICY.parent.chmod(0o700)  # broken by hand: the helper cannot read its policy
+        broken = lab.ssh(LINK_USER, key, "check")
+        assert broken.returncode == 1 and "no readable policy" in broken.stderr, show(broken)
+        again = pppssh(lab, *apply, str(conf))
+        assert again.returncode == 0, show(again)
+        assert POLICY.parent.stat().st_mode & 0o777 == 0o755, "a second run repairs the mode"
+        answer = lab.ssh(LINK_USER, key, "check")
+        assert answer.returncode == 0 and "pppd present" in answer.stdout, show(answer)
+
+        started = pppssh(lab, "start", str(conf))
+        assert started.returncode == 0, show(started)
+        assert lab.ping("ws-a", WS_B, count=3)
+        stopped = pppssh(lab, "stop", SITE)
+        assert stopped.returncode == 0, show(stopped)
+
+
+def zombie_of(user: str) -> tuple[int, int]:
+    """A process of user that no signal can end (a zombie whose root parent does not reap it):
+    the parent's id and the zombie's."""
+    uid = pwd.getpwnam(user).pw_uid
+    read_end, write_end = os.pipe()
+    parent = os.fork()
+    if parent == 0:  # the root parent: makes the zombie, tells its id, then only waits
+        child = os.fork()
+        if child == 0:
+            os.setgid(uid)
+            os.setuid(uid)
+            os._exit(0)
+        os.write(write_end, f"{child}\n".encode())
+        os.close(write_end)
+        signal.pause()
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        return parent, int(pipe.readline())
+
+
+def test_removal_stops_the_link_that_is_up(lab: Lab, helper_site: tuple[Path, Path]) -> None:
+    """`remote-setup --remove` with the link up and another process of the account: it stops
+    the link (pppd, the filter rules ip-down does not get to remove, every process of the
+    account), says so in one line, then removes everything, the account included; a process
+    it cannot stop makes it fail first, with nothing removed."""
+    conf, _key = helper_site
+    admin, admin_key = lab.make_admin()
+    apply = ["remote-setup", "--apply", "--admin", admin, "--admin-identity", str(admin_key)]
+    remove = ["remote-setup", "--remove", *apply[1:], str(conf)]
+    applied = pppssh(lab, *apply, str(conf))
+    assert applied.returncode == 0, show(applied)
+
+    parent, zombie = zombie_of(LINK_USER)
+    try:
+        refused = pppssh(lab, *remove)
+    finally:
+        os.kill(parent, 9)
+        os.waitpid(parent, 0)
+    assert refused.returncode == 1, show(refused)
+    assert f"cannot stop processes {zombie} of {LINK_USER}; nothing removed" in refused.stderr, (
+        show(refused)
+    )
+    assert all(gw_b_files().values()), f"nothing may be removed: {gw_b_files()}"
+    pwd.getpwnam(LINK_USER)
+
+    started = pppssh(lab, "start", str(conf))
+    assert started.returncode == 0, show(started)
+    if_b = ppp_link(lab, "gw-b", PPP_REMOTE, PPP_LOCAL)
+    pppd = lab.pids("gw-b", "pppd")
+    assert len(pppd) == 1, pppd
+    leftover = lab.spawn("gw-b", ["sleep", "600"], user=LINK_USER)
+    IP_DOWN.chmod(0o644)  # as after a pppd killed with KILL: ip-down does not remove the rules
+    removed = pppssh(lab, *remove)
+    assert removed.returncode == 0, show(removed)
+    said = [x for x in removed.stdout.splitlines() if "stopped the link" in x]
+    assert len(said) == 1, show(removed)
+    assert said[0].startswith(
+        f"pppssh remote-setup: stopped the link of site {SITE}: pppd {pppd[0]}, "
+        f"the filter rules of {if_b}, "
+    ) and said[0].endswith(f" process(es) of {LINK_USER}"), said
+    assert f"removed account {LINK_USER}" in removed.stdout, show(removed)
+    assert "userdel" not in removed.stdout + removed.stderr, show(removed)
+    with pytest.raises(KeyError):
+        pwd.getpwnam(LINK_USER)
+    assert leftover.wait(timeout=10) is not None
+    assert lab.pids("gw-b", "pppd") == []
+    rules = lab.run("gw-b", ["ip", "-4", "rule", "show"]).stdout
+    assert f"iif {if_b}" not in rules, rules
+    others = sorted(POLICY.parent.glob("*.policy")) if POLICY.parent.is_dir() else []
+    expected = dict.fromkeys(gw_b_files(), False) | {str(HELPER): bool(others)}
+    assert gw_b_files() == expected, (gw_b_files(), others)

@@ -104,6 +104,12 @@ def test_start_ping_status_stop(lab: Lab, stop_all: None) -> None:
     state = json.loads((RUN_DIR / "site-b.json").read_text())
     assert state["state"] == "up"
     assert state["interface"] == if_a and state["remote_interface"] == if_b
+    # The daemon's log begins with what start printed, every line stamped (short-iso).
+    logged = (RUN_DIR / "site-b.log").read_text().splitlines()
+    assert logged and all(
+        re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} ", line) for line in logged
+    ), logged
+    assert any(re.search(r"\+\d{4} link up: ppp\d+ 192\.168\.77\.1 -> ", ln) for ln in logged)
 
     again = pppssh(lab, "start", str(conf))
     assert again.returncode == 1, show(again)
@@ -122,6 +128,8 @@ def test_start_ping_status_stop(lab: Lab, stop_all: None) -> None:
     assert "[#] ip route del 10.2.0.0/24" in stopped.stdout
     # stop returned: the teardown is complete, nothing may be left, without waiting.
     assert no_leftovers(lab) == []
+    assert not (RUN_DIR / "site-b.log").exists(), "a clean stop removes the log"
+    assert not re.search(r"^\d{4}-\d\d-\d\dT", stopped.stdout, re.M), "stop shows no stamps"
     assert not lab.ping("ws-a", WS_B)
 
     again = pppssh(lab, "stop", "site-b")
