@@ -5,11 +5,13 @@ Here (root, and /dev/ppp or inside the UML lab): lab tests run as usual, with a 
 ppp interface and no route behind (the lab is reset and the test fails if it did).
 
 On a host without PPP: each selected lab test is replaced by a stand-in. The first stand-in
-to run boots UML once and runs all selected lab tests there with pytest; each stand-in then
+to run boots UML and runs all selected lab tests there with pytest; each stand-in then
 passes if its test passed inside, and fails with the inner failure text otherwise (failed,
 error, skipped or missing alike). Results and the UML console log go to lab-results/.
+The tests are split into $PPPSSH_LAB_SHARDS shards (default: 2 where there are 2 CPUs or
+more), each test module whole in one (tests/lab/shards.py), and the shards boot side by side.
 Lab tests marked `uml_systemd` need systemd as PID 1: they get a UML boot of their own, in
-uml.py's systemd mode (lab-results/systemd-pytest-*), the first time one of them runs.
+uml.py's systemd mode (lab-results/systemd-pytest-*), alongside the others.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import uml
+from tests.lab import shards, uml
 from tests.lab.netlab import Lab
 
 IN_UML = os.environ.get("PPPSSH_IN_UML") == "1"
@@ -38,6 +41,7 @@ class UmlRun:
 
     nodeids: list[str]
     mode: str = "sh"
+    shard: str = ""  # "1/2" when the mode's tests are split, else ""
     tests: dict[str, dict[str, str]] = field(default_factory=dict)
     error: str = ""
     console: Path | None = None
@@ -46,7 +50,17 @@ class UmlRun:
     done: bool = False
 
 
-_UML_RUN = pytest.StashKey[dict[str, UmlRun]]()  # boot mode -> its run
+_UML_RUN = pytest.StashKey[dict[str, UmlRun]]()  # boot mode (and shard) -> its run
+
+
+def shard_count() -> int:
+    """How many UML boots share the lab tests of the plain boot mode ($PPPSSH_LAB_SHARDS)."""
+    value = os.environ.get("PPPSSH_LAB_SHARDS", "")
+    if not value:
+        return 2 if (os.cpu_count() or 1) >= 2 else 1
+    if not value.isdigit() or not 1 <= int(value) <= 8:
+        raise pytest.UsageError(f"PPPSSH_LAB_SHARDS must be a number from 1 to 8, not {value!r}")
+    return int(value)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -107,6 +121,7 @@ class UmlLabItem(pytest.Item):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.original = original
         self.mode = mode
+        self.run_key = mode  # the UML run it is in (the mode, and its shard once split)
         self.own_markers.extend(original.own_markers)
         self.keywords.update(original.keywords)
 
@@ -116,7 +131,7 @@ class UmlLabItem(pytest.Item):
 
     def runtest(self) -> None:
         """Fail unless this test passed in the session's UML run (booted on first use)."""
-        run = _uml_run(self.config, self.mode)
+        run = _uml_run(self.config, self.run_key)
         where = f"\nUML console log: {run.console}" if run.console else ""
         if run.error:
             pytest.fail(f"lab tests could not run in UML: {run.error}{where}", pytrace=False)
@@ -145,23 +160,66 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.get_closest_marker("lab") and item.parent is not None
     }
     items[:] = [stand_ins.get(i, item) for i, item in enumerate(items)]
-    runs: dict[str, UmlRun] = {}
+    by_mode: dict[str, list[str]] = {}
     for s in stand_ins.values():
-        runs.setdefault(s.mode, UmlRun(nodeids=[], mode=s.mode)).nodeids.append(s.nodeid)
+        by_mode.setdefault(s.mode, []).append(s.nodeid)
+    runs: dict[str, UmlRun] = {}
+    key_of: dict[str, str] = {}
+    for mode, nodeids in by_mode.items():
+        parts = shards.split(nodeids, shard_count() if mode == "sh" else 1)
+        for i, part in enumerate(parts, 1):
+            key = mode if len(parts) == 1 else f"{mode}/{i}"
+            shard = "" if len(parts) == 1 else f"{i}/{len(parts)}"
+            runs[key] = UmlRun(nodeids=part, mode=mode, shard=shard)
+            key_of.update(dict.fromkeys(part, key))
+    for s in stand_ins.values():
+        s.run_key = key_of[s.nodeid]
     config.stash[_UML_RUN] = runs
 
 
-def _uml_run(config: pytest.Config, mode: str) -> UmlRun:
-    """Run all selected lab tests of a boot mode in one UML boot, once per session; return
-    what it gave."""
-    run = config.stash[_UML_RUN][mode]
-    if run.done:
-        return run
-    run.done = True
+def _uml_run(config: pytest.Config, key: str) -> UmlRun:
+    """On the first call, boot every UML run of the session side by side (each mode, each
+    shard) and wait for all; return what the run `key` gave."""
+    runs = config.stash[_UML_RUN]
+    if not runs[key].done:
+        threads = [
+            threading.Thread(target=_boot_run, args=(config, run), name=f"uml {k}")
+            for k, run in runs.items()
+            if not run.done
+        ]
+        for run in runs.values():
+            run.done = True
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return runs[key]
+
+
+def _describe(run: UmlRun) -> str:
+    """' (shard 1/2)', ' (systemd as PID 1)' or '' for a run's lines."""
+    what = [] if run.mode == "sh" else [f"{run.mode} as PID 1"]
+    what += [f"shard {run.shard}"] if run.shard else []
+    return f" ({', '.join(what)})" if what else ""
+
+
+def _boot_run(config: pytest.Config, run: UmlRun) -> None:
+    """Run one UML boot's lab tests and keep what it gave in run (in its own thread)."""
+    try:
+        _boot(config, run)
+    except Exception as e:  # a thread's exception would be lost
+        run.error = run.error or f"{type(e).__name__}: {e}"
+
+
+def _boot(config: pytest.Config, run: UmlRun) -> None:
+    """Run one UML boot's lab tests and keep what it gave in run."""
+    mode = run.mode
     if uml.find_kernel() is None:
         run.error = f"linux.uml not found; {uml.INSTALL_HINT}"
-        return run
-    results = uml.results_dir("pytest" if mode == "sh" else f"{mode}-pytest")
+        return
+    kind = "pytest" if mode == "sh" else f"{mode}-pytest"
+    shard = f"-shard{run.shard.replace('/', 'of')}" if run.shard else ""
+    results = uml.results_dir(kind, suffix=shard)
     run.console = results / "console.log"
     report = results / "report.json"
     # --basetemp under /run (root's, 0755, a tmpfs of the run): pppssh, started by the lab
@@ -171,8 +229,8 @@ def _uml_run(config: pytest.Config, mode: str) -> UmlRun:
             "-p", "tests.lab.report", "--color=no", "--basetemp=/run/pppssh-pytest",
             "--durations=40",  # the console log names the slowest lab tests
             "-v" if config.get_verbosity() > 0 else "-q", *run.nodeids]  # fmt: skip
-    what = "" if mode == "sh" else f" ({mode} as PID 1)"
-    _say(config, f"lab: running {len(run.nodeids)} lab tests in UML{what}; console: {run.console}")
+    _say(config, f"lab: running {len(run.nodeids)} lab tests in UML{_describe(run)}; "
+         f"console: {run.console}")  # fmt: skip
     start = time.monotonic()
     try:
         run.status = uml.boot(
@@ -190,11 +248,19 @@ def _uml_run(config: pytest.Config, mode: str) -> UmlRun:
         run.tests = json.loads(report.read_text())["tests"]
     elif not run.error:
         run.error = f"inner pytest exited {run.status} without writing {report}"
-    return run
+
+
+_SAY = threading.Lock()  # the UML runs' threads take turns on the terminal
 
 
 def _say(config: pytest.Config, line: str) -> None:
     """Print a line on the terminal even while output is captured."""
+    with _SAY:
+        _say_now(config, line)
+
+
+def _say_now(config: pytest.Config, line: str) -> None:
+    """Print a line on the terminal even while output is captured (the caller holds _SAY)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
     if reporter is None:
@@ -210,8 +276,8 @@ def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
     """Say where the lab tests ran and where the UML console log is."""
-    for mode, run in config.stash.get(_UML_RUN, {}).items():
-        what = "" if mode == "sh" else f" ({mode} as PID 1)"
+    for run in config.stash.get(_UML_RUN, {}).values():
+        what = _describe(run)
         if run.done and run.error:
             terminalreporter.write_line(f"lab: lab tests could not run in UML{what}: {run.error}")
         elif run.done:

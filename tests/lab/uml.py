@@ -223,8 +223,8 @@ def boot(
     return int(status.read_text().strip())
 
 
-def results_dir(kind: str, keep: int = 20) -> Path:
-    """Make and return a fresh folder lab-results/<kind>-<time>-<pid> in the repository.
+def results_dir(kind: str, keep: int = 20, suffix: str = "") -> Path:
+    """Make and return a fresh folder lab-results/<kind>-<time>-<pid><suffix> in the repository.
 
     lab-results/ is git-ignored; the oldest runs beyond `keep` are removed.
     """
@@ -232,6 +232,6 @@ def results_dir(kind: str, keep: int = 20) -> Path:
     base.mkdir(exist_ok=True)
     for old in sorted(base.glob(f"{kind}-*"))[: -keep if keep else None]:
         shutil.rmtree(old, ignore_errors=True)
-    path = base / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    path = base / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}{suffix}"
     path.mkdir()
     return path
