@@ -174,6 +174,34 @@ def client_options(lab: Lab, key: Path) -> list[str]:
 
 
 @contextlib.contextmanager
+def one_connection(lab: Lab, key: Path) -> Iterator[tuple[str, ...]]:
+    """An OpenSSH master connection from gw-a with the link key; yields the client options
+    that send each request as a new session over it: the same forced command and checks for
+    every request, without a key exchange each time."""
+    control = Path("/tmp/pppssh-attack.ctl")
+    control.unlink(missing_ok=True)
+    path = ("-o", f"ControlPath={control}")
+    argv = ["ssh", *client_options(lab, key), "-M", "-N", *path, f"{LINK_USER}@{GW_B_WAN}"]
+    master = subprocess.Popen(
+        lab.command("gw-a", argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_for(control.exists, timeout=20), "the master connection did not come up"
+        yield (*path, "-o", "ControlMaster=no")
+    finally:
+        master.terminate()
+        try:
+            master.wait(10)
+        except subprocess.TimeoutExpired:
+            master.kill()
+            master.wait()
+        control.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def background(lab: Lab, ns: str, argv: list[str], name: str) -> Iterator[Path]:
     """Run argv in ns in the background, its output in a file whose path is yielded; the
     process (started here) is stopped by its pid afterwards."""
@@ -642,23 +670,25 @@ def test_route_and_cleanup_tricks_with_the_link_up(lab: Lab, site: LinkKey) -> N
     assert started.returncode == 0, show(started)
     if_b = ppp_link(lab, "gw-b", PPP_REMOTE, PPP_LOCAL)
     assert lab.ping("ws-a", WS_B, count=2)
-    before = gw_state(lab)
     assert f"{NET_A} via {PPP_LOCAL} dev {if_b}" in lab.routes("gw-b")
-    let_through = []
-    for what, request in route_tricks().items():
-        proc = lab.ssh(LINK_USER, site.key, request)
-        out = proc.stdout + proc.stderr
-        report(f"route trick: {what}", request, stopper(out))
-        if proc.returncode != 126 or REFUSED not in out:
-            let_through.append(f"{what}: {show(proc)}")
-        nothing_happened(lab, before, what)
-    assert not let_through, "route tricks not refused by the helper:\n" + "\n".join(let_through)
+    with one_connection(lab, site.key) as over:
+        before = gw_state(lab)
+        let_through = []
+        for what, request in route_tricks().items():
+            proc = lab.ssh(LINK_USER, site.key, request, options=over)
+            out = proc.stdout + proc.stderr
+            report(f"route trick: {what}", request, stopper(out))
+            if proc.returncode != 126 or REFUSED not in out:
+                let_through.append(f"{what}: {show(proc)}")
+            nothing_happened(lab, before, what)
+        assert not let_through, "route tricks not refused:\n" + "\n".join(let_through)
 
-    # The control: the allowed request does work while the link is up (del, then add again).
-    for verb in ("del", "add"):
-        proc = lab.ssh(LINK_USER, site.key, f"route {verb} {NET_A} via {PPP_LOCAL}")
-        assert proc.returncode == 0, f"the allowed route {verb}: {show(proc)}"
-    assert gw_state(lab) == before
+        # The control: the allowed request does work while the link is up (del, then add).
+        for verb in ("del", "add"):
+            request = f"route {verb} {NET_A} via {PPP_LOCAL}"
+            proc = lab.ssh(LINK_USER, site.key, request, options=over)
+            assert proc.returncode == 0, f"the allowed route {verb}: {show(proc)}"
+        assert gw_state(lab) == before
 
     # cleanup's pidfile: the link account cannot write it, or anything else in /run.
     pidfile = Path(f"/run/ppp-pppssh-{SITE}-{PPP_LOCAL}.pid")
