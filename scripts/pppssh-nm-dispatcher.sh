@@ -5,12 +5,22 @@
 # Install: install -m 0755 scripts/pppssh-nm-dispatcher.sh \
 #              /etc/NetworkManager/dispatcher.d/90-pppssh
 # NetworkManager runs it as root with the interface and the action: 90-pppssh IFACE ACTION.
+# The same script serves systemd-networkd through networkd-dispatcher, which runs it with no
+# arguments and IFACE, STATE in the environment:
+#     install -m 0755 scripts/pppssh-nm-dispatcher.sh /etc/networkd-dispatcher/routable.d/90-pppssh
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 PPPSSH=${PPPSSH:-pppssh}
 RUN_DIR=${PPPSSH_RUN_DIR:-/run/pppssh}
 
-[ "${2:-}" = up ] || exit 0
-case "${1:-}" in
+if [ $# -eq 0 ]; then  # networkd-dispatcher: an interface that became routable is up
+	iface=${IFACE:-}
+	[ "${STATE:-}" = routable ] && action=up || action=
+else
+	iface=${1:-}
+	action=${2:-}
+fi
+[ "$action" = up ] || exit 0
+case "$iface" in
 	# pppssh's own links and virtual interfaces say nothing about the path to a gateway
 	ppp*|lo|veth*|docker*|virbr*|br-*|tun*|tap*|wg*) exit 0 ;;
 esac

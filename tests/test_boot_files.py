@@ -74,21 +74,26 @@ def test_shell_scripts_pass_shellcheck(script: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("script", "args", "reconnects"),
+    ("script", "args", "environ", "reconnects"),
     [
-        ("pppssh-sleep.sh", ["post", "suspend"], ["site-b", "site-c"]),
-        ("pppssh-sleep.sh", ["pre", "suspend"], []),
-        ("pppssh-nm-dispatcher.sh", ["wlan0", "up"], ["site-b", "site-c"]),
-        ("pppssh-nm-dispatcher.sh", ["wlan0", "down"], []),
-        ("pppssh-nm-dispatcher.sh", ["ppp0", "up"], []),
+        ("pppssh-sleep.sh", ["post", "suspend"], {}, ["site-b", "site-c"]),
+        ("pppssh-sleep.sh", ["pre", "suspend"], {}, []),
+        ("pppssh-nm-dispatcher.sh", ["wlan0", "up"], {}, ["site-b", "site-c"]),
+        ("pppssh-nm-dispatcher.sh", ["wlan0", "down"], {}, []),
+        ("pppssh-nm-dispatcher.sh", ["ppp0", "up"], {}, []),
+        # networkd-dispatcher: no arguments, IFACE and STATE in the environment
+        ("pppssh-nm-dispatcher.sh", [], {"IFACE": "eth0", "STATE": "routable"},
+         ["site-b", "site-c"]),
+        ("pppssh-nm-dispatcher.sh", [], {"IFACE": "eth0", "STATE": "degraded"}, []),
+        ("pppssh-nm-dispatcher.sh", [], {"IFACE": "ppp1", "STATE": "routable"}, []),
     ],
-)
+)  # fmt: skip
 def test_resume_and_network_hooks_reconnect_the_running_sites(
-    tmp_path: Path, script: str, args: list[str], reconnects: list[str]
+    tmp_path: Path, script: str, args: list[str], environ: dict[str, str], reconnects: list[str]
 ) -> None:
-    """The systemd-sleep hook after a resume and the NetworkManager dispatcher when an uplink
-    comes up call `pppssh reconnect` for each running site (those with a state file), and
-    only then; a site that fails to reconnect does not stop the others."""
+    """The systemd-sleep hook after a resume and the NetworkManager (or networkd-dispatcher)
+    hook when an uplink comes up call `pppssh reconnect` for each running site (those with a
+    state file), and only then; a site that fails to reconnect does not stop the others."""
     run = tmp_path / "run"
     run.mkdir()
     for name in ("site-b", "site-c"):
@@ -100,7 +105,8 @@ def test_resume_and_network_hooks_reconnect_the_running_sites(
     fake.chmod(0o755)
     proc = subprocess.run(
         ["sh", str(REPO / "scripts" / script), *args], capture_output=True, text=True,
-        env={"PPPSSH": str(fake), "PPPSSH_RUN_DIR": str(run), "PATH": "/usr/bin:/bin"},
+        env={"PPPSSH": str(fake), "PPPSSH_RUN_DIR": str(run), "PATH": "/usr/bin:/bin",
+             **environ},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     said = calls.read_text().splitlines() if calls.exists() else []
