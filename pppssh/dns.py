@@ -36,6 +36,7 @@ __all__ = [
     "record_name",
     "refusal",
     "replace",
+    "target",
 ]
 
 Method = Literal["resolved", "resolvconf"]
@@ -63,7 +64,8 @@ class Resolver:
     def describe(self) -> str:
         """For `check` and the start's note."""
         if self.method == "resolved":
-            return f"systemd-resolved ({self.program} dns|domain pppN, revert on the way down)"
+            return (f"systemd-resolved ({self.program} domain|default-route|dns pppN, revert on "
+                    "the way down)")  # fmt: skip
         return f"resolvconf ({self.program} -a pppN.pppssh-SITE, -d on the way down)"
 
 
@@ -138,16 +140,20 @@ def entries(cfg: SiteConfig, resolver: Resolver, ifname: str) -> list[Entry]:
     domains = list(cfg.dns_domains)
     prog = resolver.program
     if resolver.method == "resolved":
-        revert = (prog, "revert", ifname)
-        found = [
-            Entry("local", "dns", f"DNS servers of {ifname}: {' '.join(servers)}",
-                  (prog, "dns", ifname, *servers), revert, RESOLVED_GONE),
-        ]  # fmt: skip
+        # systemd's advice for VPNs: domains and default-route before the servers; listed
+        # domains only (default-route off) unless `~.` or no domain asks for every query
+        found: list[Entry] = []
         if domains:
-            clear = (prog, "domain", ifname, "")
-            what = f"DNS domains of {ifname}: {' '.join(domains)}"
-            found.append(Entry("local", "dns", what, (prog, "domain", ifname, *domains), clear,
+            found.append(Entry("local", "dns", f"DNS domains of {ifname}: {' '.join(domains)}",
+                               (prog, "domain", ifname, *domains), (prog, "domain", ifname, ""),
                                RESOLVED_GONE))  # fmt: skip
+        every = "yes" if "~." in domains or not domains else "no"
+        route = (prog, "default-route", ifname, every)
+        found.append(Entry("local", "dns", f"DNS default route of {ifname}: {every}", route,
+                           None, RESOLVED_GONE))  # fmt: skip
+        found.append(Entry("local", "dns", f"DNS servers of {ifname}: {' '.join(servers)}",
+                           (prog, "dns", ifname, *servers), (prog, "revert", ifname),
+                           RESOLVED_GONE))  # fmt: skip
         return found
     name = record_name(ifname, cfg.name)
     lines = [f"nameserver {addr}" for addr in servers]
@@ -174,13 +180,18 @@ def replace(
 ) -> tuple[list[Entry], list[Entry], list[Entry]]:
     """What a reload does to the DNS entries: (apply, forget, undo).
 
-    Each DNS command sets a whole list (resolvectl's servers or domains of the link, the
-    resolvconf record), so a changed entry is applied over the old one, which is then only
-    forgotten (its undo would take the new one away too); an old entry whose target no wanted
-    entry sets any more is undone, newest first.
+    Each DNS command sets a whole value (resolvectl's servers, domains or default route of
+    the link, the resolvconf record), so a changed entry is applied over the old one, which
+    is then only forgotten (its undo would take the new one away too); an old entry whose
+    target no wanted entry sets any more is undone, newest first.
     """
     apply = [e for e in new if e not in old]
-    targets = {e.undo for e in new}
-    forget = [e for e in old if e not in new and e.undo in targets]
-    undo = [e for e in reversed(old) if e not in new and e.undo not in targets]
+    targets = {target(e) for e in new}
+    forget = [e for e in old if e not in new and target(e) in targets]
+    undo = [e for e in reversed(old) if e not in new and target(e) not in targets]
     return apply, forget, undo
+
+
+def target(entry: Entry) -> tuple[str, ...] | None:
+    """What a DNS entry sets: resolvectl's verb on the link, or the resolvconf record."""
+    return entry.apply[:3] if entry.gone == RESOLVED_GONE else entry.undo

@@ -621,7 +621,7 @@ class Attempt:
     async def _replace_dns(self, entry: Entry, forget: list[Entry]) -> tuple[Entry, Entry | None]:
         """Apply one DNS entry over the one it replaces (same target); both, for a rollback."""
         await self._local(Command(entry.apply))
-        old = next((e for e in forget if e.undo == entry.undo), None)
+        old = next((e for e in forget if dns.target(e) == dns.target(entry)), None)
         if old is not None:
             self.ledger.remove(old)
         self.ledger.add(entry)

@@ -107,12 +107,18 @@ def test_resolved_commands_exactly() -> None:
     cfg = dns_site("servers = 10.2.0.53 10.99.0.2\ndomains = corp.example ~lab.example\n")
     found = dns.entries(cfg, RESOLVED, "ppp3")
     assert [(e.apply, e.undo) for e in found] == [
-        ((CTL, "dns", "ppp3", "10.2.0.53", "10.99.0.2"), (CTL, "revert", "ppp3")),
         ((CTL, "domain", "ppp3", "corp.example", "~lab.example"), (CTL, "domain", "ppp3", "")),
+        ((CTL, "default-route", "ppp3", "no"), None),
+        ((CTL, "dns", "ppp3", "10.2.0.53", "10.99.0.2"), (CTL, "revert", "ppp3")),
     ]
     assert all(e.side == "local" and e.kind == "dns" and e.gone == ("NODEV",) for e in found)
     only = dns.entries(dns_site("servers = 10.2.0.53\n"), RESOLVED, "ppp0")
-    assert [e.apply for e in only] == [(CTL, "dns", "ppp0", "10.2.0.53")]
+    assert [e.apply for e in only] == [
+        (CTL, "default-route", "ppp0", "yes"),
+        (CTL, "dns", "ppp0", "10.2.0.53"),
+    ]
+    every = dns.entries(dns_site("servers = 10.2.0.53\ndomains = ~. x.example\n"), RESOLVED, "p")
+    assert every[1].apply == (CTL, "default-route", "p", "yes")
     assert dns.entries(site(), RESOLVED, "ppp0") == []
     assert dns.refusal(cfg, RESOLVED) is None
 
@@ -162,11 +168,14 @@ def test_replace_applies_over_and_undoes_only_what_no_entry_sets() -> None:
     old = dns.entries(dns_site(), RESOLVED, "ppp0")
     servers = dns.entries(dns_site("servers = 10.2.0.54\ndomains = corp.example ~lab.example\n"),
                           RESOLVED, "ppp0")  # fmt: skip
-    assert dns.replace(old, servers) == ([servers[0]], [old[0]], [])
+    assert dns.replace(old, servers) == ([servers[2]], [old[2]], [])
     no_domains = dns.entries(dns_site("servers = 10.2.0.53\n"), RESOLVED, "ppp0")
-    assert dns.replace(old, no_domains) == ([], [], [old[1]])
-    assert dns.replace(old, []) == ([], [], [old[1], old[0]])
+    assert dns.replace(old, no_domains) == ([no_domains[0]], [old[1]], [old[0]])
+    assert dns.replace(old, []) == ([], [], [old[2], old[1], old[0]])
     assert dns.replace(old, old) == ([], [], [])
+    record = dns.entries(dns_site("servers = 10.2.0.53\n"), RESOLVCONF, "ppp0")
+    exclusive = dns.entries(dns_site("servers = 10.2.0.53\ndomains = ~.\n"), RESOLVCONF, "ppp0")
+    assert dns.replace(record, exclusive) == (exclusive, record, [])
 
 
 # ---------------------------------------------------------------------------- detection
@@ -226,12 +235,13 @@ def use(monkeypatch: pytest.MonkeyPatch, resolver: Resolver | None) -> None:
 
 
 SET_DNS = [
-    ("local", f"{CTL} dns ppp0 10.2.0.53"),
     ("local", f"{CTL} domain ppp0 corp.example '~lab.example'"),
+    ("local", f"{CTL} default-route ppp0 no"),
+    ("local", f"{CTL} dns ppp0 10.2.0.53"),
 ]
 UNDO_DNS = [
-    ("local", f"{CTL} domain ppp0 ''"),
     ("local", f"{CTL} revert ppp0"),
+    ("local", f"{CTL} domain ppp0 ''"),
 ]
 
 
@@ -243,7 +253,7 @@ def test_up_sets_dns_after_routes_and_down_undoes_it_first(
     assert h.run() == 0
     calls = h.world.calls
     at = calls.index(SET_DNS[0])
-    assert calls[at - 2 : at + 3] == [
+    assert calls[at - 2 : at + 4] == [
         ("local", ROUTE_HERE), ("remote", ROUTE_THERE), *SET_DNS, ("hook", "/bin/up"),
     ]  # fmt: skip
     down = calls.index(UNDO_DNS[0])
@@ -265,9 +275,10 @@ def test_no_method_fails_the_start_before_anything_changes(
 def test_a_refused_dns_command_undoes_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
     use(monkeypatch, RESOLVED)
     h = harness(dns_site())
-    h.world.refuse_local["domain ppp0 corp"] = "Failed to set DNS configuration: Access denied"
+    h.world.refuse_local["dns ppp0 10.2.0.53"] = "Failed to set DNS configuration: Access denied"
     assert h.run() == 1
-    assert UNDO_DNS[1] in h.world.calls and UNDO_DNS[0] not in h.world.calls
+    assert SET_DNS[1] in h.world.calls and UNDO_DNS[1] in h.world.calls
+    assert UNDO_DNS[0] not in h.world.calls, "the servers were never set"
     assert any("DNS: " in line and "Access denied" in line for line in h.lines())
 
 
@@ -347,14 +358,15 @@ def test_reload_sets_changed_servers_over_the_old_ones(monkeypatch: pytest.Monke
     assert seen["reload_calls"] == [("local", f"{CTL} dns ppp0 10.2.0.54 10.99.0.2")]
     dns_after = [e["apply"] for e in seen["after"] if e["kind"] == "dns"]
     assert dns_after == [[CTL, "domain", "ppp0", "corp.example"],
+                         [CTL, "default-route", "ppp0", "no"],
                          [CTL, "dns", "ppp0", "10.2.0.54", "10.99.0.2"]]  # fmt: skip
 
 
 def test_reload_removes_dns_by_its_undo(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = reload_dns(monkeypatch, RESOLVED, "servers = 10.2.0.53\ndomains = corp.example\n", "")
     assert seen["reload_calls"] == [
-        ("local", f"{CTL} domain ppp0 ''"),
         ("local", f"{CTL} revert ppp0"),
+        ("local", f"{CTL} domain ppp0 ''"),
     ]
     assert not any(e["kind"] == "dns" for e in seen["after"])
 
@@ -391,15 +403,17 @@ def test_reload_failing_dns_command_puts_the_old_back(monkeypatch: pytest.Monkey
     h = harness(dns_site("servers = 10.2.0.53\n"))
     new = dns_site("servers = 10.2.0.54\ndomains = x.example\n", networks=(
         "local = 10.1.0.0/24\nremote = 10.2.0.0/24 10.5.0.0/24\n"))  # fmt: skip
-    h.world.refuse_local["domain ppp0 x.example"] = "Access denied"
+    h.world.refuse_local["dns ppp0 10.2.0.54"] = "Access denied"
     seen = reload_when_up(h, lambda: new)
     assert h.run() == 0
     assert seen["applied"] is False
     assert seen["reload_calls"] == [
         ("local", "ip route add 10.5.0.0/24 via 10.99.0.2 dev ppp0"),
-        ("local", f"{CTL} dns ppp0 10.2.0.54"),
         ("local", f"{CTL} domain ppp0 x.example"),
-        ("local", f"{CTL} dns ppp0 10.2.0.53"),
+        ("local", f"{CTL} default-route ppp0 no"),
+        ("local", f"{CTL} dns ppp0 10.2.0.54"),
+        ("local", f"{CTL} default-route ppp0 yes"),
+        ("local", f"{CTL} domain ppp0 ''"),
         ("local", "ip route del 10.5.0.0/24 via 10.99.0.2 dev ppp0"),
     ]
     assert sorted(map(str, seen["after"])) == sorted(map(str, seen["before"]))
