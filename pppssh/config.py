@@ -794,8 +794,10 @@ def _dns_servers(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addr
             raise ValueError(f"'{word}' is not an IP address (no name, port or %scope)") from None
         if addr.is_unspecified or addr.is_multicast or addr.is_loopback or addr.is_link_local:
             raise ValueError(f"'{word}' cannot be a DNS server reached through the link")
-        if addr == ipaddress.IPv4Address("255.255.255.255") or addr in found:
-            raise ValueError(f"'{word}' is a broadcast address or listed twice")
+        if addr == ipaddress.IPv4Address("255.255.255.255"):
+            raise ValueError(f"'{word}' is the broadcast address")
+        if addr in found:
+            raise ValueError(f"'{word}' is listed twice")
         found.append(addr)
     if len(found) > 8:
         raise ValueError("more than 8 servers")
