@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import commands
+from . import commands, dns
 from .asyncssh_compat import asyncssh
 from .commands import root_ops, sudoers_rules
 from .config import Network, SiteConfig, server_address_error
@@ -212,7 +212,19 @@ def _local_checks(cfg: SiteConfig) -> list[Check]:
     _, addrs = probe(["ip", "-o", "-4", "addr", "show"])
     found = clashes(cfg.remote_networks, routes_of(routes), addresses_of(addrs), own)
     checks.append(_clash_check("networks free on this gateway", cfg.remote_networks, found))
+    checks += dns_check(cfg)
     return checks
+
+
+def dns_check(cfg: SiteConfig) -> list[Check]:
+    """The DNS method start will use for [dns] (none without servers)."""
+    if not cfg.dns_servers:
+        return []
+    resolver, why = dns.detect()
+    error = dns.missing(cfg, why) if resolver is None else dns.refusal(cfg, resolver)
+    if error is not None or resolver is None:
+        return [Check("DNS", False, str(error))]
+    return [Check("DNS", True, resolver.describe())]
 
 
 def _clash_check(what: str, networks: tuple[Network, ...], found: list[str]) -> Check:

@@ -161,6 +161,8 @@ class SiteConfig:
     agent: str = ""
     certificate: Path | None = None
     ssh_config: Path | None = None
+    dns_servers: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()  # [dns]
+    dns_domains: tuple[str, ...] = ()
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -774,6 +776,91 @@ SCHEMA: tuple[Key, ...] = (
         "Seconds an up or down command may run before it is killed and counts as failed."),
 )  # fmt: skip
 
+
+# --------------------------------------------------------------------------- [dns]
+
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def _dns_servers(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    """DNS servers for the link: unicast IPv4 or IPv6 addresses, comma or space separated."""
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for word in re.split(r"[,\s]+", value.strip()):
+        if not word:
+            continue
+        try:
+            addr = ipaddress.ip_address(word)
+        except ValueError:
+            raise ValueError(f"'{word}' is not an IP address (no name, port or %scope)") from None
+        if addr.is_unspecified or addr.is_multicast or addr.is_loopback or addr.is_link_local:
+            raise ValueError(f"'{word}' cannot be a DNS server reached through the link")
+        if addr == ipaddress.IPv4Address("255.255.255.255"):
+            raise ValueError(f"'{word}' is the broadcast address")
+        if addr in found:
+            raise ValueError(f"'{word}' is listed twice")
+        found.append(addr)
+    if len(found) > 8:
+        raise ValueError("more than 8 servers")
+    return tuple(found)
+
+
+def _dns_domains(value: str) -> tuple[str, ...]:
+    """Search and routing domains: DNS names, `~name` (routing only) or `~.` (every query)."""
+    found: list[str] = []
+    for word in re.split(r"[,\s]+", value.strip()):
+        if not word:
+            continue
+        name = word.removeprefix("~")
+        if word != "~." and (
+            len(name.rstrip(".")) > 253
+            or not all(_DNS_LABEL.match(label) for label in name.rstrip(".").split("."))
+        ):
+            raise ValueError(
+                f"'{word[:80]}' is not a DNS domain (letters, digits, '-', '_' in dot-separated "
+                "labels; '~' before it: routing only; '~.': every query; IDNs in xn-- form)"
+            )
+        word = "~" * word.startswith("~") + name.rstrip(".").lower() if word != "~." else word
+        if word in found:
+            raise ValueError(f"'{word}' is listed twice")
+        found.append(word)
+    if len(found) > 32:
+        raise ValueError("more than 32 domains")
+    return tuple(found)
+
+
+def _check_dns(parsed: dict[str, Any], err: Callable[[str, str], ConfigError]) -> None:
+    """Domains need servers; each server must be reached through the link (its queries would
+    otherwise leave by this gateway's usual way out, names of the remote site and all)."""
+    servers = parsed["dns_servers"]
+    if parsed["dns_domains"] and not servers:
+        raise err("dns_domains", "needs servers in [dns] to send these domains to")
+    for addr in servers:
+        if isinstance(addr, ipaddress.IPv4Address):
+            if parsed["full_tunnel"] or addr == parsed["remote_address"]:
+                continue
+            nets = parsed["remote_networks"]
+        else:
+            nets = parsed["remote_networks6"]
+        if not any(addr in net for net in nets):
+            raise err(
+                "dns_servers",
+                f"{addr} is not reached through the link: it is not remote_address or inside "
+                "a remote network (add its network to remote, or set full_tunnel for IPv4)",
+            )
+
+
+SCHEMA += (
+    Key("dns", "servers", "dns_servers", "", _dns_servers,
+        "DNS servers on the remote side for this link (IPv4/IPv6 addresses, each inside a "
+        "remote network, or remote_address, or anywhere with full_tunnel), set on the local "
+        "pppN once the link and routes are up and removed on the way down (see DNS). Nothing "
+        "the remote side or its pppd says reaches DNS here."),
+    Key("dns", "domains", "dns_domains", "", _dns_domains,
+        "Domains whose names go to those servers: `example.com` (search and routing "
+        "domain), `~example.com` (routing only), `~.` (every query: with full_tunnel, all "
+        "name resolution goes through the remote side). Needs `servers`."),
+)  # fmt: skip
+
 SECTIONS = tuple(dict.fromkeys(k.section for k in SCHEMA))
 
 
@@ -953,6 +1040,7 @@ def parse(text: str, path: Path) -> SiteConfig:
     if parsed["ipv6"] and parsed["helper"]:
         raise err("ipv6", "not available with helper = yes: pppssh-helper routes IPv4 only")
     _check_networks(parsed, err)
+    _check_dns(parsed, err)
     return SiteConfig(path=path, lines=lines, **parsed)
 
 

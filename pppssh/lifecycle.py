@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from . import dns
 from .config import Compression, SiteConfig, server_address_error
 from .errors import CommandFailed, RemoteFailed, TunnelError
 from .events import (
@@ -87,6 +88,7 @@ class Attempt:
         self._deadline = 0.0
         self._reloading: asyncio.Task[list[str]] | None = None  # a reload under way
         self._going_down = False  # down() has begun: no reload any more
+        self.resolver: dns.Resolver | None = None  # how [dns] is set here (dns.detect)
 
     # ------------------------------------------------------------------ helpers
 
@@ -153,6 +155,7 @@ class Attempt:
         cfg = self.cfg
         clock = self.ports.clock
         self._deadline = clock.monotonic() + cfg.up_timeout
+        self.resolver = self._dns_resolver(cfg)  # before anything changes
         self.emit(Connecting(cfg.destination, str(cfg.known_hosts)))
         self.ssh = ssh = self.ports.ssh()
         server = await ssh.connect()
@@ -196,6 +199,7 @@ class Attempt:
             local_routes(cfg, link.interface) + full_tunnel_routes(cfg, link.interface),
             remote_routes(cfg, self.remote_interface),
         )
+        await self._set_dns()
         if cfg.compression is not Compression.NONE:
             self.emit(Note(f"compression: {local.compression or 'CCP agreed on none'}"))
         self.down_armed = bool(cfg.down_command)  # like pppd's ip-down: once up has run
@@ -445,7 +449,9 @@ class Attempt:
         try:
             await self._local(command)
         except CommandFailed as exc:
-            if entry.kind != "filter" and already_gone(entry, exc):
+            if entry.kind == "dns" and already_gone(entry, exc):
+                self.emit(Note(f"{entry.what.partition(':')[0]} already gone"))
+            elif entry.kind != "filter" and already_gone(entry, exc):
                 self.emit(Note(f"route {entry.what.split()[0]} already gone with its interface"))
             else:
                 self.emit(Note(f"note: {exc}"))
@@ -527,12 +533,17 @@ class Attempt:
         """reload()'s work (see there)."""
         old = [e for e in self.ledger.entries if e.kind in ("route", "filter")]
         remove, add = diff(old, self.wanted(new))
+        dns_apply, dns_forget, dns_undo = self._dns_wanted(new)
         added: list[Entry] = []
+        dns_done: list[tuple[Entry, Entry | None]] = []
         try:
             for entry in add:
                 await self._reload_apply(entry)
                 added.append(entry)
+            for entry in dns_apply:
+                dns_done.append(await self._replace_dns(entry, dns_forget))
         except (CommandFailed, RemoteFailed) as exc:
+            await self._dns_rollback(dns_done)
             for entry in reversed(added):
                 self.ledger.remove(entry)
                 await (self._undo_local if entry.side == "local" else self._undo_remote)(entry)
@@ -540,7 +551,7 @@ class Attempt:
             hint = " (set it up there with `pppssh remote-setup`)" if where[0] == "r" else ""
             raise TunnelError(f"refused on the {where}{hint}: {exc}; rolled back, "
                               "the link is unchanged") from None  # fmt: skip
-        for entry in remove:
+        for entry in remove + dns_undo:
             self.ledger.remove(entry)
             await (self._undo_local if entry.side == "local" else self._undo_remote)(entry)
         gained = [n for n in new.remote_networks if n not in self.cfg.remote_networks]
@@ -548,7 +559,8 @@ class Attempt:
         if self.came_up:
             self.down_armed = bool(new.down_command)
         done = [f"added {e.side} {e.kind} {e.what}" for e in add]
-        done += [f"removed {e.side} {e.kind} {e.what}" for e in remove]
+        done += [f"set {e.what}" for e in dns_apply]
+        done += [f"removed {e.side} {e.kind} {e.what}" for e in remove + dns_undo]
         if gained and not new.full_tunnel:  # the remote filter is pppd's ip-up script there
             nets = ", ".join(str(n) for n in gained)
             done.append(
@@ -572,6 +584,61 @@ class Attempt:
         else:
             self.ledger.add(entry)
             self.emit(RouteAdded(entry))
+
+    # ------------------------------------------------------------------ DNS (dns.py)
+
+    def _dns_resolver(self, cfg: SiteConfig) -> dns.Resolver | None:
+        """How [dns] is set on this gateway (None without it); TunnelError with the usual
+        file:line: key line when no method is there or it cannot do what cfg asks."""
+        if not cfg.dns_servers:
+            return None
+        resolver, why = dns.detect()
+        error = dns.missing(cfg, why) if resolver is None else dns.refusal(cfg, resolver)
+        if error is not None or resolver is None:
+            raise TunnelError(str(error))
+        return resolver
+
+    async def _set_dns(self) -> None:
+        """Set the site's DNS servers and domains on the local pppN, each into the ledger."""
+        if self.resolver is None or self.link is None:
+            return
+        self.emit(Note(f"DNS through {self.resolver.describe()}"))
+        for entry in dns.entries(self.cfg, self.resolver, self.link.interface):
+            try:
+                await self._local(Command(entry.apply))
+            except CommandFailed as exc:
+                raise TunnelError(f"DNS: {exc}") from None
+            self.ledger.add(entry)
+
+    def _dns_wanted(self, new: SiteConfig) -> tuple[list[Entry], list[Entry], list[Entry]]:
+        """A reload's DNS changes (dns.replace), decided before anything changes."""
+        assert self.link is not None
+        if new.dns_servers and (self.resolver is None or new.dns_domains != self.cfg.dns_domains):
+            self.resolver = self._dns_resolver(new)
+        wanted = dns.entries(new, self.resolver, self.link.interface) if self.resolver else []
+        return dns.replace([e for e in self.ledger.entries if e.kind == "dns"], wanted)
+
+    async def _replace_dns(self, entry: Entry, forget: list[Entry]) -> tuple[Entry, Entry | None]:
+        """Apply one DNS entry over the one it replaces (same target); both, for a rollback."""
+        await self._local(Command(entry.apply))
+        old = next((e for e in forget if dns.target(e) == dns.target(entry)), None)
+        if old is not None:
+            self.ledger.remove(old)
+        self.ledger.add(entry)
+        return entry, old
+
+    async def _dns_rollback(self, done: list[tuple[Entry, Entry | None]]) -> None:
+        """Put back what a refused reload's DNS step replaced, newest first."""
+        for entry, old in reversed(done):
+            self.ledger.remove(entry)
+            if old is None:
+                await self._undo_local(entry)
+                continue
+            try:
+                await self._local(Command(old.apply))
+            except CommandFailed as exc:
+                self.emit(Note(f"note: {exc}"))
+            self.ledger.add(old)
 
     # ------------------------------------------------------------------ the attempt
 
@@ -628,6 +695,8 @@ async def recover(site: str, runner: Runner, store: StateStore, reporter: Report
         command = entry.undo_command
         if entry.side != "local" or command is None:
             continue  # the remote side: the next start's cleanup stops the old pppd there
+        if dns.gone_with_interface(entry):
+            continue  # resolved forgot it with the pppN, whose name may be another's by now
         reporter.report(CommandRun("local", command.shown))
         try:
             await runner.run(command)

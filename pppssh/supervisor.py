@@ -40,6 +40,7 @@ RELOADABLE = frozenset({
     "local_networks", "remote_networks", "remote_networks6", "local_lan_gateways",
     "remote_lan_gateways", "up_command", "down_command", "up_failure_aborts", "hook_timeout",
     "reconnect", "reconnect_delay", "reconnect_delay_max", "reconnect_tries", "retry_start",
+    "dns_servers", "dns_domains",
 })  # fmt: skip
 
 

@@ -23,4 +23,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 	[ "$(readlink /usr/sbin/policy-rc.d 2>/dev/null)" = policy-rc.d.pppssh ] && rm -f /usr/sbin/policy-rc.d
 	rm -f /usr/sbin/policy-rc.d.pppssh
 fi
+# The DNS lab test needs a resolvconf: openresolv's .deb is only downloaded here, and the lab
+# unpacks it inside UML's throw-away overlay. Installed on the host it would own
+# /etc/resolv.conf (and its ppp hooks would run for every pppd), so it never is.
+LAB_DEBS=/var/cache/pppssh-lab
+if ! ls "$LAB_DEBS"/openresolv_*.deb >/dev/null 2>&1; then
+	mkdir -p "$LAB_DEBS"
+	(cd "$LAB_DEBS" && apt-get download -qq openresolv 2>/dev/null) \
+		|| { apt-get update -qq && (cd "$LAB_DEBS" && apt-get download -qq openresolv); }
+fi
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"

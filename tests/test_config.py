@@ -84,6 +84,10 @@ up = /usr/local/sbin/firewall-open "site $SITE" --quiet
 down = /usr/local/sbin/firewall-close
 up_failure = Continue
 timeout = 12.5
+
+[dns]
+servers = 192.168.50.53, 9.9.9.9
+domains = branch-b.example, ~.
 """
 
 # Only what is required (plus name, tested separately). Line numbers matter below.
