@@ -5,9 +5,13 @@ killed remote pppd counts as a reconnect; the file for node-exporter is replaced
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +22,7 @@ from tests.test_metrics import parse
 pytestmark = pytest.mark.lab
 __all__ = ["stop_all"]  # the fixture, used by name below
 
+REPO = Path(__file__).resolve().parents[2]
 SITE = "site-b"
 Families = dict[str, tuple[str, list[tuple[dict[str, str], float]]]]
 
@@ -99,3 +104,82 @@ def test_prometheus_metrics_of_a_running_link(lab: Lab, stop_all: None) -> None:
     assert one(lost, "pppssh_last_change_timestamp_seconds")[1] > changed
     stopped = pppssh(lab, "stop", SITE)
     assert stopped.returncode == 0, show(stopped)
+
+
+# ---------------------------------------------------------------- the textfile-collector pair
+
+UNIT_DIR = Path("/etc/systemd/system")
+WRAPPER = Path("/usr/local/bin/pppssh")
+COLLECTOR = Path("/var/lib/prometheus/node-exporter")
+# The lab's links are in gw-a, and the lab's Python is under /root: the drop-in puts the
+# service in gw-a, with a sysfs mounted from gw-a as its /sys (systemd 252 does not remount
+# /sys for NetworkNamespacePath=, and sysfs shows the network devices of the namespace that
+# mounted it), and lets it read /root (ProtectHome=yes hides it; installed system-wide,
+# pppssh does not need that). On a gateway the service and the links share the host's
+# namespace, and none of this is needed.
+GW_A_SYS = Path("/run/pppssh-lab-sys-gw-a")
+LAB_DROP_IN = f"""\
+# pppssh lab: the service runs in the lab's gw-a, and may read the lab's Python under /root
+[Service]
+NetworkNamespacePath=/run/netns/gw-a
+BindReadOnlyPaths={GW_A_SYS}:/sys
+ProtectHome=no
+"""
+
+
+def systemctl(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run systemctl with args; capture its output."""
+    argv = ["systemctl", "--no-pager", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.uml_systemd
+def test_metrics_unit_writes_the_collector_file(lab: Lab, stop_all: None) -> None:
+    """pppssh-metrics.service as shipped, hardening and all, under systemd 252: it writes
+    pppssh.prom whole (0644, a new file each run, no temporary left) with the running site's
+    counters of pppN; the timer is accepted and waits; with no site, pppssh_up has none."""
+    assert Path("/proc/1/comm").read_text().strip() == "systemd", "needs systemd as PID 1"
+    WRAPPER.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m pppssh "$@"\n')
+    WRAPPER.chmod(0o755)
+    for name in ("pppssh-metrics.service", "pppssh-metrics.timer"):
+        shutil.copyfile(REPO / "systemd" / name, UNIT_DIR / name)
+    drop_ins = UNIT_DIR / "pppssh-metrics.service.d"
+    drop_ins.mkdir(exist_ok=True)
+    (drop_ins / "lab.conf").write_text(LAB_DROP_IN)
+    COLLECTOR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    GW_A_SYS.mkdir(exist_ok=True)
+    mount = ["nsenter", "--net=/run/netns/gw-a", "mount", "-t", "sysfs", "sysfs", str(GW_A_SYS)]
+    subprocess.run(mount, check=True, capture_output=True)
+    assert systemctl("daemon-reload").returncode == 0
+    prom = COLLECTOR / "pppssh.prom"
+    try:
+        conf = lab.write_site_conf(SITE)
+        started = pppssh(lab, "start", str(conf))
+        assert started.returncode == 0, show(started)
+        ran = systemctl("start", "pppssh-metrics.service")
+        assert ran.returncode == 0, ran.stderr + journal()
+        assert stat.S_IMODE(prom.stat().st_mode) == 0o644
+        families = parse(prom.read_text())
+        assert one(families, "pppssh_up") == ({"site": SITE}, 1), journal()
+        labels, received = one(families, "pppssh_receive_packets_total")
+        assert labels["interface"].startswith("ppp") and received > 0, families
+        first = prom.stat().st_ino
+        assert systemctl("start", "pppssh-metrics.service").returncode == 0
+        assert prom.stat().st_ino != first
+        assert sorted(p.name for p in COLLECTOR.iterdir()) == ["pppssh.prom"]
+        timer = systemctl("start", "pppssh-metrics.timer")
+        assert timer.returncode == 0, timer.stderr
+        assert systemctl("is-active", "pppssh-metrics.timer").stdout.strip() == "active"
+        stopped = pppssh(lab, "stop", SITE)
+        assert stopped.returncode == 0, show(stopped)
+        assert systemctl("start", "pppssh-metrics.service").returncode == 0
+        assert parse(prom.read_text())["pppssh_up"][1] == []
+    finally:
+        systemctl("stop", "pppssh-metrics.timer")
+        subprocess.run(["umount", str(GW_A_SYS)], check=False)
+
+
+def journal() -> str:
+    """The metrics service's journal, for assertion messages."""
+    argv = ["journalctl", "--no-pager", "-o", "cat", "-u", "pppssh-metrics.service"]
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
