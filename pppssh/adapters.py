@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import system
+from . import asyncssh_compat, system
 from .asyncssh_compat import asyncssh
 from .bridge import Bridge
 from .config import SiteConfig, load
@@ -174,6 +174,16 @@ class AsyncsshTransport:
         """Close the connection."""
         if self.conn is not None:
             await close_connection(self.conn)
+
+    async def keepalive_rtt(self) -> float | None:
+        """A keepalive request's round trip through asyncssh (asyncssh_compat); None when
+        the connection is gone or asyncssh cannot tell."""
+        if self.conn is None or self.connection_lost():
+            return None
+        try:
+            return await asyncssh_compat.global_request_round_trip(self.conn)
+        except (asyncssh.Error, OSError):
+            return None
 
 
 class PtyPppd:

@@ -19,6 +19,7 @@ What each reliance is for, and what happens without it:
   send_packet, _enc_alg_cs      no MSG_IGNORE before every packet        one packet more each
   logger._debug_level, log_*    no per-packet log formatting             8 us more per packet
   data_received (asyncio)       one pty write per socket read            one loop turn more
+  _make_global_request, _transport the keepalive's round trip (metrics)  no RTT is measured
 
 The import: at import asyncssh looks for liboqs (twice, as "oqs" and "liboqs") and for nettle
 (UMAC) with ctypes.util.find_library. For a library the ld.so cache does not list,
@@ -39,6 +40,7 @@ import os
 import re
 import struct
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -49,6 +51,7 @@ __all__ = [
     "asyncssh",
     "certificate_signer",
     "debug_level",
+    "global_request_round_trip",
     "implemented_certificate_algs",
     "implemented_kex_algs",
     "implemented_public_key_algs",
@@ -69,6 +72,7 @@ __all__ = [
 # test_known_hosts.py and test_remote_setup.py. Widen it only after the same.
 TESTED = ">=2.14,<2.25"
 
+KEEPALIVE_REQUEST = b"keepalive@openssh.com"  # what OpenSSH's ServerAlive and asyncssh send
 NOT_LOADED = frozenset({"nettle"})  # UMAC only, which pppssh does not offer
 MSG_IGNORE = 2  # RFC 4253, section 11.2
 
@@ -297,3 +301,35 @@ def wrap_data_received(conn: object, wrap: Callable[[Receive], Receive]) -> bool
         return False
     conn.data_received = wrap(receive)  # type: ignore[attr-defined]
     return True
+
+
+# ---------------------------------------------------------------- the keepalive's round trip
+
+
+async def global_request_round_trip(
+    conn: object, request: bytes = KEEPALIVE_REQUEST
+) -> float | None:
+    """Seconds from sending a global request that wants a reply (by default the keepalive
+    OpenSSH's ServerAlive and asyncssh's own keepalive send) to the server's answer, success
+    or failure alike (sshd answers a keepalive with a failure: it is a round trip all the
+    same). None when this asyncssh has no such step, or when the connection closed before
+    the answer came: asyncssh then answers every waiting request itself, at once.
+
+    Relies on: SSHConnection._make_global_request(request, *args), a coroutine that sends
+    MSG_GLOBAL_REQUEST with want_reply and waits in the one FIFO of replies asyncssh's own
+    keepalives use (so answers never cross), answered at once with MSG_REQUEST_FAILURE when
+    SSHConnection._transport is None (the connection is closing: set so before the cleanup
+    answers every waiting request); and is_closed()."""
+    make = getattr(conn, "_make_global_request", None)
+    closed = getattr(conn, "is_closed", None)
+
+    def gone() -> bool:
+        """The connection is closing or closed: no answer from the server can come."""
+        return closed is None or bool(closed()) or getattr(conn, "_transport", None) is None
+
+    if make is None or gone():
+        return None
+    start = time.monotonic()
+    await make(request)
+    took = time.monotonic() - start
+    return None if gone() else took

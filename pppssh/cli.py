@@ -358,8 +358,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .status import status_main
 
     names = [_site_name(a) for a in args.sites]
+    if args.json and args.format not in (None, "json"):
+        raise Fail(f"status: --json and --format {args.format} say different things", EXIT_USAGE)
+    fmt = "json" if args.json else args.format or "table"
+    if args.output is not None and fmt != "prometheus":
+        raise Fail("status: --output is for --format prometheus", EXIT_USAGE)
     try:
-        return status_main(names, as_json=args.json)
+        return status_main(names, fmt=fmt, output=args.output)
     except PermissionError:
         raise Fail(_root_only("status")) from None
 
@@ -481,7 +486,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = verbs.add_parser("status", help="show running sites")
     status.add_argument("sites", nargs="*", metavar="SITE", help="site name or site file")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--json", action="store_true", help="the same as --format json")
+    status.add_argument(
+        "--format", choices=("table", "json", "prometheus"), default=None,
+        help="table (default), json, or prometheus (text exposition format 0.0.4)",
+    )  # fmt: skip
+    status.add_argument(
+        "--output", metavar="FILE", default=None,
+        help="with --format prometheus: replace FILE atomically (node-exporter's textfile "
+        "collector) instead of printing",
+    )  # fmt: skip
     status.set_defaults(func=cmd_status)
 
     routes = verbs.add_parser("routes", help="print the routes workstations on each LAN need")

@@ -29,6 +29,7 @@ __all__ = [
     "Failed",
     "HookOutput",
     "IpcpUp",
+    "KeepaliveRtt",
     "LedgerChanged",
     "LinkDown",
     "LinkUp",
@@ -190,6 +191,13 @@ class Up(Event):
     """Routes and the up command done: the site is up."""
 
     since: float
+
+
+@dataclass(frozen=True)
+class KeepaliveRtt(Event):
+    """An SSH keepalive's round trip on the link that is up, in seconds (for metrics)."""
+
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -471,7 +479,10 @@ class StateReporter(Reporter):
     def report(self, event: Event) -> None:
         """Apply the event; write the file when something changed."""
         s = self.state
-        if isinstance(event, LocalPppdStarted):
+        was = s.state
+        if isinstance(event, KeepaliveRtt):
+            s.ssh_rtt = round(event.seconds, 6)
+        elif isinstance(event, LocalPppdStarted):
             s.local_pppd_pid = event.pid
         elif isinstance(event, IpcpUp):
             s.interface, s.local_address, s.remote_address = (
@@ -488,10 +499,10 @@ class StateReporter(Reporter):
         elif isinstance(event, Up):
             s.state, s.up_since = "up", event.since
         elif isinstance(event, Stopping):
-            s.state = "stopping"
+            s.state, s.ssh_rtt = "stopping", None
         elif isinstance(event, LinkDown):  # known now; the undo may take long (a dead link)
             s.state = "reconnecting" if event.reconnecting else "stopping"
-            s.last_error, s.up_since = f"link down: {event.cause}", None
+            s.last_error, s.up_since, s.ssh_rtt = f"link down: {event.cause}", None, None
         elif isinstance(event, LocalPppdStopped):
             s.local_pppd_pid, s.interface = None, None
         elif isinstance(event, RemotePppdEnded):
@@ -499,6 +510,9 @@ class StateReporter(Reporter):
         elif isinstance(event, Reconnecting):
             s.reconnects += 1
             s.state, s.last_error, s.up_since = "reconnecting", event.cause, None
+            s.ssh_rtt = None
         elif not isinstance(event, Starting | Connecting):
             return
+        if s.state != was:
+            s.state_since = self.clock()
         self.write(s)

@@ -24,6 +24,7 @@ from .events import (
     Event,
     HookOutput,
     IpcpUp,
+    KeepaliveRtt,
     LedgerChanged,
     LinkDown,
     LinkUp,
@@ -392,11 +393,25 @@ class Attempt:
 
     async def watch(self) -> str:
         """Wait until some part of the link dies; return why."""
-        await asyncio.wait(self._failures(), return_when=asyncio.FIRST_COMPLETED)
+        rtt = asyncio.ensure_future(self._keepalive_rtt())  # metrics; never ends the watch
+        try:
+            await asyncio.wait(self._failures(), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            rtt.cancel()
         # The first sign is often an echo of the cause: the pty closes a moment before the
         # pidfd says the local pppd was killed, the channel before the connection says why.
         await asyncio.wait(self._failures(), timeout=self.settle)
         return self.why_down()
+
+    async def _keepalive_rtt(self) -> None:
+        """Time an SSH keepalive's round trip now and every keepalive_interval (0: never),
+        for status and metrics; a lost answer is the keepalive's own business, not this."""
+        interval = self.cfg.keepalive_interval
+        while interval and self.ssh is not None:
+            seconds = await self.ssh.keepalive_rtt()
+            if seconds is not None:
+                self.emit(KeepaliveRtt(seconds))
+            await self.ports.clock.sleep(interval)
 
     # ------------------------------------------------------------------ down
 

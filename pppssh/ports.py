@@ -92,6 +92,10 @@ class SshTransport(Protocol):
         """Close the SSH connection."""
         ...
 
+    async def keepalive_rtt(self) -> float | None:
+        """One SSH keepalive's round trip in seconds, or None (no answer: connection gone)."""
+        ...
+
 
 class LocalPppd(Protocol):
     """The local pppd on its pty (localppp.LocalPppd)."""

@@ -1,15 +1,45 @@
-"""`pppssh status`: what each running site is doing, from its state file and the kernel."""
+"""`pppssh status`: what each running site is doing, from its state file and the kernel.
+
+The state files are root's (/run/pppssh, 0750; files 0640): each is read through the trust
+check every file root reads passes (trust.read_trusted: walked by descriptor, no symbolic
+link, a regular file that only root, or the user running pppssh, owns and may write), and
+one whose recorded site is not its file's name is left out, so that no two rows, or two
+metric series, can claim one site.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+from .config import _SITE_NAME
+from .errors import Fail, Missing, Untrusted
 from .ledger import Entry, Ledger
-from .system import State, interface_counters, pid_alive, read_state, read_states
+from .system import State, pid_alive, run_dir
+from .trust import read_trusted
 
-__all__ = ["render_table", "site_status", "status_main"]
+__all__ = [
+    "FORMATS",
+    "interface_stats",
+    "read_site",
+    "read_sites",
+    "render_table",
+    "site_status",
+    "status_main",
+    "write_atomically",
+]
+
+FORMATS = ("table", "json", "prometheus")
+STATE_LIMIT = 1024 * 1024  # a state file is a few KiB; the ledger of many networks more
+# A kernel interface name (IFNAMSIZ: 15 characters, no '/' or white space): the state file's
+# interface is put into a /sys path only if it is one.
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 
 EXIT_DEAD = 1  # LSB: the program is dead and its state file remains
 EXIT_NOT_RUNNING = 3  # LSB: not running (here also: not up yet, or reconnecting)
@@ -43,12 +73,37 @@ def _routes(entries: list[Entry], side: str) -> list[Entry]:
     return [e for e in entries if e.side == side and e.kind in ("route", "server-route")]
 
 
+def interface_stats(ifname: str) -> dict[str, int] | None:
+    """rx/tx bytes and packets of an interface from sysfs (the kernel's counters), or None
+    if it is gone or the name is not an interface name."""
+    if not _IFNAME.match(ifname) or ifname in (".", ".."):
+        return None
+    base = Path("/sys/class/net") / ifname / "statistics"
+    stats = {}
+    try:
+        for name in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets"):
+            stats[name] = int((base / name).read_text())
+    except (OSError, ValueError):
+        return None
+    return stats
+
+
+def _number(value: object) -> float | None:
+    """A number from the state file, or None for anything else (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
 def site_status(state: State, now: float | None = None) -> dict[str, Any]:
     """One site's status as plain data (the --json form); routes from its ledger."""
     now = time.time() if now is None else now
     entries = _entries(state)
     alive = pid_alive(state.pid)
-    counters = interface_counters(state.interface) if state.interface and alive else None
+    counters = None
+    if isinstance(state.interface, str) and alive:
+        counters = interface_stats(state.interface)
+    up = alive and state.state == "up"
     return {
         "site": state.site,
         "config": state.config,
@@ -59,8 +114,10 @@ def site_status(state: State, now: float | None = None) -> dict[str, Any]:
         "local_address": state.local_address,
         "remote_address": state.remote_address,
         "uptime": round(now - state.up_since, 1) if state.up_since and alive else None,
-        "bytes_in": counters[0] if counters else None,
-        "bytes_out": counters[1] if counters else None,
+        "bytes_in": counters["rx_bytes"] if counters else None,
+        "bytes_out": counters["tx_bytes"] if counters else None,
+        "packets_in": counters["rx_packets"] if counters else None,
+        "packets_out": counters["tx_packets"] if counters else None,
         "local_routes": [e.shown for e in _routes(entries, "local")],
         "remote_routes": [e.shown for e in _routes(entries, "remote")],
         "routes_here": [e.what for e in _routes(entries, "local")],
@@ -68,6 +125,9 @@ def site_status(state: State, now: float | None = None) -> dict[str, Any]:
         "reconnects": state.reconnects,
         "last_error": state.last_error,
         "log": state.log,
+        "started": _number(state.started),
+        "state_since": _number(state.state_since) or _number(state.started),
+        "ssh_rtt": _number(state.ssh_rtt) if up else None,
     }
 
 
@@ -112,20 +172,116 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def status_main(names: list[str], as_json: bool) -> int:
-    """Print status for the named sites (or all); 0 if all are up, 3 if one is not running."""
-    rows: list[dict[str, Any]] = []
+def read_site(site: str) -> State | None:
+    """The state file of one site, read through the trust check; None when there is none
+    (or it is not a state file). PermissionError for a user who may not read the run
+    directory; Untrusted for a file root must not believe (a link, not root's, writable by
+    others, or one that names another site)."""
+    path = run_dir() / f"{site}.json"
+    try:
+        os.stat(path)  # PermissionError here for a user the 0750 directory keeps out
+        data = read_trusted(path, "state file", limit=STATE_LIMIT).data
+    except (FileNotFoundError, Missing):
+        return None
+    try:
+        decoded = json.loads(data)
+        state = State.from_json(decoded) if isinstance(decoded, dict) else None
+    except (ValueError, TypeError):
+        return None
+    if state is None:
+        return None
+    if state.site != site or not _SITE_NAME.match(site):
+        raise Untrusted(f"state file {path} records site {json.dumps(state.site)}: not its own")
+    return state
+
+
+def read_sites(names: list[str]) -> tuple[list[State], list[str], list[str]]:
+    """The state of the named sites (all with a state file, when none is named), those
+    named that have none, and the one-line refusals of state files that failed the check."""
+    states: list[State] = []
     missing: list[str] = []
-    if names:
-        for name in names:
-            state = read_state(name)
-            if state is None:
-                missing.append(name)
-            else:
-                rows.append(site_status(state))
-    else:
-        rows = [site_status(s) for s in read_states()]
-    if as_json:
+    refused: list[str] = []
+    if not names:
+        try:
+            listed = os.listdir(run_dir())
+        except FileNotFoundError:
+            listed = []
+        files = sorted(n.removesuffix(".json") for n in listed if n.endswith(".json"))
+    for name in names or files:
+        try:
+            state = read_site(name)
+        except Untrusted as exc:
+            refused.append(str(exc))
+            continue
+        if state is not None:
+            states.append(state)
+        elif names:
+            missing.append(name)
+    return states, missing, refused
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write text to path as node-exporter's textfile collector wants it: into a temporary
+    file in the same directory (a name it does not read: `.NAME.*.tmp`), mode 0644, then
+    renamed over path, so that a reader sees the old file or the new one, whole. The
+    directory is opened once and every step is relative to it; the temporary file is created
+    anew (O_EXCL: never a link or a file someone put there), and removed on any failure."""
+    target = Path(path)
+    dirfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for _ in range(100):
+            tmp = f".{target.name}.{os.urandom(6).hex()}.tmp"
+            try:
+                fd = os.open(
+                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o644, dir_fd=dirfd,
+                )  # fmt: skip
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(f"{target.parent}: no free temporary name")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                os.fchmod(out.fileno(), 0o644)  # whatever the umask: node-exporter reads it
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target.name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dirfd)
+            raise
+    finally:
+        os.close(dirfd)
+
+
+def status_main(
+    names: list[str], as_json: bool = False, fmt: str = "table", output: str | None = None
+) -> int:
+    """Print status for the named sites (or all); 0 if all are up, 3 if one is not running.
+
+    fmt is table, json (as_json: the same) or prometheus; prometheus exits 0 whenever it
+    wrote its text (whether each site is up is in pppssh_up), and output, when given, is a
+    file it replaces atomically instead of printing."""
+    fmt = "json" if as_json else fmt
+    states, missing, refused = read_sites(names)
+    for line in refused:
+        print(f"pppssh: status: left out: {line}", file=sys.stderr)
+    rows = [site_status(s) for s in states]
+    if fmt == "prometheus":
+        from .metrics import render
+
+        text = render(rows, refused=len(refused))
+        if output is None:
+            sys.stdout.write(text)
+            return 0
+        try:
+            write_atomically(output, text)
+        except OSError as exc:
+            raise Fail(f"status: cannot write {output}: {exc.strerror or exc}") from None
+        return 0
+    if fmt == "json":
         out: dict[str, Any] = {"sites": rows}
         if missing:
             out["not_running"] = missing
@@ -139,6 +295,6 @@ def status_main(names: list[str], as_json: bool) -> int:
             print("no site is running")
     if any(r["state"] == "dead" for r in rows):
         return EXIT_DEAD
-    if missing or not rows or any(r["state"] != "up" for r in rows):
+    if missing or refused or not rows or any(r["state"] != "up" for r in rows):
         return EXIT_NOT_RUNNING
     return 0

@@ -187,6 +187,8 @@ class State:
     local_pppd_pid: int | None = None
     reconnects: int = 0
     last_error: str | None = None
+    state_since: float | None = None  # when `state` last changed (None: since `started`)
+    ssh_rtt: float | None = None  # seconds, the last SSH keepalive's round trip on this link
     log: str | None = None
     # The ledger (ledger.Entry.to_json() each): what is applied, with its undo. The three
     # lists above are views of it for people and scripts, written from it, never read back.

@@ -68,6 +68,7 @@ class World:
         self.connects = 0
         self.pppds = 0
         self.server = "203.0.113.5"  # the SSH connection's peer address, as resolved
+        self.rtts: list[float | None] = []  # keepalive round trips to answer, then none
 
     def record(self, where: str, what: str) -> None:
         """One action, in order."""
@@ -230,6 +231,12 @@ class FakeTransport:
         self.world.record("ssh", "close")
         if not self.lost.done():
             self.lost.set_result(None)
+
+    async def keepalive_rtt(self) -> float | None:
+        """The next scripted round trip; once there are none, the answer never comes."""
+        if not self.world.rtts:
+            await asyncio.get_running_loop().create_future()
+        return self.world.rtts.pop(0)
 
 
 class FakePppd:

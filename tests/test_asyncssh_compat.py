@@ -115,6 +115,18 @@ def _instance_attributes() -> None:
         assert f"self.{name} = " in source or f"self.{name}: " in source, name
 
 
+def _global_request() -> None:
+    """_make_global_request(request, *args) is a coroutine that returns at once while
+    _transport is None, and is_closed() a method; _transport is set on the connection."""
+    method = asyncssh.connection.SSHConnection._make_global_request
+    assert inspect.iscoroutinefunction(method)
+    assert _params(method)[:2] == ["self", "request"]
+    source = inspect.getsource(method)
+    assert "if not self._transport:" in source and "want_reply=True" in source
+    assert "self._transport = None" in inspect.getsource(asyncssh.connection.SSHConnection)
+    assert callable(asyncssh.SSHClientConnection.is_closed)
+
+
 def _certificate_signer() -> None:
     """A generated certificate's signing_key.public_data is its CA's public key blob."""
     ca = asyncssh.generate_private_key("ssh-ed25519")
@@ -149,6 +161,7 @@ INTERNALS: dict[str, Callable[[], None]] = {
     "SSHConnection.data_received": _data_received,
     "SSHOpenSSHCertificate.signing_key.public_data": _certificate_signer,
     "SSHKey.pyca_key.key_size": _key_bits,
+    "SSHConnection._make_global_request, _transport, is_closed": _global_request,
 }
 
 
@@ -170,7 +183,8 @@ def test_the_module_docstring_lists_each_reliance() -> None:
     doc = compat.__doc__ or ""
     for name in ("find_library", "get_kex_algs", "validate_server_host_key", "SSHKey.verify",
                  "_server_kexinit", "_server_sig_algs", "signing_key", "send_packet",
-                 "_enc_alg_cs", "_debug_level", "data_received", "pyca_key"):  # fmt: skip
+                 "_enc_alg_cs", "_debug_level", "data_received", "pyca_key",
+                 "_make_global_request"):  # fmt: skip
         assert name in doc, name
     for name in compat.__all__:
         obj = getattr(compat, name)

@@ -13,10 +13,10 @@ UNIT = REPO / "systemd" / "pppssh@.service"
 EXEC = "/usr/local/bin/pppssh"
 
 
-def unit_settings() -> dict[str, list[str]]:
-    """Key -> values of the unit (comments dropped)."""
+def unit_settings(unit: Path = UNIT) -> dict[str, list[str]]:
+    """Key -> values of a unit (comments dropped)."""
     found: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().splitlines():
         if "=" in line and not line.lstrip().startswith(("#", ";")):
             key, value = line.split("=", 1)
             found.setdefault(key.strip(), []).append(value.strip())
@@ -57,6 +57,51 @@ def test_unit_settings() -> None:
                 "DynamicUser", "PrivateUsers"):  # fmt: skip
         assert key not in s, f"{key}= breaks pppd, proxyarp or routes"
     assert s["NoNewPrivileges"] == ["yes"]
+
+
+METRICS = REPO / "systemd" / "pppssh-metrics.service"
+METRICS_TIMER = REPO / "systemd" / "pppssh-metrics.timer"
+PROM = "/var/lib/prometheus/node-exporter/pppssh.prom"
+
+
+def test_metrics_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """The textfile-collector pair as systemd reads them, with ExecStart at this pppssh."""
+    analyze = shutil.which("systemd-analyze")
+    pppssh = shutil.which("pppssh")
+    assert analyze and pppssh
+    text = METRICS.read_text()
+    assert text.count(EXEC) == 1
+    service = tmp_path / METRICS.name
+    timer = tmp_path / METRICS_TIMER.name
+    service.write_text(text.replace(EXEC, pppssh))
+    timer.write_text(METRICS_TIMER.read_text())
+    proc = subprocess.run([analyze, "verify", str(service), str(timer)], capture_output=True,
+                          text=True)  # fmt: skip
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
+    timer.write_text(METRICS_TIMER.read_text().replace("OnUnitActiveSec=15s", "OnUnitActiveSec=x"))
+    proc = subprocess.run([analyze, "verify", str(service), str(timer)], capture_output=True,
+                          text=True)  # fmt: skip
+    assert "Failed to parse timer value" in proc.stdout + proc.stderr
+
+
+def test_metrics_service_settings() -> None:
+    """A oneshot that writes the .prom file atomically (pppssh's --output), hardened: no
+    network, the file system read-only but the collector's directory, one capability."""
+    s = unit_settings(METRICS)
+    assert s["Type"] == ["oneshot"]
+    assert s["ExecStart"] == [f"{EXEC} status --format prometheus --output {PROM}"]
+    assert s["ReadWritePaths"] == ["-/var/lib/prometheus/node-exporter"]
+    assert s["ProtectSystem"] == ["strict"] and s["ProtectHome"] == ["yes"]
+    assert s["RestrictAddressFamilies"] == ["AF_UNIX"] and s["IPAddressDeny"] == ["any"]
+    assert s["CapabilityBoundingSet"] == ["CAP_DAC_OVERRIDE"]
+    assert s["UMask"] == ["0022"]
+    for key in ("NoNewPrivileges", "PrivateTmp", "PrivateDevices", "ProtectKernelTunables",
+                "ProtectKernelModules", "ProtectControlGroups", "RestrictNamespaces",
+                "RestrictSUIDSGID", "MemoryDenyWriteExecute", "LockPersonality"):  # fmt: skip
+        assert s[key] == ["yes"], key
+    assert "PrivateNetwork" not in s  # the counters of pppN are read in the links' namespace
+    t = unit_settings(METRICS_TIMER)
+    assert t["OnUnitActiveSec"] == ["15s"] and t["WantedBy"] == ["timers.target"]
 
 
 @pytest.mark.parametrize(
