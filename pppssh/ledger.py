@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .errors import CommandFailed, RemoteFailed
 from .plan import Command, RouteChange, shell_join
@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 Side = Literal["local", "remote"]
-Kind = Literal["route", "server-route", "filter"]
+Kind = Literal["route", "server-route", "filter", "mss"]
 
 # What the kernel (through ip(8)) answers when the thing to delete is not there any more:
 # the one place that reads a failed undo's text. ESRCH: a route that left with its interface;
@@ -36,6 +36,7 @@ GONE_ANSWERS: dict[str, str] = {
     "ESRCH": "No such process",
     "ENOENT": "No such file or directory",
     "ENODEV": "Cannot find device",
+    "XT_NORULE": "does a matching rule exist in that chain?",  # xtables: a rule deleted
 }
 ROUTE_GONE = ("ESRCH", "ENODEV")
 RULE_GONE = ("ENOENT", "ENODEV")
@@ -83,7 +84,7 @@ class Entry:
             gone = tuple(str(name) for name in data.get("gone", ()))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a ledger entry: {exc}") from None
-        if side not in ("local", "remote") or kind not in ("route", "server-route", "filter"):
+        if side not in ("local", "remote") or kind not in get_args(Kind):
             raise ValueError(f"not a ledger entry: side {side!r}, kind {kind!r}")
         if not isinstance(what, str) or not apply:
             raise ValueError("not a ledger entry: no description or no command")

@@ -35,7 +35,7 @@ def site(extra: str = "", **sections: str) -> SiteConfig:
         "site": "name = site-b\n",
         "remote": "host = gw.example.net\nuser = vpn\nidentity = id\nknown_hosts = kh\n"
         "helper = yes\n",
-        "ppp": f"local_address = {LOCAL}\nremote_address = {PEER}\n",
+        "ppp": f"local_address = {LOCAL}\nremote_address = {PEER}\nmss_clamp = no\n",  # test_mss
         "networks": "local = 10.1.0.0/24\nremote = 10.2.0.0/24\n",
         "hooks": "",
     }
