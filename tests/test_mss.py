@@ -20,7 +20,7 @@ from pppssh.plan import shell_join
 from pppssh.supervisor import needs_new_link
 from pppssh.system import State
 from tests.fakes import Recorder, World, fake_ports, site
-from tests.test_lifecycle import failed_start, harness, history
+from tests.test_lifecycle import NEW_NETWORKS, failed_start, harness, history, reload_when_up
 
 TABLE = "inet pppssh-ppp0"
 RULE = (
@@ -253,6 +253,26 @@ def test_no_clamp_runs_no_tool() -> None:
         h = harness(**changes)
         assert h.run() == 0
         assert not any("nft" in c or "iptables" in c for c in local_calls(h.world))
+
+
+def test_reload_keeps_the_clamp_and_the_teardown_still_undoes_it() -> None:
+    """A reload by diff (networks) runs no clamp command and keeps its entry; a reload that
+    changes mss_clamp is refused (a new link); the stop deletes the table once."""
+    h = harness(mss_clamp=None)
+    new = dataclasses.replace(site(networks=NEW_NETWORKS), mss_clamp=None)
+    seen = reload_when_up(h, lambda: new)
+    assert h.run() == 0
+    assert seen["applied"] is True and seen["reload_calls"]
+    assert not any("nft" in shown for _, shown in seen["reload_calls"])
+    clamp = [e for e in seen["before"] if e["kind"] == "mss"]
+    assert len(clamp) == 1 and [e for e in seen["after"] if e["kind"] == "mss"] == clamp
+    assert local_calls(h.world).count(NFT_DELETE) == 1 and h.ledger() == []
+
+    h = harness(mss_clamp=None)
+    seen = reload_when_up(h, lambda: dataclasses.replace(h.cfg, mss_clamp=False))
+    assert h.run() == 0
+    assert seen["applied"] is False and seen["reload_calls"] == []
+    assert any("[ppp] mss_clamp" in line for line in h.lines()), h.lines()
 
 
 def test_recovery_after_sigkill_deletes_the_table() -> None:
