@@ -12,14 +12,16 @@ import asyncio
 import ipaddress
 import os
 import re
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import commands, dns
+from . import commands, dns, mss, trust
 from .asyncssh_compat import asyncssh
 from .commands import root_ops, sudoers_rules
 from .config import Network, SiteConfig, server_address_error
+from .errors import PppsshError
 from .plan import Command
 from .remote_setup import SUDOERS_DIR, file_name, sudoers_name
 from .sanitize import printable, valid_ifname
@@ -35,7 +37,7 @@ from .ssh import (
     pin_address,
     run_remote,
 )
-from .system import probe, read_state
+from .system import plain_env, probe, read_state
 
 __all__ = [
     "Check",
@@ -200,6 +202,7 @@ def _local_checks(cfg: SiteConfig) -> list[Check]:
             "apt-get install ppp (or set local_pppd in [ppp])",
         ))  # fmt: skip
     checks.append(kernel_ppp())
+    checks.append(Check("MSS clamping", *mss.judge(cfg, {t: _trusted_tool(t) for t in mss.TOOLS})))
     for kind in (FORWARD4, FORWARD6) if cfg.ipv6 else (FORWARD4,):
         try:
             value = Path(kind[2]).read_text()
@@ -225,6 +228,15 @@ def dns_check(cfg: SiteConfig) -> list[Check]:
     if error is not None or resolver is None:
         return [Check("DNS", False, str(error))]
     return [Check("DNS", True, resolver.describe())]
+
+
+def _trusted_tool(name: str) -> str | None:
+    """Where a program pppssh runs by name is found on root's fixed PATH, if there and trusted."""
+    path = shutil.which(name, path=plain_env()["PATH"])
+    try:
+        return str(trust.check_program(path, name).path) if path else None
+    except PppsshError:
+        return None
 
 
 def _clash_check(what: str, networks: tuple[Network, ...], found: list[str]) -> Check:

@@ -147,6 +147,7 @@ class SiteConfig:
     remote_lan_gateways: tuple[Address, ...] = ()
     full_tunnel: bool = False
     ipv6: bool = False
+    mss_clamp: bool | None = None  # None: auto (mss.py)
     local_networks6: tuple[Network6, ...] = ()
     remote_networks6: tuple[Network6, ...] = ()
     up_command: tuple[str, ...] = ()
@@ -607,6 +608,16 @@ def _compression(value: str) -> Compression:
         raise ValueError(f"'{value}' is not one of: none, deflate, bsdcomp") from None
 
 
+def _auto_yes_no(value: str) -> bool | None:
+    """auto (None), yes or no."""
+    if value.lower() == "auto":
+        return None
+    try:
+        return _yes_no(value)
+    except ValueError:
+        raise ValueError(f"'{value}' is not one of: auto, yes, no") from None
+
+
 def _proxyarp(value: str) -> Proxyarp:
     """One of no, local, remote, both."""
     try:
@@ -721,6 +732,11 @@ SCHEMA: tuple[Key, ...] = (
     Key("ppp", "mtu", "mtu", "1400", _as_int(128, 16384),
         "MTU asked of both pppds (see \"MTU and compression\" below for the default)."),
     Key("ppp", "mru", "mru", "1400", _as_int(128, 16384), "MRU asked of both pppds."),
+    Key("ppp", "mss_clamp", "mss_clamp", "auto", _auto_yes_no,
+        "Clamp the MSS of TCP connections through the link to fit its MTU (nftables rules of "
+        "pppssh's own on this gateway, both ways; see \"MTU and compression\"): auto (when "
+        "the smaller of mtu and mru is below 1500; a warning if it cannot), yes (the start "
+        "fails if it cannot) or no."),
     Key("ppp", "compression", "compression", "none", _compression,
         "PPP compression (CCP) both pppds ask for: none, deflate or bsdcomp (window 15). "
         "Each needs its kernel module (ppp_deflate, bsd_comp) on both gateways."),

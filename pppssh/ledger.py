@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 Side = Literal["local", "remote"]
-Kind = Literal["route", "server-route", "filter", "dns"]
+Kind = Literal["route", "server-route", "filter", "dns", "mss"]
 
 # What the kernel (through ip(8)) answers when the thing to delete is not there any more:
 # the one place that reads a failed undo's text. ESRCH: a route that left with its interface;
@@ -38,6 +38,7 @@ GONE_ANSWERS: dict[str, str] = {
     "ENODEV": "Cannot find device",
     "NODEV": "No such device",  # resolvectl: the pppN has gone (dns.py)
     "NORECORD": "No resolv.conf for interface",  # resolvconf -d: the record has gone (dns.py)
+    "XT_NORULE": "does a matching rule exist in that chain?",  # xtables: a rule deleted
 }
 ROUTE_GONE = ("ESRCH", "ENODEV")
 RULE_GONE = ("ENOENT", "ENODEV")

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from . import dns
+from . import dns, mss
 from .config import Compression, SiteConfig, server_address_error
 from .errors import CommandFailed, RemoteFailed, TunnelError
 from .events import (
@@ -193,6 +193,7 @@ class Attempt:
             self.emit(Note(f"IPv6 up: {ours} -> {peer}"))
         self.remote_interface = await self._until("finding the remote interface", self._remote_if())
         self.emit(LinkUp(link.interface, link.local, link.remote, self.remote_interface))
+        await self._clamp_mss(link.interface)  # before any route sends traffic through
 
         if cfg.full_tunnel:
             await self._pin_server_route()
@@ -389,6 +390,37 @@ class Attempt:
                        "continue)"))  # fmt: skip
         self.emit(ErrorRecorded(f"up command failed: {failure}"))
 
+    # ------------------------------------------------------------------ MSS clamping
+
+    async def _clamp_mss(self, ifname: str) -> None:
+        """Clamp TCP's MSS through the link (mss.py) with the first backend that works; each
+        step into the ledger. mss_clamp = yes fails the start when none does, auto warns."""
+        if not mss.wanted(self.cfg):
+            return
+        why: list[tuple[str, str]] = []
+        for tool, steps in mss.backends(self.cfg, ifname):
+            done: list[Entry] = []
+            try:
+                for step in steps:
+                    await self._local(step.apply)
+                    done.append(entry := mss.entry(step))
+                    self.ledger.add(entry)
+            except CommandFailed as exc:
+                why.append((tool, mss.reason(exc.stderr)))
+                self.emit(Note(f"note: {tool}: {why[-1][1]}"))
+                for entry in reversed(done):
+                    self.ledger.remove(entry)
+                    await self._undo_local(entry)
+                continue
+            sizes = ", ".join(f"{size} ({family})" for family, size in mss.clamp_sizes(self.cfg))
+            self.emit(Note(f"TCP MSS clamped to {sizes} through {ifname} ({tool})"))
+            return
+        text = mss.failure(self.cfg, why)
+        if self.cfg.mss_clamp:
+            raise TunnelError(text)
+        self.emit(Note(f"warning: {text}"))
+        self.emit(ErrorRecorded(text, keep_first=True))
+
     # ------------------------------------------------------------------ watch
 
     async def watch(self) -> str:
@@ -466,6 +498,8 @@ class Attempt:
         except CommandFailed as exc:
             if entry.kind == "dns" and already_gone(entry, exc):
                 self.emit(Note(f"{entry.what.partition(':')[0]} already gone"))
+            elif entry.kind == "mss" and already_gone(entry, exc):
+                self.emit(Note(f"already gone: {entry.what}"))
             elif entry.kind != "filter" and already_gone(entry, exc):
                 self.emit(Note(f"route {entry.what.split()[0]} already gone with its interface"))
             else:

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(user-mode-linux kmod ppp openssh-server openssh-client sudo iproute2 iputils-ping
-          procps util-linux shellcheck systemd iperf3 tinyproxy-bin)
+          procps util-linux shellcheck systemd iperf3 tinyproxy-bin nftables iptables)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

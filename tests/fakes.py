@@ -31,18 +31,22 @@ LOCAL, PEER, IFNAME, REMOTE_IF, PID = "10.99.0.1", "10.99.0.2", "ppp0", "ppp5", 
 def site(extra: str = "", **sections: str) -> SiteConfig:
     """A site file: helper mode, one network each side; extra lines per section (the
     [networks] section given replaces the default one)."""
+    return parse(site_text(extra, **sections), Path("/etc/pppssh/site-b.conf"))
+
+
+def site_text(extra: str = "", **sections: str) -> str:
+    """The text of site()'s file."""
     text = {
         "site": "name = site-b\n",
         "remote": "host = gw.example.net\nuser = vpn\nidentity = id\nknown_hosts = kh\n"
         "helper = yes\n",
-        "ppp": f"local_address = {LOCAL}\nremote_address = {PEER}\n",
+        "ppp": f"local_address = {LOCAL}\nremote_address = {PEER}\nmss_clamp = no\n",  # test_mss
         "networks": "local = 10.1.0.0/24\nremote = 10.2.0.0/24\n",
         "hooks": "",
     }
     for name, lines in sections.items():
         text[name] = lines if name == "networks" else text[name] + lines
-    body = "".join(f"[{name}]\n{lines}" for name, lines in text.items()) + extra
-    return parse(body, Path("/etc/pppssh/site-b.conf"))
+    return "".join(f"[{name}]\n{lines}" for name, lines in text.items()) + extra
 
 
 class World:

@@ -62,6 +62,7 @@ local_address = 192.168.50.250
 remote_address = 10.1.2.250
 mtu = 1300
 mru = 1350
+mss_clamp = yes
 proxyarp = BOTH
 compression = Deflate
 ipv6 = No

@@ -19,7 +19,7 @@ from pppssh.ledger import Entry
 from pppssh.lifecycle import recover
 from pppssh.plan import local_pppd_argv, remote_pppd_options, shell_join
 from pppssh.system import State
-from tests.fakes import World, fake_ports, site
+from tests.fakes import World, fake_ports, site, site_text
 from tests.test_lifecycle import ROUTE_HERE, ROUTE_THERE, Recorder, harness, reload_when_up
 
 CTL = "/usr/bin/resolvectl"
@@ -32,6 +32,10 @@ def dns_site(lines: str = "servers = 10.2.0.53\ndomains = corp.example ~lab.exam
              **sections: str) -> SiteConfig:  # fmt: skip
     """fakes.site() with a [dns] section."""
     return site(extra="[dns]\n" + lines, **sections)
+
+
+# The line of the [dns] section's first key in fakes.site()'s file (after its other sections).
+DNS_LINE = site_text("[dns]\n").splitlines().index("[dns]") + 2
 
 
 def refusal(text: str) -> str:
@@ -52,27 +56,29 @@ def test_servers_and_domains_parse() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "line", "key", "says"),
+    ("text", "after", "key", "says"),
     [
-        ("servers = dns.example", 17, "servers", "'dns.example' is not an IP address"),
-        ("servers = 10.2.0.53:53", 17, "servers", "is not an IP address"),
-        ("servers = 127.0.0.53", 17, "servers", "cannot be a DNS server reached through"),
-        ("servers = 0.0.0.0", 17, "servers", "cannot be a DNS server"),
-        ("servers = 10.2.0.53 10.2.0.53", 17, "servers", "listed twice"),
-        ("servers = 8.8.8.8", 17, "servers", "8.8.8.8 is not reached through the link"),
-        ("servers = 2001:db8:b::53", 17, "servers", "is not reached through the link"),
-        ("servers = 10.2.0.53\ndomains = a..b", 18, "domains", "'a..b' is not a DNS domain"),
-        ("servers = 10.2.0.53\ndomains = -x.example", 18, "domains", "is not a DNS domain"),
-        ("servers = 10.2.0.53\ndomains = ~", 18, "domains", "'~' is not a DNS domain"),
-        ("servers = 10.2.0.53\ndomains = .", 18, "domains", "'.' is not a DNS domain"),
-        ("servers = 10.2.0.53\ndomains = bücher.example", 18, "domains", "xn-- form"),
-        ("servers = 10.2.0.53\ndomains = a.example A.example.", 18, "domains", "listed twice"),
-        ("servers = 10.2.0.53\ndomains = $(reboot)", 18, "domains", "is not a DNS domain"),
-        ("domains = corp.example", 17, "domains", "needs servers in [dns]"),
+        ("servers = dns.example", 0, "servers", "'dns.example' is not an IP address"),
+        ("servers = 10.2.0.53:53", 0, "servers", "is not an IP address"),
+        ("servers = 127.0.0.53", 0, "servers", "cannot be a DNS server reached through"),
+        ("servers = 0.0.0.0", 0, "servers", "cannot be a DNS server"),
+        ("servers = 10.2.0.53 10.2.0.53", 0, "servers", "listed twice"),
+        ("servers = 8.8.8.8", 0, "servers", "8.8.8.8 is not reached through the link"),
+        ("servers = 2001:db8:b::53", 0, "servers", "is not reached through the link"),
+        ("servers = 10.2.0.53\ndomains = a..b", 1, "domains", "'a..b' is not a DNS domain"),
+        ("servers = 10.2.0.53\ndomains = -x.example", 1, "domains", "is not a DNS domain"),
+        ("servers = 10.2.0.53\ndomains = ~", 1, "domains", "'~' is not a DNS domain"),
+        ("servers = 10.2.0.53\ndomains = .", 1, "domains", "'.' is not a DNS domain"),
+        ("servers = 10.2.0.53\ndomains = bücher.example", 1, "domains", "xn-- form"),
+        ("servers = 10.2.0.53\ndomains = a.example A.example.", 1, "domains", "listed twice"),
+        ("servers = 10.2.0.53\ndomains = $(reboot)", 1, "domains", "is not a DNS domain"),
+        ("domains = corp.example", 0, "domains", "needs servers in [dns]"),
     ],
 )
-def test_bad_values_name_file_line_and_key(text: str, line: int, key: str, says: str) -> None:
+def test_bad_values_name_file_line_and_key(text: str, after: int, key: str, says: str) -> None:
+    """The line is the [dns] section's first (after = 0) or second (after = 1) line."""
     message = refusal(text + "\n")
+    line = DNS_LINE + after
     assert message.startswith(f"/etc/pppssh/site-b.conf:{line}: {key}: "), message
     assert says in message
 
@@ -141,7 +147,9 @@ def test_resolvconf_refuses_routing_only_domains() -> None:
     cfg = dns_site()
     error = dns.refusal(cfg, RESOLVCONF)
     assert error is not None
-    assert str(error).startswith("/etc/pppssh/site-b.conf:18: domains: ~lab.example: a routing")
+    assert str(error).startswith(
+        f"/etc/pppssh/site-b.conf:{DNS_LINE + 1}: domains: ~lab.example: a routing"
+    )
     assert (
         dns.refusal(dns_site("servers = 10.2.0.53\ndomains = ~. x.example\n"), RESOLVCONF) is None
     )
@@ -209,7 +217,7 @@ def test_detect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolver is None and "writable by" in why, why
     cfg = dns_site()
     assert str(dns.missing(cfg, why)).startswith(
-        "/etc/pppssh/site-b.conf:17: servers: no way to set DNS on this gateway: "
+        f"/etc/pppssh/site-b.conf:{DNS_LINE}: servers: no way to set DNS on this gateway: "
     )
 
 
@@ -269,7 +277,8 @@ def test_no_method_fails_the_start_before_anything_changes(
     h = harness(dns_site())
     assert h.run() == 1
     assert h.world.calls == [] and h.world.connects == 0
-    assert any("site-b.conf:17: servers: no way to set DNS" in line for line in h.lines())
+    said = f"site-b.conf:{DNS_LINE}: servers: no way to set DNS"
+    assert any(said in line for line in h.lines())
 
 
 def test_a_refused_dns_command_undoes_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
