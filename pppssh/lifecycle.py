@@ -154,7 +154,7 @@ class Attempt:
         clock = self.ports.clock
         self._deadline = clock.monotonic() + cfg.up_timeout
         self.emit(Connecting(cfg.destination, str(cfg.known_hosts)))
-        self.ssh = ssh = self.ports.ssh()
+        self.ssh = ssh = self.ports.ssh(cfg)
         server = await ssh.connect()
         self.connected = True
         self.emit(Connected(printable(server)))

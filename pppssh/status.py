@@ -68,6 +68,8 @@ def site_status(state: State, now: float | None = None) -> dict[str, Any]:
         "reconnects": state.reconnects,
         "last_error": state.last_error,
         "log": state.log,
+        "server": state.server,
+        "servers": state.servers,
     }
 
 
@@ -109,6 +111,11 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         for where in ("here", "there"):
             routes = row[f"routes_{where}"]
             lines.append(f"{row['site']} routes {where}: {', '.join(routes) or 'none'}")
+        if row.get("server"):
+            servers = row.get("servers") or [row["server"]]
+            rank = servers.index(row["server"]) + 1 if row["server"] in servers else 0
+            more = f" ({rank} of {len(servers)}: {', '.join(servers)})" if len(servers) > 1 else ""
+            lines.append(f"{row['site']} gateway: {row['server']}{more}")
     return "\n".join(lines)
 
 
