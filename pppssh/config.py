@@ -522,7 +522,8 @@ def _servers(value: str) -> list[tuple[str, int | None]]:
     takes no port), comma or space separated, none twice."""
     found: list[tuple[str, int | None]] = []
     for word in value.replace(",", " ").split():
-        server = (_host(word), None) if word.count(":") > 1 else _host_port(word, "gateway")
+        bare_v6 = word.count(":") > 1 and not word.startswith("[")
+        server = (_host(word), None) if bare_v6 else _host_port(word, "gateway")
         if server in found:
             raise ValueError(f"'{word}' is listed twice")
         found.append(server)
