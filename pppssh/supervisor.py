@@ -220,7 +220,7 @@ class Supervisor:
                     self.server = untried[0]
                     self.reporter.report(NextServer(cfg.name, str(exc), shown[self.server]))
                     continue
-                if len(shown) > 1:  # every gateway failed: say each one's reason
+                if len(shown) > 1 and not untried:  # every gateway failed: each one's reason
                     why = "; ".join(f"{shown[i]}: {self._tried[i]}" for i in sorted(self._tried))
                     exc = TunnelError(f"every gateway failed: {why}")
                 if not (cfg.reconnect if self.announced else cfg.retry_start):

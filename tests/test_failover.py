@@ -333,6 +333,22 @@ def test_first_gateway_lost_dials_the_second_then_waits() -> None:
     assert links(s) == [GW1, GW1]
 
 
+def test_without_reconnect_a_lost_link_ends_the_site_on_any_gateway() -> None:
+    """reconnect = no: a link lost on the second is the end, not a move to the first."""
+    s = make(_with_hosts("reconnect = no\nfailback = 0\n"), Gateways(gw1=1))
+
+    def act(event: Event) -> None:
+        """Up on gw2: lose it."""
+        if isinstance(event, Ready):
+            assert s.supervisor.live is not None and s.supervisor.live.ssh is not None
+            s.supervisor.live.ssh.lose("Connection lost")  # type: ignore[attr-defined]
+
+    s.watcher.act = act
+    assert s.run() == 1
+    assert s.gateways.dialled == [GW1, GW2]
+    assert s.recorder.lines()[-1].startswith("pppssh: site-b: link down: SSH connection lost")
+
+
 # ---------------------------------------------------------------------------- failback
 
 
@@ -441,3 +457,50 @@ def test_reload_on_the_second_keeps_its_gateway() -> None:
     assert s.run() == 0
     assert outcome == [True] and hosts == ["gw2.example.net"]
     assert s.supervisor.cfg.failback == 10.0 and s.supervisor.cfg.host == "gw1.example.net"
+
+
+# ---------------------------------------------------------------------------- check, routes
+
+
+def test_check_checks_every_gateway_each_line_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pppssh check`: the local checks once, then each gateway's remote checks in order."""
+    from pppssh import check
+
+    seen: list[str] = []
+
+    async def remote(cfg: SiteConfig) -> list[check.Check]:
+        """One line per gateway, as the real remote checks would give."""
+        seen.append(cfg.destination)
+        return [check.Check("host key known", cfg.port == 22, "in kh")]
+
+    monkeypatch.setattr(check, "_local_checks", lambda cfg: [check.Check("local pppd", True)])
+    monkeypatch.setattr(check, "_remote_checks", remote)
+    lines = check.render(asyncio.run(check.run_checks(_with_hosts()))).splitlines()
+    assert seen == ["vpn@gw1.example.net:22", "vpn@gw2.example.net:2222"]
+    assert lines == [
+        "\u2713 local pppd",
+        f"\u2713 {GW1}: host key known: in kh",
+        f"\u2717 {GW2}: host key known: in kh",
+    ]
+
+
+@pytest.mark.parametrize(("server", "pinned"), [("192.0.2.9:22", "192.0.2.9"), (None, "192.0.2.8")])
+def test_routes_print_gateways_follows_the_gateway_in_use(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], server: str | None,
+    pinned: str,
+) -> None:  # fmt: skip
+    """The full tunnel's pinned server and the remote gateway named are those of the
+    gateway the running link is on (the first when none runs)."""
+    from pppssh import cli
+
+    text = _text("host = 192.0.2.8, 192.0.2.9\n") + "[networks]\nfull_tunnel = yes\n"
+    cfg = parse(text, Path("/etc/pppssh/site-b.conf"))
+    state = State(site="site-b", config="x", pid=1, state="up", interface="ppp3",
+                  remote_interface="ppp4", server=server)  # fmt: skip
+    monkeypatch.setattr(cli, "_load", lambda path, files=True: cfg)
+    monkeypatch.setattr(cli, "read_state", lambda site: state if server else None)
+    monkeypatch.setattr(cli, "pid_alive", lambda pid: True)
+    assert cli.main(["routes", "--print", "--gateways", "/etc/pppssh/site-b.conf"]) == 0
+    out = capsys.readouterr().out
+    assert f"ip route add {pinned}/32 ..." in out
+    assert f"# on the remote gateway {pinned}, as vpn" in out
