@@ -89,6 +89,10 @@ class GatewayTransport(FakeTransport):
             raise Unreachable(f"cannot reach {host}:{self.cfg.port}: Connection refused")
         return await super().connect()
 
+    def peer_address(self) -> str:
+        """Each gateway's own address, as connected."""
+        return {"gw1.example.net": "203.0.113.1", "gw2.example.net": "203.0.113.2"}[self.cfg.host]
+
     async def run(self, command: Any, timeout: float = 60.0) -> str:
         """A remote request, noted on this connection too."""
         self.ran.append(command.shown)
@@ -347,6 +351,18 @@ def test_without_reconnect_a_lost_link_ends_the_site_on_any_gateway() -> None:
     assert s.run() == 1
     assert s.gateways.dialled == [GW1, GW2]
     assert s.recorder.lines()[-1].startswith("pppssh: site-b: link down: SSH connection lost")
+
+
+def test_full_tunnel_pins_the_gateway_in_use() -> None:
+    """On the second gateway the host route kept out of the tunnel is the second's."""
+    cfg = dataclasses.replace(_with_hosts("failback = 0\n"), full_tunnel=True)
+    s = make(cfg, Gateways(gw1=math.inf))
+    s.watcher.act = lambda e: s.stop() if isinstance(e, Ready) else None
+    assert s.run() == 0
+    local = [what for where, what in s.world.calls if where == "local"]
+    assert "ip -4 route get 203.0.113.2" in local
+    assert "ip route add 203.0.113.2/32 via 192.0.2.1 dev eth0 onlink" in local
+    assert not any("203.0.113.1" in line for line in local)
 
 
 # ---------------------------------------------------------------------------- failback
