@@ -149,10 +149,10 @@ class Supervisor:
 
     async def _failback_loop(self, attempt: Attempt) -> None:
         """On a later gateway: every `failback` seconds, probe the first; move back once it
-        accepts the login, else keep the link where it is."""
-        while True:
+        accepts the login, else keep the link where it is (a reload may set failback = 0)."""
+        while self.cfg.failback:
             await self.ports.clock.sleep(self.cfg.failback)
-            if self.live is not attempt or self.stopping:
+            if self.live is not attempt or self.stopping or not self.cfg.failback:
                 return
             ok, detail = await self._probe(self.cfg.at_server(0))
             if self.live is not attempt or self.stopping:

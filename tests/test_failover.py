@@ -520,3 +520,28 @@ def test_routes_print_gateways_follows_the_gateway_in_use(
     out = capsys.readouterr().out
     assert f"ip route add {pinned}/32 ..." in out
     assert f"# on the remote gateway {pinned}, as vpn" in out
+
+
+def test_failback_zero_from_a_reload_ends_the_probing() -> None:
+    """The loop reads failback anew after each wait: once a reload has set it to 0 (what
+    reload() leaves in supervisor.cfg), no probe follows."""
+    s = make(_with_hosts("failback = 50\n"), Gateways(gw1=math.inf))
+    new = dataclasses.replace(s.cfg, failback=0.0)
+
+    def act(event: Event) -> None:
+        """First probe refused: failback = 0 from now on; stop a few loop turns later."""
+        if isinstance(event, Failback):
+            s.supervisor.cfg = new
+
+            async def later() -> None:
+                """Let the loop turn, then stop."""
+                for _ in range(20):
+                    await asyncio.sleep(0)
+                s.stop()
+
+            asyncio.get_running_loop().create_task(later())
+
+    s.watcher.act = act
+    assert s.run() == 0
+    assert len(s.events(Failback)) == 1
+    assert s.waits() == [50.0]  # no new wait, no second probe
