@@ -491,7 +491,7 @@ def hold_site(cfg: SiteConfig, ready_fd: int | None) -> int:
 def real_ports(cfg: SiteConfig) -> Ports:
     """The ports of a real site."""
     return Ports(
-        ssh=lambda: AsyncsshTransport(cfg),
+        ssh=AsyncsshTransport,
         pppd=lambda: PtyPppd(cfg),
         runner=SubprocessRunner(),
         store=RunDirStore(),

@@ -20,7 +20,7 @@ from pathlib import Path
 from . import commands, dns, mss, trust
 from .asyncssh_compat import asyncssh
 from .commands import root_ops, sudoers_rules
-from .config import Network, SiteConfig, server_address_error
+from .config import Network, SiteConfig, server_address_error, server_text
 from .errors import PppsshError
 from .plan import Command
 from .remote_setup import SUDOERS_DIR, file_name, sudoers_name
@@ -489,5 +489,11 @@ async def _remote_helper(cfg: SiteConfig, conn: asyncssh.SSHClientConnection) ->
 async def run_checks(cfg: SiteConfig) -> list[Check]:
     """Every check for a site whose file parsed, local first."""
     checks = _local_checks(cfg)
-    checks += await _remote_checks(cfg)
+    if len(cfg.servers) == 1:
+        return checks + await _remote_checks(cfg)
+    for index, server in enumerate(cfg.servers):  # each gateway of host, named on its lines
+        checks += [
+            Check(f"{server_text(server)}: {c.what}", c.ok, c.detail, c.fix)
+            for c in await _remote_checks(cfg.at_server(index))
+        ]
     return checks

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .config import _SITE_NAME, ConfigError, SiteConfig, check_files, load
+from .config import _SITE_NAME, ConfigError, SiteConfig, check_files, load, server_text
 from .errors import EXIT_USAGE, Fail, PppsshError
 from .events import STAMP
 from .system import (
@@ -392,6 +392,9 @@ def cmd_routes(args: argparse.Namespace) -> int:
         running = state is not None and pid_alive(state.pid) and state.state == "up"
         local_if = state.interface if running and state else None
         remote_if = state.remote_interface if running and state else None
+        shown = [server_text(server) for server in cfg.servers]
+        if running and state and state.server in shown:  # the gateway of host now in use
+            cfg = cfg.at_server(shown.index(state.server))
         sys.stdout.write(gateway_commands(cfg, local_if, remote_if))
     elif args.json:
         sys.stdout.write(render_json(cfg))

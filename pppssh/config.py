@@ -9,7 +9,7 @@ import os
 import re
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,8 @@ class SiteConfig:
     ssh_config: Path | None = None
     dns_servers: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()  # [dns]
     dns_domains: tuple[str, ...] = ()
+    secondaries: tuple[tuple[str, int], ...] = ()  # host's gateways after the first, in order
+    failback: float = 300.0
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -197,6 +199,18 @@ class SiteConfig:
         """user@host:port, for messages."""
         return f"{self.user}@{self.host}:{self.port}"
 
+    @property
+    def servers(self) -> tuple[tuple[str, int], ...]:
+        """The remote gateways of `host`, in order of preference: (host, port) each."""
+        return ((self.host, self.port), *self.secondaries)
+
+    def at_server(self, index: int) -> SiteConfig:
+        """This site as reached at servers[index] (its host key looked up under that name)."""
+        if index == 0:
+            return self
+        host, port = self.secondaries[index - 1]
+        return replace(self, host=host, port=port)
+
     def remote_pppd_command(self) -> tuple[str, ...]:
         """The argv prefix that starts pppd on the remote gateway (through sudo by default)."""
         return (*self.sudo, self.remote_pppd)
@@ -204,6 +218,12 @@ class SiteConfig:
     def remote_ip_command(self) -> tuple[str, ...]:
         """The argv prefix that changes routes on the remote gateway."""
         return (*self.sudo, self.remote_ip)
+
+
+def server_text(server: tuple[str, int]) -> str:
+    """A gateway of SiteConfig.servers as host:port ([v6]:port), for messages and status."""
+    host, port = server
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # --------------------------------------------------------------------------- value parsers
@@ -500,6 +520,30 @@ def _host_port(text: str, what: str) -> tuple[str, int | None]:
     return _host(host), port
 
 
+def _servers(value: str) -> list[tuple[str, int | None]]:
+    """The gateways of `host` in order: host, host:port or [v6]:port (a bare IPv6 address
+    takes no port), comma or space separated, none twice."""
+    found: list[tuple[str, int | None]] = []
+    for word in value.replace(",", " ").split():
+        bare_v6 = word.count(":") > 1 and not word.startswith("[")
+        server = (_host(word), None) if bare_v6 else _host_port(word, "gateway")
+        if server in found:
+            raise ValueError(f"'{word}' is listed twice")
+        found.append(server)
+    if not found:
+        raise ValueError("no gateway given")
+    return found
+
+
+def _hosts(value: str) -> str:
+    """`host`: one gateway as before, or several in order of preference (see _servers)."""
+    found = _servers(value)
+    if len(found) == 1 and found[0][1] is None:
+        return found[0][0]
+    return ", ".join(f"[{h}]:{p}" if ":" in h and p else h + (f":{p}" if p else "")
+                     for h, p in found)  # fmt: skip
+
+
 def _jump(value: str) -> tuple[Hop, ...]:
     """Jump hosts in order, like ProxyJump: `[user@]host[:port]`, comma or space separated."""
     hops: list[Hop] = []
@@ -658,7 +702,15 @@ SCHEMA: tuple[Key, ...] = (
     Key("site", "retry_start", "retry_start", "no", _yes_no,
         "no: `start` fails at once when the first attempt fails. yes: the site keeps trying "
         "like a reconnect; `start` returns after the first failure, saying it keeps trying."),
-    Key("remote", "host", "host", None, _host, "The remote gateway's SSH address (name or IP)."),
+    Key("site", "failback", "failback", "300", _as_seconds(0, 86400),
+        "With several gateways in `host`: seconds on a later one after which the first is "
+        "tried again (a full SSH login, the link kept meanwhile); when it answers, the link "
+        "moves back to it. 0: never."),
+    Key("remote", "host", "host", None, _hosts,
+        "The remote gateway's SSH address (name or IP); or several, comma separated, in order "
+        "of preference (`gw1.example.net, gw2.example.net:2222`; port: `port`), each set up "
+        "alike and with its own host key in `known_hosts`: a failed start or a lost link "
+        "dials the next."),
     Key("remote", "port", "port", "22", _as_int(1, 65535), "Its SSH port."),
     Key("remote", "user", "user", "", _user_or_empty,
         "The restricted, non-root account on the remote gateway (required, unless "
@@ -1048,6 +1100,12 @@ def parse(text: str, path: Path) -> SiteConfig:
     for attr in ("jump_identity", "proxy_auth", "certificate"):
         if parsed[attr] is not None:
             parsed[attr] = (base / parsed[attr].expanduser()).absolute()
+    servers = [(h, p or parsed["port"]) for h, p in _servers(parsed["host"])]
+    if servers[0][1] != parsed["port"] and lines["port"]:
+        raise err("port", f"also given in host ({servers[0][1]}); give it in one place")
+    (parsed["host"], parsed["port"]), parsed["secondaries"] = servers[0], tuple(servers[1:])
+    if parsed["secondaries"] and parsed["ssh_config"] is not None:
+        raise err("ssh_config", "takes one gateway in host; write each one's address there")
     _check_reach(parsed, err)
     if parsed["local_address"] == parsed["remote_address"]:
         raise err("remote_address", "must differ from local_address")
@@ -1125,9 +1183,10 @@ def server_address_error(cfg: SiteConfig, peer: str) -> ConfigError | None:
 
 def _check_server_address(parsed: dict[str, Any], err: Callable[[str, str], ConfigError]) -> None:
     """A host given as an IP literal must not be one of the PPP addresses."""
-    clash = server_address_clash(parsed["host"], parsed["local_address"], parsed["remote_address"])
-    if clash is not None:
-        raise err(clash[0], server_address_message(clash[1], "host"))
+    for host, _ in ((parsed["host"], 0), *parsed["secondaries"]):
+        clash = server_address_clash(host, parsed["local_address"], parsed["remote_address"])
+        if clash is not None:
+            raise err(clash[0], server_address_message(clash[1], "host"))
 
 
 def _split_ipv6(parsed: dict[str, Any], err: Callable[[str, str], ConfigError]) -> None:

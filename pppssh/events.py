@@ -26,6 +26,7 @@ __all__ = [
     "Connecting",
     "ErrorRecorded",
     "Event",
+    "Failback",
     "Failed",
     "HookOutput",
     "IpcpUp",
@@ -36,6 +37,7 @@ __all__ = [
     "LocalPppdStarted",
     "LocalPppdStopped",
     "LogReporter",
+    "NextServer",
     "Note",
     "NotifyReporter",
     "Ready",
@@ -47,6 +49,7 @@ __all__ = [
     "Reporter",
     "Reporters",
     "RouteAdded",
+    "ServerChosen",
     "SignalReceived",
     "StampedFormatter",
     "Starting",
@@ -292,6 +295,59 @@ class Reconnecting(Event):
 
 
 @dataclass(frozen=True)
+class ServerChosen(Event):
+    """The next attempt dials servers[index] (host:port each, in the order of `host`)."""
+
+    site: str
+    index: int
+    servers: tuple[str, ...]
+
+    @property
+    def server(self) -> str:
+        """The gateway dialled, host:port."""
+        return self.servers[self.index]
+
+    def line(self) -> str | None:
+        """gateway 2 of 2: host:port (nothing with one gateway)."""
+        if len(self.servers) == 1:
+            return None
+        return f"gateway {self.index + 1} of {len(self.servers)}: {self.server}"
+
+
+@dataclass(frozen=True)
+class NextServer(Event):
+    """An attempt failed (or a link was lost) and the next gateway is dialled at once."""
+
+    site: str
+    cause: str
+    server: str
+
+    def line(self) -> str:
+        """pppssh: NAME: cause; trying the next gateway, host:port, now."""
+        return f"pppssh: {self.site}: {self.cause}; trying the next gateway, {self.server}, now"
+
+
+@dataclass(frozen=True)
+class Failback(Event):
+    """On a later gateway, the first was probed (SSH login, host key checked): ok or why not."""
+
+    site: str
+    server: str
+    ok: bool
+    detail: str
+    current: str
+    retry: float
+
+    def line(self) -> str:
+        """pppssh: NAME: failback: host:port accepts the login, moving back; or not ready."""
+        if self.ok:
+            return (f"pppssh: {self.site}: failback: {self.server} accepts the login "
+                    f"({self.detail}); moving the link back to it from {self.current}")  # fmt: skip
+        return (f"pppssh: {self.site}: failback: {self.server} not ready ({self.detail}); "
+                f"staying on {self.current}, next try in {self.retry:g}s")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class SignalReceived(Event):
     """SIGTERM or SIGINT: the site stops."""
 
@@ -457,6 +513,10 @@ class NotifyReporter(Reporter):
                 self.send(status)
             else:
                 self.send("READY=1", status)
+        elif isinstance(event, NextServer):
+            self.last = event.cause  # the Connecting that follows says it
+        elif isinstance(event, Failback) and event.ok:
+            self.send(f"STATUS=failback: moving the link back to {event.server}")
         elif isinstance(event, LinkDown):  # said at once, not after the undo
             after = "reconnecting" if event.reconnecting else "stopping"
             self.send(f"STATUS={after}: link down: {event.cause}")
@@ -511,6 +571,13 @@ class StateReporter(Reporter):
             s.reconnects += 1
             s.state, s.last_error, s.up_since = "reconnecting", event.cause, None
             s.ssh_rtt = None
+        elif isinstance(event, NextServer):
+            s.reconnects += 1
+            s.last_error, s.up_since, s.ssh_rtt = event.cause, None, None
+            if s.state != "starting":
+                s.state = "reconnecting"
+        elif isinstance(event, ServerChosen):
+            s.server, s.servers = event.server, list(event.servers)
         elif not isinstance(event, Starting | Connecting):
             return
         if s.state != was:

@@ -158,7 +158,7 @@ class Attempt:
         self._deadline = clock.monotonic() + cfg.up_timeout
         self.resolver = self._dns_resolver(cfg)  # before anything changes
         self.emit(Connecting(cfg.destination, str(cfg.known_hosts)))
-        self.ssh = ssh = self.ports.ssh()
+        self.ssh = ssh = self.ports.ssh(cfg)
         server = await ssh.connect()
         self.connected = True
         self.emit(Connected(printable(server)))

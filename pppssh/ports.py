@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .config import SiteConfig
 from .errors import CommandFailed
 from .localppp import LinkInfo
 from .plan import Command
@@ -230,7 +231,7 @@ class Readiness(Protocol):
 class Ports:
     """Everything the lifecycle and the supervisor use of the world."""
 
-    ssh: Callable[[], SshTransport]  # a fresh transport per attempt
+    ssh: Callable[[SiteConfig], SshTransport]  # a fresh transport per attempt, to cfg.host
     pppd: Callable[[], LocalPppd]  # a fresh local pppd per attempt
     runner: Runner
     store: StateStore

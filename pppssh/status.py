@@ -128,6 +128,8 @@ def site_status(state: State, now: float | None = None) -> dict[str, Any]:
         "started": _number(state.started),
         "state_since": _number(state.state_since) or _number(state.started),
         "ssh_rtt": _number(state.ssh_rtt) if up else None,
+        "server": state.server,
+        "servers": state.servers,
     }
 
 
@@ -169,6 +171,11 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         for where in ("here", "there"):
             routes = row[f"routes_{where}"]
             lines.append(f"{row['site']} routes {where}: {', '.join(routes) or 'none'}")
+        if row.get("server"):
+            servers = row.get("servers") or [row["server"]]
+            rank = servers.index(row["server"]) + 1 if row["server"] in servers else 0
+            more = f" ({rank} of {len(servers)}: {', '.join(servers)})" if len(servers) > 1 else ""
+            lines.append(f"{row['site']} gateway: {row['server']}{more}")
     return "\n".join(lines)
 
 

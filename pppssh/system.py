@@ -190,6 +190,8 @@ class State:
     state_since: float | None = None  # when `state` last changed (None: since `started`)
     ssh_rtt: float | None = None  # seconds, the last SSH keepalive's round trip on this link
     log: str | None = None
+    server: str | None = None  # the gateway (host:port) the link is on, or being dialled
+    servers: list[str] = field(default_factory=list)  # every gateway of host, in order
     # The ledger (ledger.Entry.to_json() each): what is applied, with its undo. The three
     # lists above are views of it for people and scripts, written from it, never read back.
     ledger: list[dict[str, Any]] = field(default_factory=list)

@@ -449,7 +449,7 @@ def fake_ports(world: World, cfg: SiteConfig) -> tuple[Ports, MemoryStore, FakeC
     """Ports over the world, with its store and clock."""
     store, clock = MemoryStore(), FakeClock()
     ports = Ports(
-        ssh=lambda: FakeTransport(world, cfg),
+        ssh=lambda server: FakeTransport(world, server),
         pppd=lambda: FakePppd(world, cfg),
         runner=FakeRunner(world),
         store=store,

@@ -40,6 +40,7 @@ reconnect_delay = 2.5
 reconnect_delay_max = 30
 reconnect_tries = 12
 retry_start = yes
+failback = 120
 
 [remote]
 host = gw.example.net
