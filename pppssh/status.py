@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import _SITE_NAME
-from .errors import Fail, Missing, Untrusted
+from .errors import Fail, Untrusted
 from .ledger import Entry, Ledger
-from .system import State, pid_alive, run_dir
-from .trust import read_trusted
+from .system import State, pid_alive, read_state, run_dir
 
 __all__ = [
     "FORMATS",
@@ -36,7 +35,6 @@ __all__ = [
 ]
 
 FORMATS = ("table", "json", "prometheus")
-STATE_LIMIT = 1024 * 1024  # a state file is a few KiB; the ledger of many networks more
 # A kernel interface name (IFNAMSIZ: 15 characters, no '/' or white space): the state file's
 # interface is put into a /sys path only if it is one.
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
@@ -184,20 +182,9 @@ def read_site(site: str) -> State | None:
     (or it is not a state file). PermissionError for a user who may not read the run
     directory; Untrusted for a file root must not believe (a link, not root's, writable by
     others, or one that names another site)."""
-    path = run_dir() / f"{site}.json"
-    try:
-        os.stat(path)  # PermissionError here for a user the 0750 directory keeps out
-        data = read_trusted(path, "state file", limit=STATE_LIMIT).data
-    except (FileNotFoundError, Missing):
-        return None
-    try:
-        decoded = json.loads(data)
-        state = State.from_json(decoded) if isinstance(decoded, dict) else None
-    except (ValueError, TypeError):
-        return None
-    if state is None:
-        return None
-    if state.site != site or not _SITE_NAME.match(site):
+    state = read_state(site)
+    if state is not None and not _SITE_NAME.match(site):
+        path = run_dir() / f"{site}.json"
         raise Untrusted(f"state file {path} records site {json.dumps(state.site)}: not its own")
     return state
 

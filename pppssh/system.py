@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import CommandFailed
+from . import trust
+from .errors import CommandFailed, Missing, Untrusted
 from .plan import Command, shell_join
 
 __all__ = [
@@ -242,14 +243,28 @@ def remove_state(site: str) -> None:
         state_path(site).unlink()
 
 
+STATE_LIMIT = 1024 * 1024  # a state file is a few KiB; the ledger of many networks more
+
+
 def read_state(site: str) -> State | None:
-    """The recorded state of one site, or None; PermissionError for a user who is not root."""
+    """The recorded state of one site, read through the trust check (by descriptor: root's,
+    no symbolic link, not writable by others), or None when there is none or it is not a
+    state file. PermissionError for a user who is not root; Untrusted for a file root must
+    not act on (stop and recovery kill the pids it names), or one that names another site."""
+    path = state_path(site)
     try:
-        return State.from_json(json.loads(state_path(site).read_text()))
-    except FileNotFoundError:
+        os.stat(path)  # PermissionError here for a user the 0750 directory keeps out
+        data = trust.read_trusted(path, "state file", limit=STATE_LIMIT).data
+    except (FileNotFoundError, Missing):
         return None
+    try:
+        decoded = json.loads(data)
+        state = State.from_json(decoded) if isinstance(decoded, dict) else None
     except (ValueError, TypeError):
         return None
+    if state is not None and state.site != site:
+        raise Untrusted(f"state file {path} records site {json.dumps(state.site)}: not its own")
+    return state
 
 
 def read_states() -> list[State]:
