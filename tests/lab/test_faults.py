@@ -400,6 +400,9 @@ def test_lcp_echo_misses_spread_over_a_busy_link_do_not_add_up(
     first = start(lab, **QUICK, **ECHO, ppp_local_pppd=str(lcpdrop))
     pppd = lab.pids("gw-a", "pppd")
     assert "lcp-echo-adaptive" in Path(f"/proc/{pppd[0]}/cmdline").read_text().split("\0")
+    # remote-setup asked gw-b's pppd (2.4.9 too) for its version: echoes without adaptive there
+    peers = Path("/etc/ppp/peers/pppssh-site-b").read_text().splitlines()
+    assert "lcp-echo-interval 1" in peers and "lcp-echo-adaptive" not in peers, peers
     pinger = lab.spawn("ws-b", ["ping", "-n", "-q", "-i", "0.2", WS_A], stdout=subprocess.DEVNULL)
 
     def three_misses() -> float:
