@@ -122,12 +122,12 @@ def nothing_runs(lab: Lab) -> bool:
 
 
 def start(lab: Lab, **overrides: str) -> dict[str, Any]:
-    """Start the site (up, leak-free) and return its status."""
+    """Start the site (up, leak-free) and return its state file (pid, reconnects, ...)."""
     conf = lab.write_site_conf(SITE, **overrides)
     started = pppssh(lab, "start", str(conf))
     assert started.returncode == 0, show(started)
     assert leak_check(lab) == []
-    return status(lab)
+    return site_state()
 
 
 def up_again(lab: Lab, reconnects: int = 1, timeout: float = 90) -> dict[str, Any]:
@@ -172,7 +172,7 @@ def test_wan_down_then_up(lab: Lab, stop_all: None) -> None:
         assert seen.get("state") == "reconnecting", (seen, log())
         assert seen.get("uptime") is None, seen
         assert "link down: " in seen.get("last_error", ""), seen
-        assert not lab.ping("ws-a", WS_B)
+        assert not lab.ping("ws-a", WS_B, wait=1)
         # the first re-dial fails too (Reconnecting counts each wait before a dial)
         assert wait_for(lambda: site_state().get("reconnects", 0) >= 2, timeout=30), log()
         # no LCP echoes and no traffic: gw-b has not noticed a thing
