@@ -21,12 +21,14 @@ runs for it there (as root when it is privileged). Everything else is derived fr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .config import Address, Network, SiteConfig, lan_gateway
 
 __all__ = [
+    "ECHO_ADAPTIVE_FIXED_IN",
     "HELPER_PATH",
     "OLD_POLICY_DIR",
     "PKILL",
@@ -37,6 +39,8 @@ __all__ = [
     "RemoteOp",
     "RouteFact",
     "check",
+    "echo_adaptive_safe",
+    "echo_adaptive_shell",
     "helper_constants",
     "helper_requests",
     "interface",
@@ -44,6 +48,7 @@ __all__ = [
     "peers_name",
     "pidfile",
     "policy_text",
+    "pppd_version",
     "remote_pidfile",
     "root_ops",
     "route",
@@ -64,6 +69,13 @@ SUDO = "/usr/bin/sudo"
 PKILL = "/usr/bin/pkill"
 RUN_DIR = "/run"  # pppd writes /run/ppp-LINKNAME.pid
 STOP_SIGNALS = ("TERM", "KILL")  # a leftover pppd is asked first, then killed
+# With `lcp-echo-adaptive`, pppd 2.4.x counts an unanswered echo until a reply comes, whatever
+# traffic arrives meanwhile (LcpSendEchoRequest returns before resetting lcp_echos_pending:
+# ppp-project/ppp issue #323), so misses spread over hours add up and a busy link is declared
+# dead. Fixed by PR #376 (commit 844b69d: traffic resets the count), first released in 2.5.0;
+# Debian 12 ships 2.4.9. Before that version pppssh sends echoes without it.
+ECHO_ADAPTIVE_FIXED_IN = (2, 5, 0)
+_PPPD_VERSION = re.compile(r"^pppd version (\d+)\.(\d+)(?:\.(\d+))?", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,38 @@ def remote_pidfile(cfg: SiteConfig) -> str:
     """Where the remote pppd (linkname pppssh-SITE-ADDRESS) writes its pid; the helper builds
     the same path from the site name and the policy's peer."""
     return pidfile(cfg.remote_linkname)
+
+
+def pppd_version(output: str) -> tuple[int, int, int] | None:
+    """The version in what `pppd --version` prints (`pppd version 2.4.9`), or None."""
+    m = _PPPD_VERSION.search(output)
+    if m is None:
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def echo_adaptive_safe(version: tuple[int, int, int] | None) -> bool:
+    """Whether `lcp-echo-adaptive` may be given to this pppd: only one that has the fix of
+    ppp-project #323 (2.5.0 on); an unknown version is taken to lack it."""
+    return version is not None and version >= ECHO_ADAPTIVE_FIXED_IN
+
+
+def echo_adaptive_shell(pppd: str) -> str:
+    """POSIX sh lines, for root on the remote gateway, that set pppd_version (what `PPPD
+    --version` says, empty if nothing) and echo_adaptive (yes or no: echo_adaptive_safe's
+    answer for that version)."""
+    major, minor, _ = ECHO_ADAPTIVE_FIXED_IN
+    if (major, minor) != (2, 5):
+        raise ValueError("echo_adaptive_shell: the case patterns below are written for 2.5.0")
+    return (
+        f"pppd_version=$('{pppd}' --version 2>/dev/null |\n"
+        "\tsed -n 's/^pppd version \\([0-9][0-9.]*\\).*/\\1/p' | head -n 1) ||\n"
+        "\tpppd_version=\n"
+        "case $pppd_version in\n"
+        "[3-9].* | [1-9][0-9]*.* | 2.[5-9] | 2.[5-9].* | 2.[1-9][0-9]*) echo_adaptive=yes ;;\n"
+        "*) echo_adaptive=no ;;\n"
+        "esac\n"
+    )
 
 
 def start_pppd(cfg: SiteConfig) -> RemoteOp:

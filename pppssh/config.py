@@ -807,8 +807,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("ppp", "remote_options", "remote_options", "", _pppd_options,
         "Extra options for the remote pppd (the same list)."),
     Key("ppp", "lcp_echo_interval", "lcp_echo_interval", "10", _as_int(0, 3600),
-        "Seconds between LCP echo requests on both ends (0: off). They are sent only when "
-        "nothing came from the peer meanwhile (`lcp-echo-adaptive`)."),
+        "Seconds between LCP echo requests on both ends (0: off). A pppd of 2.5.0 or later "
+        "sends them only when nothing came from the peer meanwhile (`lcp-echo-adaptive`); an "
+        "older one (Debian 12's 2.4.9) every interval (see Staying up)."),
     Key("ppp", "lcp_echo_failure", "lcp_echo_failure", "3", _as_int(1, 100),
         "Unanswered LCP echoes before a pppd declares its peer dead (30 s with the defaults)."),
     Key("ppp", "up_timeout", "up_timeout", "60", _as_seconds(1, 3600),

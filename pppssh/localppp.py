@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 from ptyprocess import PtyProcess
 
+from .commands import pppd_version
 from .config import SiteConfig
 from .plan import local_pppd_argv
 from .sanitize import valid_ifname
-from .system import plain_env
+from .system import plain_env, probe
 
 __all__ = ["EXIT_CODES", "LinkInfo", "LocalPppd", "describe_exit"]
 
@@ -108,6 +109,7 @@ class LocalPppd:
         self.ipcp_up: asyncio.Future[LinkInfo] = loop.create_future()
         self.ipv6cp_up: asyncio.Future[tuple[str, str]] = loop.create_future()  # (ours, peer)
         self._local_ll: str | None = None
+        self.version: tuple[int, int, int] | None = None  # what `pppd --version` said
         self.exited: asyncio.Future[int | None] = loop.create_future()
         self._logr: int | None = None
         self._pidfd: int | None = None
@@ -125,10 +127,15 @@ class LocalPppd:
         return int(self.proc.fd)
 
     def start(self) -> list[str]:
-        """Spawn pppd on a fresh pty; returns the argv it ran."""
+        """Spawn pppd on a fresh pty; returns the argv it ran (its LCP echo options follow
+        the version the same program reports: ppp-project #323)."""
+        # the very program (path checked by config.check_files) that runs next; asked on each
+        # start, as an upgrade of pppd between two links is taken into account
+        _, said = probe([self.cfg.local_pppd, "--version"], timeout=5.0)
+        self.version = pppd_version(said)
         logr, logw = os.pipe()
         os.set_inheritable(logw, True)  # pass_fds alone does not clear close-on-exec
-        argv = local_pppd_argv(self.cfg, logw)
+        argv = local_pppd_argv(self.cfg, logw, self.version)
         try:
             self.proc = PtyProcess.spawn(argv, env=plain_env(), echo=False, pass_fds=(logw,))
         finally:

@@ -67,9 +67,10 @@ def _compression_options(cfg: SiteConfig) -> list[str]:
 
 
 def _common_pppd_options(
-    cfg: SiteConfig, linkname: str, ours: str, peer: str, proxyarp: bool
+    cfg: SiteConfig, linkname: str, ours: str, peer: str, proxyarp: bool, echo_adaptive: bool
 ) -> list[str]:
-    """Options both pppds get; the device is the pty on stdin."""
+    """Options both pppds get; the device is the pty on stdin. echo_adaptive: the pppd has the
+    fix of ppp-project #323 (commands.echo_adaptive_safe)."""
     options = [
         "nodetach",
         "noauth",
@@ -87,8 +88,12 @@ def _common_pppd_options(
         options += [
             "lcp-echo-interval", str(cfg.lcp_echo_interval),
             "lcp-echo-failure", str(cfg.lcp_echo_failure),
-            "lcp-echo-adaptive",  # no echoes while traffic flows: a full link is not dead
         ]  # fmt: skip
+        if echo_adaptive:  # no echoes while traffic flows, and traffic resets the misses
+            options.append("lcp-echo-adaptive")
+        # Without it (pppd before 2.5.0) an echo goes every interval, busy or not, and each
+        # reply resets the count: a full link is not dead while its echoes come back within
+        # lcp_echo_interval x lcp_echo_failure seconds, queues and all.
     else:
         options += ["lcp-echo-interval", "0"]
     options.append("proxyarp" if proxyarp else "noproxyarp")
@@ -105,12 +110,20 @@ def _ipv6_options(cfg: SiteConfig, ours: str, peer: str) -> list[str]:
     return ["+ipv6", "ipv6", f"{ours},{peer}"] if cfg.ipv6 else ["noipv6"]
 
 
-def local_pppd_argv(cfg: SiteConfig, logfd: int) -> list[str]:
-    """argv of the local pppd: it runs on our pty and logs to logfd."""
+def local_pppd_argv(
+    cfg: SiteConfig, logfd: int, pppd_version: tuple[int, int, int] | None = None
+) -> list[str]:
+    """argv of the local pppd: it runs on our pty and logs to logfd; pppd_version is what
+    `local_pppd --version` said (None: unknown, taken to be one with ppp-project #323)."""
     return [
         cfg.local_pppd,
         *_common_pppd_options(
-            cfg, cfg.linkname, str(cfg.local_address), str(cfg.remote_address), cfg.proxyarp.local
+            cfg,
+            cfg.linkname,
+            str(cfg.local_address),
+            str(cfg.remote_address),
+            cfg.proxyarp.local,
+            commands.echo_adaptive_safe(pppd_version),
         ),
         *_ipv6_options(cfg, LOCAL_IPV6_ID, REMOTE_IPV6_ID),
         "logfd", str(logfd),
@@ -118,8 +131,10 @@ def local_pppd_argv(cfg: SiteConfig, logfd: int) -> list[str]:
     ]  # fmt: skip
 
 
-def remote_pppd_options(cfg: SiteConfig) -> list[str]:
-    """Options of the remote pppd (with a helper, remote-setup fixes them in a peers file)."""
+def remote_pppd_options(cfg: SiteConfig, echo_adaptive: bool = False) -> list[str]:
+    """Options of the remote pppd, which remote-setup fixes in its peers file there;
+    echo_adaptive when that pppd has the fix of ppp-project #323 (the set-up script asks it
+    for its version on the remote gateway)."""
     return [
         *_common_pppd_options(
             cfg,
@@ -127,6 +142,7 @@ def remote_pppd_options(cfg: SiteConfig) -> list[str]:
             str(cfg.remote_address),
             str(cfg.local_address),
             cfg.proxyarp.remote,
+            echo_adaptive,
         ),
         *_ipv6_options(cfg, REMOTE_IPV6_ID, LOCAL_IPV6_ID),
         *cfg.remote_options,

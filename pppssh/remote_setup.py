@@ -26,6 +26,7 @@ from .commands import (
     PKILL,
     POLICY_DIR,
     SUDO,
+    echo_adaptive_shell,
     helper_constants,
     peers_name,
     policy_text,
@@ -121,13 +122,19 @@ def key_line(cfg: SiteConfig, pubkey: str) -> str:
     return f"{','.join(options)} {pubkey} {cfg.linkname}"
 
 
-def peers_text(cfg: SiteConfig) -> str:
-    """Options of this gateway's pppd, fixed on the remote side (`pppd call pppssh-SITE`)."""
+def peers_text(cfg: SiteConfig, echo_adaptive: bool = False) -> str:
+    """Options of this gateway's pppd, fixed on the remote side (`pppd call pppssh-SITE`);
+    `lcp-echo-adaptive` only with echo_adaptive (that pppd has the fix of ppp-project #323)."""
     lines = [
         f"# pppd options of pppssh site {cfg.name}, written by `pppssh remote-setup`.",
         "# The device is the pty sshd gives the link account; the client cannot add options.",
     ]
-    words = remote_pppd_options(cfg)
+    if cfg.lcp_echo_interval and not echo_adaptive:
+        lines.append(
+            "# No lcp-echo-adaptive: this pppd is older than 2.5.0 (ppp-project #323), so an echo "
+            "goes every interval."
+        )
+    words = remote_pppd_options(cfg, echo_adaptive)
     common = len(words) - len(cfg.remote_options)
     i = 0
     while i < common:
@@ -362,6 +369,8 @@ def setup_script(cfg: SiteConfig, pubkey: str) -> str:
         f"fi\n"
         f"[ ! -e {PPP_DIR}/ip-up.local ] ||\n"
         f'\tfail "{PPP_DIR}/ip-up.local replaces {PPP_DIR}/ip-up.d (the link filter needs it)"\n'
+        f"#    lcp-echo-adaptive only for a pppd with the fix of ppp-project #323 (2.5.0 on)\n"
+        f"{echo_adaptive_shell(cfg.remote_pppd)}"
         f"{_heredoc(staged, sudoers_text(cfg))}"
         f"chmod 440 '{staged}.new'\n"
         f"visudo -cqf '{staged}.new' || {{ rm -f '{staged}.new'; "
@@ -398,10 +407,23 @@ def setup_script(cfg: SiteConfig, pubkey: str) -> str:
             "\n# 2. no helper (helper = no): the key gives a login shell as the account, which\n"
             "#    may run exactly the sudo commands below as root\n"
         )
+    peers = f"{PEERS_DIR}/{peers_name(cfg)}"
+    if peers_text(cfg, True) == peers_text(cfg, False):  # lcp_echo_interval = 0: no echoes
+        write_peers = _install(peers, peers_text(cfg), "644")
+    else:
+        write_peers = (
+            'if [ "$echo_adaptive" = yes ]; then\n'
+            f"{_install(peers, peers_text(cfg, True), '644')}"
+            "else\n"
+            f"{_install(peers, peers_text(cfg, False), '644')}"
+            f'say "{cfg.remote_pppd} is pppd ${{pppd_version:-of unknown version}}, '
+            'older than 2.5.0: LCP echoes without lcp-echo-adaptive (ppp-project #323)"\n'
+            "fi\n"
+        )
     out.append(
         f"\n# 3. the site's pppd options, and the link filter pppd runs as the link comes, goes\n"
         f"mkdir -p '{PEERS_DIR}'\n"
-        f"{_install(f'{PEERS_DIR}/{peers_name(cfg)}', peers_text(cfg), '644')}"
+        f"{write_peers}"
     )
     for path, text in hook_files(cfg).items():
         out.append(f"mkdir -p '{path.rsplit('/', 1)[0]}'\n{_install(path, text, '755')}")

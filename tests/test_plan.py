@@ -47,7 +47,7 @@ COMMON_HEAD = [
 
 
 def test_local_pppd_typical() -> None:
-    assert local_pppd_argv(site(), logfd=7) == [
+    assert local_pppd_argv(site(), logfd=7, pppd_version=(2, 5, 0)) == [
         "/usr/sbin/pppd",
         "nodetach", "noauth", "local", "nocrtscts",
         "linkname", "pppssh-site-b",
@@ -63,7 +63,7 @@ def test_local_pppd_typical() -> None:
 
 
 def test_remote_pppd_typical() -> None:
-    assert remote_pppd_options(site()) == [
+    assert remote_pppd_options(site(), echo_adaptive=True) == [
         "nodetach", "noauth", "local", "nocrtscts",
         "linkname", "pppssh-site-b-10.99.0.1",  # unique on the remote gateway
         "ipparam", "pppssh-site-b",
@@ -73,6 +73,26 @@ def test_remote_pppd_typical() -> None:
         "lcp-echo-interval", "10", "lcp-echo-failure", "3", "lcp-echo-adaptive",
         "noproxyarp", "noipv6",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("version", "adaptive"),
+    [((2, 4, 9), False), ((2, 4, 7), False), (None, False), ((2, 5, 0), True), ((2, 5, 2), True),
+     ((3, 0, 0), True)],
+)  # fmt: skip
+def test_lcp_echo_adaptive_only_for_a_pppd_with_the_fix(
+    version: tuple[int, int, int] | None, adaptive: bool
+) -> None:
+    # ppp-project #323: before 2.5.0 traffic never resets the count of unanswered echoes
+    local = local_pppd_argv(site(), logfd=7, pppd_version=version)
+    assert ("lcp-echo-adaptive" in local) is adaptive
+    # the interval and failure count stay: a dead link is noticed as soon as before
+    i = local.index("lcp-echo-interval")
+    assert local[i : i + 4] == ["lcp-echo-interval", "10", "lcp-echo-failure", "3"]
+    assert ("lcp-echo-adaptive" in remote_pppd_options(site(), adaptive)) is adaptive
+    off = site(ppp="lcp_echo_interval = 0\n")
+    assert "lcp-echo-adaptive" not in local_pppd_argv(off, logfd=7, pppd_version=version)
+    assert local_pppd_argv(site(), logfd=7) == local_pppd_argv(site(), 7, (2, 4, 9))
 
 
 def test_remote_pppd_command_string() -> None:
@@ -111,7 +131,7 @@ def test_proxyarp_both_and_custom_sizes() -> None:
         "192.168.50.250:10.1.2.250",
         "mtu", "1280", "mru", "1500",
         "nodefaultroute", "noccp",
-        "lcp-echo-interval", "10", "lcp-echo-failure", "3", "lcp-echo-adaptive",
+        "lcp-echo-interval", "10", "lcp-echo-failure", "3",
         "proxyarp", "noipv6",
         "logfd", "7",
     ]  # fmt: skip
@@ -123,7 +143,7 @@ def test_proxyarp_both_and_custom_sizes() -> None:
         "10.1.2.250:192.168.50.250",
         "mtu", "1280", "mru", "1500",
         "nodefaultroute", "noccp",
-        "lcp-echo-interval", "10", "lcp-echo-failure", "3", "lcp-echo-adaptive",
+        "lcp-echo-interval", "10", "lcp-echo-failure", "3",
         "proxyarp", "noipv6",
     ]  # fmt: skip
 

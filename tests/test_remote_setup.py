@@ -14,6 +14,7 @@ import asyncssh
 import pytest
 
 from pppssh import cli
+from pppssh.commands import echo_adaptive_safe, echo_adaptive_shell, pppd_version
 from pppssh.config import parse
 from pppssh.remote_setup import (
     HELPER_PATH,
@@ -99,6 +100,52 @@ def test_peers_file_holds_the_remote_pppd_options() -> None:
         "local_address = 192.168.77.1", "local_address = 10.2.0.77"
     )
     assert "proxyarp" in peers_text(cfg_of(proxy)).splitlines()
+
+
+@pytest.mark.parametrize(
+    "said",
+    ["pppd version 2.4.9", "pppd version 2.4.7", "pppd version 2.5.0", "pppd version 2.5.2",
+     "pppd version 2.5", "pppd version 2.10.1", "pppd version 3.0.0", "pppd version 10.0",
+     "pppd version 1.9.9", "pppd version 2.4.10", "", "pppd: unrecognized option '--version'",
+     "version 2.5.0", "pppd version 2.5.0\npppd version 2.4.9"],
+)  # fmt: skip
+def test_setup_script_decides_lcp_echo_adaptive_as_the_model(tmp_path: Path, said: str) -> None:
+    # the remote pppd's version is asked where it runs, by the set-up script (root there)
+    pppd = tmp_path / "pppd"
+    pppd.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] || exit 2\nprintf '%s\\n' '{said}'\n")
+    pppd.chmod(0o755)
+    script = f'set -eu\n{echo_adaptive_shell(str(pppd))}echo "$echo_adaptive $pppd_version"\n'
+    run = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=True)
+    adaptive, _, version = run.stdout.strip().partition(" ")
+    assert adaptive == ("yes" if echo_adaptive_safe(pppd_version(said)) else "no"), said
+    expected = pppd_version(said)
+    assert (version != "") is (expected is not None)
+
+
+def test_setup_script_passes_lcp_echo_adaptive_only_to_a_pppd_with_the_fix(tmp_path: Path) -> None:
+    cfg = cfg_of()
+    fixed, old = peers_text(cfg, True), peers_text(cfg, False)
+    assert "lcp-echo-adaptive" in fixed.splitlines()
+    assert "lcp-echo-adaptive" not in old.splitlines() and "ppp-project #323" in old
+    assert "lcp-echo-interval 10" in old.splitlines() and "lcp-echo-failure 3" in old.splitlines()
+    script = setup_script(cfg, PUB)
+    branch = script.index('if [ "$echo_adaptive" = yes ]; then\n')
+    assert script.index("pppd_version=$('/usr/sbin/pppd' --version") < script.index("useradd")
+    assert script.index(fixed, branch) < script.index("else\n", branch) < script.index(old, branch)
+    # the script, run for both versions up to the peers file, writes the matching one
+    for said, want in (("2.4.9", old), ("2.5.0", fixed)):
+        pppd = tmp_path / "pppd"
+        pppd.write_text(f"#!/bin/sh\necho 'pppd version {said}'\n")
+        pppd.chmod(0o755)
+        step = script[branch : script.index("fi\n", script.index(old, branch)) + 3]
+        step = step.replace("/etc/ppp/peers/", f"{tmp_path}/")
+        shell = "say() { :; }\n" + echo_adaptive_shell(str(pppd)) + step
+        subprocess.run(["/bin/sh", "-euc", shell], check=True)
+        assert (tmp_path / "pppssh-site-b").read_text() == want, said
+    # no LCP echoes at all: one file, nothing to decide
+    off = cfg_of(SITE.replace("[networks]", "lcp_echo_interval = 0\n[networks]"))
+    assert peers_text(off, True) == peers_text(off, False)
+    assert '"$echo_adaptive"' not in setup_script(off, PUB)
 
 
 def test_sudoers_allows_exact_commands_and_visudo_accepts_it(tmp_path: Path) -> None:
