@@ -61,6 +61,18 @@ class Entry:
         return shell_join(self.apply)
 
     @property
+    def gone_note(self) -> str | None:
+        """What stop says when the undo finds the change already gone; None for a link filter
+        rule, whose disappearance is worth the whole error."""
+        if self.kind == "dns":
+            return f"{self.what.partition(':')[0]} already gone"
+        if self.kind == "mss":
+            return f"already gone: {self.what}"
+        if self.kind in ("route", "server-route"):
+            return f"route {self.what.split()[0]} already gone with its interface"
+        return None
+
+    @property
     def undo_command(self) -> Command | None:
         """The undo as a Command, or None when the change goes away by itself."""
         return Command(self.undo) if self.undo is not None else None

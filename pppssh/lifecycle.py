@@ -496,14 +496,8 @@ class Attempt:
         try:
             await self._local(command)
         except CommandFailed as exc:
-            if entry.kind == "dns" and already_gone(entry, exc):
-                self.emit(Note(f"{entry.what.partition(':')[0]} already gone"))
-            elif entry.kind == "mss" and already_gone(entry, exc):
-                self.emit(Note(f"already gone: {entry.what}"))
-            elif entry.kind != "filter" and already_gone(entry, exc):
-                self.emit(Note(f"route {entry.what.split()[0]} already gone with its interface"))
-            else:
-                self.emit(Note(f"note: {exc}"))
+            gone = entry.gone_note if already_gone(entry, exc) else None
+            self.emit(Note(gone if gone is not None else f"note: {exc}"))
 
     async def _undo_remote(self, entry: Entry) -> None:
         """Take back one remote change (already gone if the remote link died)."""

@@ -119,3 +119,25 @@ def test_diff_sees_a_changed_interface_as_remove_and_add() -> None:
     assert diff([old], [new]) == ([old], [new])
     remote = entries()[2]
     assert diff([remote, old], [remote, new]) == ([old], [new])
+
+
+def test_each_kind_says_its_own_already_gone_note() -> None:
+    """The note stop prints when an undo finds the change gone, carried by the entry; a link
+    filter rule has none (its error is shown whole)."""
+    notes = {
+        kind: Entry("local", kind, what, ("true",), ("true",)).gone_note
+        for kind, what in [
+            ("route", "10.2.0.0/24 dev ppp0"),
+            ("server-route", "198.51.100.2 via 192.0.2.1"),
+            ("dns", "DNS servers of ppp0: 10.2.0.53"),
+            ("mss", "TCP MSS clamp on ppp0"),
+            ("filter", "link filter of ppp0"),
+        ]
+    }
+    assert notes == {
+        "route": "route 10.2.0.0/24 already gone with its interface",
+        "server-route": "route 198.51.100.2 already gone with its interface",
+        "dns": "DNS servers of ppp0 already gone",
+        "mss": "already gone: TCP MSS clamp on ppp0",
+        "filter": None,
+    }
