@@ -21,6 +21,7 @@ from .asyncssh_compat import asyncssh
 from .commands import root_ops, sudoers_rules
 from .config import Network, SiteConfig, server_address_error
 from .plan import Command
+from .queues import congestion_note
 from .remote_setup import SUDOERS_DIR, file_name, sudoers_name
 from .sanitize import printable, valid_ifname
 from .ssh import (
@@ -200,6 +201,7 @@ def _local_checks(cfg: SiteConfig) -> list[Check]:
             "apt-get install ppp (or set local_pppd in [ppp])",
         ))  # fmt: skip
     checks.append(kernel_ppp())
+    checks.append(Check("SSH congestion control", True, congestion_note(cfg.tcp_congestion)))
     for kind in (FORWARD4, FORWARD6) if cfg.ipv6 else (FORWARD4,):
         try:
             value = Path(kind[2]).read_text()
