@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import errno
 import os
+import time
 from collections.abc import Callable
 
 from . import asyncssh_compat
 from .asyncssh_compat import asyncssh
+from .queues import CoDel, FrameQueue, FrameSplitter, notsent_bytes
 
 __all__ = ["RAW_PTY_MODES", "Bridge"]
 
@@ -39,6 +41,7 @@ PPP_FLAG = 0x7E  # every HDLC-like PPP frame starts and ends with it
 READ_CHUNK = 65536  # one read from the pty master
 MERGE_LIMIT = 256 * 1024  # bytes merged into one channel write
 PREAMBLE_LIMIT = 4096  # text kept from before the first frame (sudo/pppd errors)
+QUEUE_LIMIT = 1024 * 1024  # the pump's own frame queue: beyond it, the pty waits (as before)
 
 
 class Bridge(asyncssh.SSHClientSession[bytes]):
@@ -69,6 +72,13 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         self.bytes_from_remote = 0
         self.bytes_to_remote = 0
         self.close_reason: Exception | None = None
+        # the pump's own queue towards the channel (send_limit(): off until asked)
+        self._limit = 0
+        self._queue: FrameQueue | None = None
+        self._splitter = FrameSplitter()
+        self._sock_fd = -1  # the SSH socket, to read how much it holds unsent
+        self._watch_fd = -1  # a dup of it, watched for writable while it holds too much
+        self._chan_full = False
 
     # ------------------------------------------------------------------ SSH side
 
@@ -137,12 +147,83 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         self.exit_signal = signal
 
     def pause_writing(self) -> None:
-        """The SSH send window is full: stop reading the pty master."""
+        """The SSH send window is full: stop reading the pty master (with the pump's own
+        queue: stop taking from it)."""
+        if self._queue is not None:
+            self._chan_full = True
+            return
         self._set_master_reader(False)
 
     def resume_writing(self) -> None:
-        """Window open again: read the pty master."""
+        """Window open again: read the pty master (or send from the queue)."""
+        if self._queue is not None:
+            self._chan_full = False
+            self._send_queued()
+            return
         self._set_master_reader(True)
+
+    # ------------------------------------------------------------------ the pump's queue
+
+    def send_limit(self, limit: int, sock_fd: int, codel: bool = True) -> None:
+        """Hold frames from the pty in the pump's own queue while the SSH socket has limit
+        bytes or more unsent (its TCP_NOTSENT_LOWAT, set by the caller, wakes the pump when
+        it has less): small frames go first and, with codel, bulk frames that waited too
+        long are dropped. Call before attach(); limit 0 keeps the direct pump."""
+        if limit <= 0 or sock_fd < 0:
+            return
+        self._limit = limit
+        self._sock_fd = sock_fd
+        self._queue = FrameQueue(codel=CoDel() if codel else None)
+        if self.chan is not None:
+            self.chan.set_write_buffer_limits(high=limit, low=limit // 2)
+
+    def frames_dropped(self) -> int:
+        """Bulk frames the pump's queue dropped (0 without one)."""
+        return self._queue.dropped if self._queue is not None else 0
+
+    def _queue_frames(self, data: bytes) -> None:
+        """Put what was read from the pty in the queue as whole frames, then send."""
+        assert self._queue is not None
+        frames = self._splitter.feed(data)
+        if self._splitter.pending() > MERGE_LIMIT:  # no flag in that much: not PPP, pass on
+            frames.append(self._splitter.take_pending())
+        self._queue.put(frames, time.monotonic())
+        if self._queue.size > QUEUE_LIMIT:
+            self._set_master_reader(False)
+        self._send_queued()
+
+    def _send_queued(self) -> None:
+        """Send from the queue as much as the socket has room for under the limit; when it
+        has none, wait for it to become writable (fewer than limit bytes unsent)."""
+        if self._queue is None or self.chan is None or self.closed.done():
+            return
+        while self._queue and not self._chan_full:
+            room = self._limit - notsent_bytes(self._sock_fd)
+            if room <= 0:
+                self._watch_socket(True)
+                return
+            data = self._queue.take(room, time.monotonic())
+            if data:
+                self.bytes_to_remote += len(data)
+                self.chan.write(data)
+        self._watch_socket(False)
+        if self._queue.size <= QUEUE_LIMIT // 2 and not self.master_closed.done():
+            self._set_master_reader(True)
+
+    def _watch_socket(self, on: bool) -> None:
+        """Watch (a dup of) the SSH socket for writable, or stop."""
+        if on and self._watch_fd < 0:
+            self._watch_fd = os.dup(self._sock_fd)
+            self._loop.add_writer(self._watch_fd, self._socket_writable)
+        elif not on and self._watch_fd >= 0:
+            self._loop.remove_writer(self._watch_fd)
+            os.close(self._watch_fd)
+            self._watch_fd = -1
+
+    def _socket_writable(self) -> None:
+        """The socket holds fewer than limit bytes unsent: send more."""
+        self._watch_socket(False)
+        self._send_queued()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The channel is gone (remote exit, our close, or a dead connection).
@@ -152,6 +233,7 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         """
         self.close_reason = exc
         self._set_master_reader(False)
+        self._watch_socket(False)
         if not self.closed.done():
             self.closed.set_result(self.exit_status)
 
@@ -169,6 +251,7 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
     def detach(self) -> None:
         """Stop touching the pty master (before it is closed)."""
         self._set_master_reader(False)
+        self._watch_socket(False)
         if self.master is not None:
             self._loop.remove_writer(self.master)
         self.master = None
@@ -207,6 +290,9 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
             size += len(chunk)
         if chunks:
             data = b"".join(chunks)
+            if self._queue is not None:
+                self._queue_frames(data)
+                return
             self.bytes_to_remote += len(data)
             self.chan.write(data)
 
