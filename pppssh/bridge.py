@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from . import asyncssh_compat
 from .asyncssh_compat import asyncssh
+from .flowdelay import FlowDelay
 from .queues import CoDel, FrameQueue, FrameSplitter, notsent_bytes
 
 __all__ = ["RAW_PTY_MODES", "Bridge"]
@@ -79,6 +80,9 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         self._sock_fd = -1  # the SSH socket, to read how much it holds unsent
         self._watch_fd = -1  # a dup of it, watched for writable while it holds too much
         self._chan_full = False
+        # per-flow delay control (delay_control(): off until asked)
+        self._flowdelay: FlowDelay | None = None
+        self._down_splitter = FrameSplitter()
 
     # ------------------------------------------------------------------ SSH side
 
@@ -99,6 +103,8 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
                 self.first_frame.set()
         if self.master is None and len(self._outbuf) > 1 << 20:
             return  # nobody is listening yet; pppd retransmits what matters
+        if self._flowdelay is not None:
+            data = self._filter_down(data)
         self._outbuf += data
         # One pty write for all the packets of one socket read: asyncssh hands them over in
         # a row; the connection's data_received flushes when it returns (flush_per_read),
@@ -177,17 +183,50 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         if self.chan is not None:
             self.chan.set_write_buffer_limits(high=limit, low=limit // 2)
 
+    def delay_control(self, target: float) -> None:
+        """Measure each TCP flow's queueing delay through the tunnel from its timestamps,
+        both ways, and drop its data frames CoDel's way while that stays above target
+        seconds (pppssh.flowdelay). Call before attach(); target 0 leaves it off."""
+        if target > 0:
+            self._flowdelay = FlowDelay(target)
+
     def frames_dropped(self) -> int:
-        """Bulk frames the pump's queue dropped (0 without one)."""
-        return self._queue.dropped if self._queue is not None else 0
+        """Frames the pump dropped: bulk ones its queue dropped, and those the delay control
+        dropped either way."""
+        dropped = self._queue.dropped if self._queue is not None else 0
+        if self._flowdelay is not None:
+            dropped += self._flowdelay.dropped_up + self._flowdelay.dropped_down
+        return dropped
+
+    @staticmethod
+    def _split(splitter: FrameSplitter, data: bytes) -> list[bytes]:
+        """The whole frames data completes; what has no flag in MERGE_LIMIT bytes is not PPP
+        and passes on as it is."""
+        frames = splitter.feed(data)
+        if splitter.pending() > MERGE_LIMIT:
+            frames.append(splitter.take_pending())
+        return frames
+
+    def _filter_down(self, data: bytes) -> bytes:
+        """The frames of data (from the channel) the delay control keeps."""
+        assert self._flowdelay is not None
+        now = time.monotonic()
+        down = self._flowdelay.down
+        return b"".join(f for f in self._split(self._down_splitter, data) if not down(f, now))
+
+    def _frames_up(self, data: bytes) -> list[bytes]:
+        """The whole frames of data (from the pty) to send, after the delay control."""
+        frames = self._split(self._splitter, data)
+        if self._flowdelay is None:
+            return frames
+        now = time.monotonic()
+        up = self._flowdelay.up
+        return [f for f in frames if not up(f, now)]
 
     def _queue_frames(self, data: bytes) -> None:
         """Put what was read from the pty in the queue as whole frames, then send."""
         assert self._queue is not None
-        frames = self._splitter.feed(data)
-        if self._splitter.pending() > MERGE_LIMIT:  # no flag in that much: not PPP, pass on
-            frames.append(self._splitter.take_pending())
-        self._queue.put(frames, time.monotonic())
+        self._queue.put(self._frames_up(data), time.monotonic())
         if self._queue.size > QUEUE_LIMIT:
             self._set_master_reader(False)
         self._send_queued()
@@ -293,6 +332,10 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
             if self._queue is not None:
                 self._queue_frames(data)
                 return
+            if self._flowdelay is not None:
+                data = b"".join(self._frames_up(data))
+                if not data:
+                    return
             self.bytes_to_remote += len(data)
             self.chan.write(data)
 

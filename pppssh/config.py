@@ -171,6 +171,7 @@ class SiteConfig:
     bandwidth: float = 0.0
     pump_codel: bool = True
     pace: bool = False
+    delay_target: int = 0  # ms; 0: the pump leaves each flow's queue alone
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -822,6 +823,13 @@ SCHEMA: tuple[Key, ...] = (
         "With `bandwidth`: pace the SSH socket at 95% of it (SO_MAX_PACING_RATE), so that "
         "the WAN's queue stays short and the frames wait where pppssh orders and drops them "
         "(see `tcp_notsent_lowat`)."),
+    Key("remote", "delay_target", "delay_target", "0", _as_int(0, 1000),
+        "Milliseconds of queue each TCP flow may keep through the tunnel, either way, "
+        "measured by the pump from the flow's own timestamps (its round trip going up, its "
+        "one-way delay coming down, over their smallest of the last 10 s); above it for "
+        "100 ms, pppssh drops the flow's data frames CoDel's way so the sender slows down, "
+        "also where the queue is out of its reach (the remote pty and sshd). 0: off. Turns "
+        "VJ header compression off (novj)."),
     Key("remote", "codel", "pump_codel", "yes", _yes_no,
         "With `tcp_notsent_lowat`: drop large frames that waited in pppssh's queue longer "
         "than 5 ms for 100 ms (CoDel), so the inner TCP slows down rather than queueing."),

@@ -951,6 +951,8 @@ async def open_bridge(
             asyncssh_compat.eager_window_adjust(chan, max(1, window // WINDOW_ADJUST_PARTS))
         if tuning.sock_fd >= 0 and tuning.notsent_lowat:
             session.send_limit(cfg.tcp_notsent_lowat, tuning.sock_fd, codel=cfg.pump_codel)
+    if cfg is not None:
+        session.delay_control(cfg.delay_target / 1000)
     return session
 
 
