@@ -275,6 +275,9 @@ def pppssh(lab: Lab, keys: dict[str, str] | None = None) -> Iterator[Ends]:
                           flush=True)  # fmt: skip
             stopped = _pppssh(lab, "stop", SITE)
             log.write(f"$ pppssh stop {SITE}\n{stopped.stdout}{stopped.stderr}")
+            for line in stopped.stdout.splitlines():  # what the pump's delay control saw
+                if "delay control:" in line:
+                    print(f"  {keys or 'defaults'}: {line.split('control:', 1)[1].strip()}")
             daemon_log = STATE_DIR / f"{SITE}.log"
             if daemon_log.exists() and not (ok and stopped.returncode == 0):
                 log.write(f"--- {daemon_log}\n{daemon_log.read_text(errors='replace')}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ RAW_PTY_MODES: dict[int, int] = {
     asyncssh.PTY_PARENB: 0,
 }
 
+LOG = logging.getLogger("pppssh.daemon.bridge")  # into the daemon log
 PPP_FLAG = 0x7E  # every HDLC-like PPP frame starts and ends with it
 READ_CHUNK = 65536  # one read from the pty master
 MERGE_LIMIT = 256 * 1024  # bytes merged into one channel write
@@ -384,6 +386,8 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
 
     def close(self) -> None:
         """Close the channel: sshd hangs up the remote pty, so pppd gets SIGHUP."""
+        if self._flowdelay is not None:
+            LOG.info("delay control: %s", self._flowdelay.summary())
         self.detach()
         if self.chan is not None:
             with contextlib.suppress(Exception):

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from .queues import CoDel
@@ -210,6 +210,8 @@ class FlowDelay:
         self._flows: OrderedDict[tuple[bytes, bytes, int, int], _Flow] = OrderedDict()
         self.dropped_up = 0
         self.dropped_down = 0
+        self.excess_up: deque[float] = deque(maxlen=4096)  # the last samples, for the log
+        self.excess_down: deque[float] = deque(maxlen=4096)
 
     def _flow(self, key: tuple[bytes, bytes, int, int], now: float, make: bool) -> _Flow | None:
         """The flow's state, made when make (the least recently seen forgotten beyond
@@ -262,6 +264,7 @@ class FlowDelay:
                     rtt = now - went
                     back.excess = rtt - back.smallest.add(rtt, now)
                     back.sampled = now
+                    self.excess_up.append(back.excess)
         if seg.tsval is None or seg.payload == 0:
             return False
         flow = self._flow(seg.flow, now, make=True)
@@ -282,6 +285,7 @@ class FlowDelay:
         delay = since - ticks / 1000  # the one-way delay, up to the flow's constant offset
         flow.excess = delay - flow.smallest.add(delay, now)
         flow.sampled = now
+        self.excess_down.append(flow.excess)
         if self._drop(flow, now):
             self.dropped_down += 1
             return True
@@ -290,3 +294,24 @@ class FlowDelay:
     def flows(self) -> int:
         """Flows tracked."""
         return len(self._flows)
+
+    def summary(self) -> str:
+        """One line for the log: per way, the samples' queueing delay (median, p90 of the
+        last ones) and the frames dropped."""
+
+        def way(name: str, samples: deque[float], dropped: int) -> str:
+            """One way's part."""
+            if not samples:
+                return f"{name}: no samples, {dropped} dropped"
+            ordered = sorted(samples)
+            p50, p90 = ordered[len(ordered) // 2], ordered[len(ordered) * 9 // 10]
+            return (
+                f"{name}: queue {p50 * 1000:.1f} ms median, {p90 * 1000:.1f} ms p90 "
+                f"({len(ordered)} samples), {dropped} dropped"
+            )
+
+        return (
+            f"target {self.target * 1000:g} ms, {len(self._flows)} flows; "
+            f"{way('up', self.excess_up, self.dropped_up)}; "
+            f"{way('down', self.excess_down, self.dropped_down)}"
+        )
