@@ -273,11 +273,19 @@ def pppssh(lab: Lab, keys: dict[str, str] | None = None) -> Iterator[Ends]:
                     log.write(line + "\n")
                     print(f"  {keys or 'defaults'}: {line.split('SSH socket:', 1)[1].strip()}",
                           flush=True)  # fmt: skip
+            # held open: a clean stop removes the log, after its last lines (the pump's)
+            try:
+                said_file: IO[str] | None = (STATE_DIR / f"{SITE}.log").open(errors="replace")
+            except OSError:
+                said_file = None
             stopped = _pppssh(lab, "stop", SITE)
             log.write(f"$ pppssh stop {SITE}\n{stopped.stdout}{stopped.stderr}")
-            for line in stopped.stdout.splitlines():  # what the pump's delay control saw
-                if "delay control:" in line:
-                    print(f"  {keys or 'defaults'}: {line.split('control:', 1)[1].strip()}")
+            if said_file is not None:
+                with said_file:
+                    for line in said_file.read().splitlines():
+                        if "delay control:" in line:  # what the pump's delay control saw
+                            log.write(line + "\n")
+                            print(f"  {keys or 'defaults'}: {line.split('control:', 1)[1]}")
             daemon_log = STATE_DIR / f"{SITE}.log"
             if daemon_log.exists() and not (ok and stopped.returncode == 0):
                 log.write(f"--- {daemon_log}\n{daemon_log.read_text(errors='replace')}")

@@ -185,12 +185,13 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         if self.chan is not None:
             self.chan.set_write_buffer_limits(high=limit, low=limit // 2)
 
-    def delay_control(self, target: float) -> None:
-        """Measure each TCP flow's queueing delay through the tunnel from its timestamps,
-        both ways, and drop its data frames CoDel's way while that stays above target
-        seconds (pppssh.flowdelay). Call before attach(); target 0 leaves it off."""
-        if target > 0:
-            self._flowdelay = FlowDelay(target)
+    def delay_control(self, target: float, target_up: float = 0.0) -> None:
+        """Measure each TCP flow's queueing delay through the tunnel from its timestamps
+        and drop its data frames CoDel's way while that stays above target seconds (flows
+        coming down), target_up (flows going up) (pppssh.flowdelay). Call before attach();
+        0 leaves that way alone."""
+        if target > 0 or target_up > 0:
+            self._flowdelay = FlowDelay(target, target_up)
 
     def frames_dropped(self) -> int:
         """Frames the pump dropped: bulk ones its queue dropped, and those the delay control
@@ -219,7 +220,7 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
     def _frames_up(self, data: bytes) -> list[bytes]:
         """The whole frames of data (from the pty) to send, after the delay control."""
         frames = self._split(self._splitter, data)
-        if self._flowdelay is None:
+        if self._flowdelay is None or not self._flowdelay.target_up:
             return frames
         now = time.monotonic()
         up = self._flowdelay.up
@@ -334,7 +335,7 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
             if self._queue is not None:
                 self._queue_frames(data)
                 return
-            if self._flowdelay is not None:
+            if self._flowdelay is not None and self._flowdelay.target_up:
                 data = b"".join(self._frames_up(data))
                 if not data:
                     return

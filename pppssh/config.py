@@ -171,7 +171,8 @@ class SiteConfig:
     bandwidth: float = 0.0
     pump_codel: bool = True
     pace: bool = False
-    delay_target: int = 0  # ms; 0: the pump leaves each flow's queue alone
+    delay_target: int = 5  # ms, flows sending down; 0: the pump leaves them alone
+    delay_target_up: int = 0  # ms, flows sending up; 0: left alone
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -823,13 +824,17 @@ SCHEMA: tuple[Key, ...] = (
         "With `bandwidth`: pace the SSH socket at 95% of it (SO_MAX_PACING_RATE), so that "
         "the WAN's queue stays short and the frames wait where pppssh orders and drops them "
         "(see `tcp_notsent_lowat`)."),
-    Key("remote", "delay_target", "delay_target", "0", _as_int(0, 1000),
-        "Milliseconds of queue each TCP flow may keep through the tunnel, either way, "
-        "measured by the pump from the flow's own timestamps (its round trip going up, its "
-        "one-way delay coming down, over their smallest of the last 10 s); above it for "
-        "100 ms, pppssh drops the flow's data frames CoDel's way so the sender slows down, "
-        "also where the queue is out of its reach (the remote pty and sshd). 0: off. Turns "
-        "VJ header compression off (novj)."),
+    Key("remote", "delay_target", "delay_target", "5", _as_int(0, 1000),
+        "Milliseconds of queue each TCP flow coming down the tunnel may keep, measured by the "
+        "pump from the flow's own timestamps (its one-way delay over its smallest of the last "
+        "10 s); above it for 100 ms, pppssh drops the flow's data frames CoDel's way so the "
+        "far sender slows down: the queue in the remote pty and sshd, out of pppssh's reach "
+        "otherwise, stays short. 0: off. Not 0, VJ header compression is off (novj)."),
+    Key("remote", "delay_target_up", "delay_target_up", "0", _as_int(0, 1000),
+        "The same for TCP flows going up, measured by their round trip (a TSval going up to "
+        "the ACK that echoes it). 0: off, the default: the far receiver's delayed ACKs "
+        "lengthen those round trips, and measured, the drops cost the way up throughput "
+        "(see Benchmark)."),
     Key("remote", "codel", "pump_codel", "yes", _yes_no,
         "With `tcp_notsent_lowat`: drop large frames that waited in pppssh's queue longer "
         "than 5 ms for 100 ms (CoDel), so the inner TCP slows down rather than queueing."),

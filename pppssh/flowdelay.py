@@ -203,9 +203,11 @@ class FlowDelay:
     """The pump's per-flow delay control, both ways: up() for each frame the local pppd sends
     (True: drop it), down() for each frame from the channel (True: drop it)."""
 
-    def __init__(self, target: float, interval: float = CODEL_INTERVAL) -> None:
-        """Drop a flow's data frames once its queueing delay stays above target seconds."""
+    def __init__(self, target: float, target_up: float = 0.0, interval: float = CODEL_INTERVAL):
+        """Drop a flow's data frames once its queueing delay stays above target seconds
+        (flows sending down), target_up seconds (flows sending up; 0: never)."""
         self.target = target
+        self.target_up = target_up
         self.interval = interval
         self._flows: OrderedDict[tuple[bytes, bytes, int, int], _Flow] = OrderedDict()
         self.dropped_up = 0
@@ -213,15 +215,17 @@ class FlowDelay:
         self.excess_up: deque[float] = deque(maxlen=4096)  # the last samples, for the log
         self.excess_down: deque[float] = deque(maxlen=4096)
 
-    def _flow(self, key: tuple[bytes, bytes, int, int], now: float, make: bool) -> _Flow | None:
-        """The flow's state, made when make (the least recently seen forgotten beyond
-        MAX_FLOWS)."""
+    def _flow(
+        self, key: tuple[bytes, bytes, int, int], now: float, target: float | None
+    ) -> _Flow | None:
+        """The flow's state, made with CoDel's target when one is given (the least recently
+        seen forgotten beyond MAX_FLOWS)."""
         flow = self._flows.get(key)
         if flow is not None:
             flow.seen = now
             self._flows.move_to_end(key)
-        elif make:
-            flow = self._flows[key] = _Flow(now, codel=CoDel(self.target, self.interval))
+        elif target is not None:
+            flow = self._flows[key] = _Flow(now, codel=CoDel(target, self.interval))
             if len(self._flows) > MAX_FLOWS:
                 self._flows.popitem(last=False)
         return flow
@@ -235,10 +239,12 @@ class FlowDelay:
     def up(self, frame: bytes, now: float) -> bool:
         """A frame on its way up: remember when its TSval first went; drop it when it is
         data of a flow whose round trip has stayed too long above its smallest."""
+        if not self.target_up:
+            return False
         seg = parse_frame(frame)
         if seg is None or seg.tsval is None or seg.payload == 0:
             return False
-        flow = self._flow(seg.flow, now, make=True)
+        flow = self._flow(seg.flow, now, self.target_up)
         assert flow is not None
         if seg.tsval not in flow.sent:
             flow.sent[seg.tsval] = now
@@ -257,7 +263,7 @@ class FlowDelay:
         if seg is None:
             return False
         if seg.tsecr is not None:
-            back = self._flow(seg.reverse(), now, make=False)
+            back = self._flow(seg.reverse(), now, None)
             if back is not None:
                 went = back.sent.pop(seg.tsecr, None)
                 if went is not None:
@@ -265,9 +271,9 @@ class FlowDelay:
                     back.excess = rtt - back.smallest.add(rtt, now)
                     back.sampled = now
                     self.excess_up.append(back.excess)
-        if seg.tsval is None or seg.payload == 0:
+        if seg.tsval is None or seg.payload == 0 or not self.target:
             return False
-        flow = self._flow(seg.flow, now, make=True)
+        flow = self._flow(seg.flow, now, self.target)
         assert flow is not None
         if flow.first is None:
             flow.first = (now, seg.tsval)
@@ -311,7 +317,8 @@ class FlowDelay:
             )
 
         return (
-            f"target {self.target * 1000:g} ms, {len(self._flows)} flows; "
+            f"target {self.target * 1000:g} ms down, {self.target_up * 1000:g} ms up, "
+            f"{len(self._flows)} flows; "
             f"{way('up', self.excess_up, self.dropped_up)}; "
             f"{way('down', self.excess_down, self.dropped_down)}"
         )

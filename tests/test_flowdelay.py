@@ -127,17 +127,25 @@ def _upload(fd: FlowDelay, rtt_of: object, seconds: float, step: float = 0.002) 
 
 def test_upload_with_a_steady_round_trip_is_left_alone() -> None:
     """No queue: the round trip stays at its smallest, nothing is dropped."""
-    fd = FlowDelay(0.005)
+    fd = FlowDelay(0, 0.005)
     assert _upload(fd, lambda t: 0.040, 3.0) == 0
 
 
 def test_upload_whose_round_trip_grows_loses_frames() -> None:
     """A standing queue of 60 ms after the first second: frames of that flow are dropped,
     more than one (CoDel's control law), and only after an interval above target."""
-    fd = FlowDelay(0.005)
+    fd = FlowDelay(0, 0.005)
     dropped = _upload(fd, lambda t: 0.040 if t < 1.0 else 0.100, 3.0)
     assert dropped >= 3
     assert fd.dropped_up == dropped and fd.dropped_down == 0
+    assert "up: queue 60.0 ms median" in fd.summary()
+
+
+def test_upload_is_left_alone_by_default() -> None:
+    """Without target_up (the default) the same growing round trip drops nothing."""
+    fd = FlowDelay(0.005)
+    assert _upload(fd, lambda t: 0.040 if t < 1.0 else 0.100, 3.0) == 0
+    assert fd.flows() == 0 and "up: no samples, 0 dropped" in fd.summary()
 
 
 def _download(fd: FlowDelay, owd_of: object, seconds: float, hz: int = 1000) -> int:
@@ -176,7 +184,7 @@ def test_download_with_a_clock_not_in_ms_is_left_alone() -> None:
 
 def test_acks_and_segments_without_timestamps_pass() -> None:
     """Pure ACKs and segments without the option are never dropped, whatever the delay."""
-    fd = FlowDelay(0.001)
+    fd = FlowDelay(0.001, 0.001)
     for i in range(2000):
         t = i * 0.002
         assert not fd.up(frame(ts=None), t)
@@ -206,11 +214,12 @@ def _parse(extra: str) -> SiteConfig:
 
 def test_delay_target_key_turns_vj_off() -> None:
     """delay_target (and the pump's queue) mean novj on the local pppd; without, no novj."""
-    off, on = _parse(""), _parse("delay_target = 10\n")
-    assert (off.delay_target, on.delay_target) == (0, 10)
+    off, on = _parse("delay_target = 0\n"), _parse("")
+    assert (off.delay_target, on.delay_target, on.delay_target_up) == (0, 5, 0)
     assert "novj" not in plan.local_pppd_argv(off, 3)
     assert "novj" in plan.local_pppd_argv(on, 3)
-    assert "novj" in plan.local_pppd_argv(_parse("tcp_notsent_lowat = 16384\n"), 3)
+    for extra in ("tcp_notsent_lowat = 16384\n", "delay_target_up = 20\n"):
+        assert "novj" in plan.local_pppd_argv(_parse("delay_target = 0\n" + extra), 3)
 
 
 def test_delay_target_out_of_range_is_refused() -> None:
