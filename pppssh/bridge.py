@@ -274,6 +274,8 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         Terminate-Ack may be in it); the writer stays until that is written or detach().
         """
         self.close_reason = exc
+        if self._flowdelay is not None:
+            LOG.info("delay control: %s", self._flowdelay.summary())
         self._set_master_reader(False)
         self._watch_socket(False)
         if not self.closed.done():
@@ -387,8 +389,6 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
 
     def close(self) -> None:
         """Close the channel: sshd hangs up the remote pty, so pppd gets SIGHUP."""
-        if self._flowdelay is not None:
-            LOG.info("delay control: %s", self._flowdelay.summary())
         self.detach()
         if self.chan is not None:
             with contextlib.suppress(Exception):
