@@ -10,9 +10,10 @@ on by default in Linux, the BSDs and macOS) tells, without any help from the far
   side, and back;
 - for a flow sending down (the far side's workstation is the sender): the one-way delay
   from the sender's clock (TSval) to this pump, up to a constant offset: its rise over the
-  flow's smallest is the queue the flow built on the way down (the remote pty, sshd, the
-  WAN). The sender's clock must tick in milliseconds (Linux, the BSDs, macOS); a flow whose
-  clock does not (checked over its first second) is left alone.
+  flow's smallest (kept from its first packet) is the queue the flow built on the way down
+  (the remote pty, sshd, the WAN). The sender's clock must tick in milliseconds (Linux, the
+  BSDs, macOS, Windows); a flow whose clock does not (checked over its first second, within
+  a factor of two) is left alone.
 
 Either way the queueing delay is the sample minus the flow's minimum over the last
 MIN_WINDOW seconds. When it stays above the target for an interval, CoDel's control law
@@ -48,7 +49,9 @@ PROTO_IP, PROTO_VJ_UNCOMPRESSED, PROTO_IPV6 = 0x0021, 0x002F, 0x0057
 HEAD = 4 + 40 + 60  # address/control and protocol, the largest IP header we read, TCP's
 MIN_WINDOW = 10.0  # seconds a flow's smallest delay is remembered (BBR's min_rtt window)
 CLOCK_CHECK = 1.0  # seconds of a flow's first packets that tell whether its clock is in ms
-CLOCK_SLACK = 0.15  # how far from one tick per ms that clock may seem (queueing moves it)
+CLOCK_RANGE = (0.5, 2.0)  # ticks per ms a ms clock may seem to have over that second: a
+# queue that grows or drains by up to half a second in it moves the ratio that far; the
+# clocks it must tell apart tick 1000 times slower or faster (10 Hz, 100 Hz, 250 Hz, us)
 SAMPLE_AGE = 1.0  # seconds after which a flow's last delay sample no longer counts
 TSVALS_KEPT = 512  # TSvals of a flow sending up remembered until an ACK echoes one
 MAX_FLOWS = 1024
@@ -77,6 +80,9 @@ class Segment:
 def _unescape(frame: bytes, limit: int) -> bytes:
     """The first limit bytes of an HDLC-like frame's contents: flags gone, 0x7D escapes
     undone."""
+    head = frame[: 2 * limit + 2]
+    if PPP_ESC not in head:  # nothing escaped (asyncmap 0 and no 0x7D/0x7E byte): a slice
+        return head.strip(b"~")[:limit]
     out = bytearray()
     i, n = 0, len(frame)
     while i < n and len(out) < limit:
@@ -282,16 +288,20 @@ class FlowDelay:
         ticks = (seg.tsval - flow.first[1]) & 0xFFFFFFFF
         if ticks >= 1 << 31:  # reordered before the first one seen: not a sample
             return False
+        # the one-way delay, up to the flow's constant offset; its smallest is kept from the
+        # flow's first packet on, before any queue it builds (slow start fills one fast)
+        delay = since - ticks / 1000
+        excess = delay - flow.smallest.add(delay, now)
         if flow.clock_ok is None:
             if since < CLOCK_CHECK:
                 return False
-            flow.clock_ok = abs(ticks / 1000 / since - 1) <= CLOCK_SLACK
+            low, high = CLOCK_RANGE
+            flow.clock_ok = low <= ticks / 1000 / since <= high
         if not flow.clock_ok:
             return False
-        delay = since - ticks / 1000  # the one-way delay, up to the flow's constant offset
-        flow.excess = delay - flow.smallest.add(delay, now)
+        flow.excess = excess
         flow.sampled = now
-        self.excess_down.append(flow.excess)
+        self.excess_down.append(excess)
         if self._drop(flow, now):
             self.dropped_down += 1
             return True

@@ -170,6 +170,14 @@ def test_download_whose_one_way_delay_grows_loses_frames() -> None:
     assert fd.dropped_down >= 3 and fd.dropped_up == 0
 
 
+def test_download_queue_built_in_slow_start_is_seen() -> None:
+    """A queue that grows by 200 ms in the flow's first second (slow start into a full
+    window) and stays: the clock still passes as ms, the smallest delay is the first
+    packet's, and the standing queue is cut."""
+    fd = FlowDelay(0.005)
+    assert _download(fd, lambda t: 0.020 + min(t, 1.0) * 0.2, 4.0) >= 3
+
+
 def test_download_steady_is_left_alone() -> None:
     """A constant one-way delay: nothing dropped."""
     assert _download(FlowDelay(0.005), lambda t: 0.020, 4.0) == 0
