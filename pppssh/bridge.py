@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 
 from . import asyncssh_compat
 from .asyncssh_compat import asyncssh
 from .flowdelay import FlowDelay
-from .queues import CoDel, FrameQueue, FrameSplitter, notsent_bytes
+from .queues import CoDel, FrameQueue, FrameSplitter, notsent_bytes, tcp_losses
 
 __all__ = ["RAW_PTY_MODES", "Bridge"]
 
@@ -85,6 +87,7 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         # per-flow delay control (delay_control(): off until asked)
         self._flowdelay: FlowDelay | None = None
         self._down_splitter = FrameSplitter()
+        self._loss_sock: socket.socket | None = None
 
     # ------------------------------------------------------------------ SSH side
 
@@ -185,13 +188,18 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         if self.chan is not None:
             self.chan.set_write_buffer_limits(high=limit, low=limit // 2)
 
-    def delay_control(self, target: float, target_up: float = 0.0) -> None:
+    def delay_control(self, target: float, target_up: float = 0.0, sock_fd: int = -1) -> None:
         """Measure each TCP flow's queueing delay through the tunnel from its timestamps
         and drop its data frames CoDel's way while that stays above target seconds (flows
-        coming down), target_up (flows going up) (pppssh.flowdelay). Call before attach();
-        0 leaves that way alone."""
+        coming down), target_up (flows going up) (pppssh.flowdelay), none while the SSH
+        socket sock_fd (-1: unknown) recovers a loss. Call before attach(); 0 leaves that
+        way alone."""
         if target > 0 or target_up > 0:
-            self._flowdelay = FlowDelay(target, target_up)
+            losses = None
+            if sock_fd >= 0:  # the SSH connection's TCP socket: its losses tell HOL from queue
+                sock = self._loss_sock = socket.socket(fileno=os.dup(sock_fd))
+                losses = functools.partial(tcp_losses, sock)
+            self._flowdelay = FlowDelay(target, target_up, losses=losses)
 
     def frames_dropped(self) -> int:
         """Frames the pump dropped: bulk ones its queue dropped, and those the delay control
@@ -276,6 +284,9 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         self.close_reason = exc
         if self._flowdelay is not None:
             LOG.info("delay control: %s", self._flowdelay.summary())
+        if self._loss_sock is not None:
+            self._loss_sock.close()
+            self._loss_sock = None
         self._set_master_reader(False)
         self._watch_socket(False)
         if not self.closed.done():

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import struct
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .queues import CoDel
@@ -57,6 +58,8 @@ TSVALS_KEPT = 512  # TSvals of a flow sending up remembered until an ACK echoes 
 MAX_FLOWS = 1024
 CODEL_INTERVAL = 0.100  # seconds above target before the first drop (about one WAN RTT)
 NO_BACKLOG = 1 << 30  # CoDel's backlog test does not apply: the queue is not ours
+HOL_POLL = 0.010  # seconds between two looks at the SSH socket's loss counters
+HOL_HOLD = 0.200  # seconds without drops after the SSH connection lost a segment
 
 _TS = struct.Struct(">II")
 
@@ -209,12 +212,25 @@ class FlowDelay:
     """The pump's per-flow delay control, both ways: up() for each frame the local pppd sends
     (True: drop it), down() for each frame from the channel (True: drop it)."""
 
-    def __init__(self, target: float, target_up: float = 0.0, interval: float = CODEL_INTERVAL):
+    def __init__(
+        self,
+        target: float,
+        target_up: float = 0.0,
+        interval: float = CODEL_INTERVAL,
+        losses: Callable[[], int | None] | None = None,
+    ) -> None:
         """Drop a flow's data frames once its queueing delay stays above target seconds
-        (flows sending down), target_up seconds (flows sending up; 0: never)."""
+        (flows sending down), target_up seconds (flows sending up; 0: never). losses: a
+        counter of the segments the SSH connection itself lost (its TCP socket's
+        retransmissions and out-of-order arrivals), None when unknown."""
         self.target = target
         self.target_up = target_up
         self.interval = interval
+        self._losses = losses
+        self._loss_count: int | None = None
+        self._polled = -math.inf
+        self._hold_until = -math.inf
+        self.held = 0  # drops CoDel asked for while the connection was recovering a loss
         self._flows: OrderedDict[tuple[bytes, bytes, int, int], _Flow] = OrderedDict()
         self.dropped_up = 0
         self.dropped_down = 0
@@ -236,10 +252,28 @@ class FlowDelay:
                 self._flows.popitem(last=False)
         return flow
 
+    def _recovering(self, now: float) -> bool:
+        """Whether the SSH connection lost a segment in the last HOL_HOLD seconds: the
+        delay behind that loss is head-of-line blocking in the outer TCP, which dropping
+        inner frames cannot shorten (on a lossy WAN it would only cost throughput)."""
+        if self._losses is not None and now - self._polled >= HOL_POLL:
+            self._polled = now
+            count = self._losses()
+            if count is not None:
+                if self._loss_count is not None and count != self._loss_count:
+                    self._hold_until = now + HOL_HOLD
+                self._loss_count = count
+        return now < self._hold_until
+
     def _drop(self, flow: _Flow, now: float) -> bool:
-        """CoDel's decision on one of flow's data frames, from its last delay sample."""
+        """CoDel's decision on one of flow's data frames, from its last delay sample; none
+        while the SSH connection recovers a loss (CoDel starts over after it)."""
         excess = flow.excess if now - flow.sampled < SAMPLE_AGE else 0.0
         assert flow.codel is not None
+        if self._recovering(now):
+            if flow.codel.drop(0.0, now, NO_BACKLOG) or excess >= flow.codel.target:
+                self.held += 1
+            return False
         return flow.codel.drop(excess, now, NO_BACKLOG)
 
     def up(self, frame: bytes, now: float) -> bool:
@@ -328,7 +362,8 @@ class FlowDelay:
 
         return (
             f"target {self.target * 1000:g} ms down, {self.target_up * 1000:g} ms up, "
-            f"{len(self._flows)} flows; "
+            f"{len(self._flows)} flows, {self.held} frames above it kept while the SSH "
+            f"connection recovered a loss; "
             f"{way('up', self.excess_up, self.dropped_up)}; "
             f"{way('down', self.excess_down, self.dropped_down)}"
         )

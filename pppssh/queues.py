@@ -49,6 +49,7 @@ SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)  # bytes per seco
 PACING_SHARE = 0.95  # of the site's bandwidth: the WAN's queue stays short
 SIOCOUTQNSD = 0x894B  # linux/sockios.h: bytes in the send queue not yet sent
 _TCPI_RTT = struct.Struct("=68xI")  # struct tcp_info: 8 bytes of u8, 15 u32, then tcpi_rtt (us)
+_TCPI_LOSSES = struct.Struct("=100xI120xI")  # tcpi_total_retrans, tcpi_rcv_ooopack (5.4+)
 AVAILABLE = Path("/proc/sys/net/ipv4/tcp_available_congestion_control")
 
 
@@ -132,6 +133,20 @@ def tcp_rtt(sock: socket.socket) -> float | None:
         return None
     rtt_us = _TCPI_RTT.unpack(info)[0]
     return rtt_us / 1e6 if rtt_us else None
+
+
+def tcp_losses(sock: socket.socket) -> int | None:
+    """Segments a TCP connection lost either way, as counters that grow: its
+    retransmissions plus the out-of-order segments it received (a hole the peer must fill);
+    None when the kernel does not tell (before 5.4, or not TCP)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_LOSSES.size)
+    except OSError:
+        return None
+    if len(info) < _TCPI_LOSSES.size:
+        return None
+    retrans, ooo = _TCPI_LOSSES.unpack(info)
+    return int(retrans) + int(ooo)
 
 
 def channel_window(mbit: float, rtt: float | None) -> int:

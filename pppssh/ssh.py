@@ -952,7 +952,8 @@ async def open_bridge(
         if tuning.sock_fd >= 0 and tuning.notsent_lowat:
             session.send_limit(cfg.tcp_notsent_lowat, tuning.sock_fd, codel=cfg.pump_codel)
     if cfg is not None:
-        session.delay_control(cfg.delay_target / 1000, cfg.delay_target_up / 1000)
+        fd = tuning.sock_fd if tuning is not None else -1
+        session.delay_control(cfg.delay_target / 1000, cfg.delay_target_up / 1000, fd)
     return session
 
 

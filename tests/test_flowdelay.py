@@ -274,3 +274,47 @@ def test_bridge_drops_only_whole_frames_of_the_queued_flow(monkeypatch: pytest.M
     assert 0 < b.frames_dropped() == len(bodies) - len(got)
     assert all(body in bodies for body in got)  # every frame whole
     assert b.frames_dropped() == b._flowdelay.dropped_down  # type: ignore[union-attr]
+
+
+def test_no_drops_while_the_ssh_connection_recovers_a_loss() -> None:
+    """The same growing queue while the SSH socket keeps losing segments (a lossy WAN: the
+    delay is head-of-line blocking in the outer TCP): nothing is dropped, the frames CoDel
+    would have dropped are counted as held; with a steady counter the drops come back."""
+    clock = {"t": 0.0}
+
+    def lossy() -> int:
+        """A loss every 150 ms."""
+        return int(clock["t"] / 0.150)
+
+    fd = FlowDelay(0.005, losses=lossy)
+    real = fd.down
+
+    def down(frame_: bytes, now: float) -> bool:
+        clock["t"] = now
+        return real(frame_, now)
+
+    fd.down = down  # type: ignore[method-assign]
+    assert _download(fd, lambda t: 0.020 if t < 1.5 else 0.070, 4.0) == 0
+    assert fd.held > 0 and "kept while the SSH connection recovered a loss" in fd.summary()
+
+    steady = FlowDelay(0.005, losses=lambda: 7)
+    assert _download(steady, lambda t: 0.020 if t < 1.5 else 0.070, 4.0) >= 3
+    assert steady.held == 0
+
+
+def test_tcp_losses_reads_a_tcp_socket() -> None:
+    """A fresh TCP connection has lost nothing; a UDP socket has no such counters."""
+    import socket
+
+    from pppssh.queues import tcp_losses
+
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert tcp_losses(client) == 0
+        assert tcp_losses(udp) is None
+    finally:
+        for s in (server, client, accepted, udp):
+            s.close()
