@@ -59,7 +59,7 @@ MAX_FLOWS = 1024
 CODEL_INTERVAL = 0.100  # seconds above target before the first drop (about one WAN RTT)
 NO_BACKLOG = 1 << 30  # CoDel's backlog test does not apply: the queue is not ours
 HOL_POLL = 0.010  # seconds between two looks at the SSH socket's loss counters
-HOL_HOLD = 0.200  # seconds without drops after the SSH connection lost a segment
+HOL_HOLD = 1.0  # seconds without drops after the SSH connection lost a segment
 
 _TS = struct.Struct(">II")
 
