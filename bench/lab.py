@@ -236,10 +236,21 @@ def _pppssh(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
     return lab.run("gw-a", argv, check=False, timeout=UP_TIMEOUT + 60, env=PPPSSH_ENV)
 
 
+def pppssh_with(keys: dict[str, str]) -> PathSetup:
+    """The pppssh path with these [remote] keys set in its site file (a lever to try)."""
+
+    def setup(lab: Lab) -> AbstractContextManager[Ends]:
+        """pppssh with the keys."""
+        return pppssh(lab, keys)
+
+    return setup
+
+
 @contextlib.contextmanager
-def pppssh(lab: Lab) -> Iterator[Ends]:
-    """pppssh start on gw-a with the lab's site file; pppssh stop afterwards."""
-    conf = lab.write_site_conf(SITE)
+def pppssh(lab: Lab, keys: dict[str, str] | None = None) -> Iterator[Ends]:
+    """pppssh start on gw-a with the lab's site file (plus [remote] keys); pppssh stop
+    afterwards."""
+    conf = lab.write_site_conf(SITE, {"remote": keys} if keys else None)
     with _log("pppssh") as log:
         ok = False
         try:
@@ -256,8 +267,25 @@ def pppssh(lab: Lab) -> Iterator[Ends]:
             yield Ends("ws-a", "ws-b", WS_B, routed, int(state["pid"]))
             ok = True
         finally:
+            with contextlib.suppress(OSError):  # what the levers applied, for the record
+                said = (STATE_DIR / f"{SITE}.log").read_text(errors="replace").splitlines()
+                for line in (line for line in said if "SSH socket:" in line):
+                    log.write(line + "\n")
+                    print(f"  {keys or 'defaults'}: {line.split('SSH socket:', 1)[1].strip()}",
+                          flush=True)  # fmt: skip
+            # held open: a clean stop removes the log, after its last lines (the pump's)
+            try:
+                said_file: IO[str] | None = (STATE_DIR / f"{SITE}.log").open(errors="replace")
+            except OSError:
+                said_file = None
             stopped = _pppssh(lab, "stop", SITE)
             log.write(f"$ pppssh stop {SITE}\n{stopped.stdout}{stopped.stderr}")
+            if said_file is not None:
+                with said_file:
+                    for line in said_file.read().splitlines():
+                        if "delay control:" in line:  # what the pump's delay control saw
+                            log.write(line + "\n")
+                            print(f"  {keys or 'defaults'}: {line.split('control:', 1)[1]}")
             daemon_log = STATE_DIR / f"{SITE}.log"
             if daemon_log.exists() and not (ok and stopped.returncode == 0):
                 log.write(f"--- {daemon_log}\n{daemon_log.read_text(errors='replace')}")

@@ -59,12 +59,13 @@ from bench.lab import (
     percentile,
     ping_rtts,
     pppssh,
+    pppssh_with,
 )
 from tests.lab.netlab import GW_A_WAN, GW_B_WAN, CommandError, Lab, LabError, wait_for
 
 FRAME = 1514  # bytes of one full-size packet on the WAN veth (1500 + Ethernet header)
 PING_EVERY = 0.2  # seconds between pings
-MODULES = "/usr/lib/uml/modules/{release}/kernel/net/sched/{name}.ko"
+MODULES = "/usr/lib/uml/modules/{release}/kernel/net/{name}.ko"
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def shaping_commands(profile: Profile, dev: str) -> list[list[str]]:
 def load_modules(lab: Lab) -> None:
     """insmod the qdiscs the profiles use (the lab kernel cannot autoload them)."""
     release = lab.run(None, ["uname", "-r"]).stdout.strip()
-    for name in ("sch_netem", "sch_tbf"):
+    for name in ("sched/sch_netem", "sched/sch_tbf", "ipv4/tcp_bbr"):
         proc = lab.run(None, ["insmod", MODULES.format(release=release, name=name)], check=False)
         if proc.returncode and "File exists" not in proc.stderr:
             raise BenchError(f"insmod {name}: {proc.stderr.strip()}")
@@ -217,7 +218,8 @@ def ratio(mine: float | None, other: float | None) -> float | None:
 def summary(samples: list[Sample], profile: Profile) -> dict[str, object]:
     """Medians per path, pppssh / HOWTO ratios, each path's floor and loaded RTT / floor."""
     result: dict[str, object] = {"profile": asdict(profile), "queue_ms": profile.queue_ms()}
-    for path in ("HOWTO", "pppssh"):
+    names = list(dict.fromkeys(s.path for s in samples if s.profile == profile.name))
+    for path in ["HOWTO", "pppssh", *(n for n in names if n not in ("HOWTO", "pppssh"))]:
         med = medians(samples, profile.name, path)
         floor = floor_ms(med["idle.p50"], profile)
         result[path] = med
@@ -226,6 +228,11 @@ def summary(samples: list[Sample], profile: Profile) -> dict[str, object]:
     ours, theirs = result["pppssh"], result["HOWTO"]
     assert isinstance(ours, dict) and isinstance(theirs, dict)
     result["ratio"] = {key: ratio(ours[key], theirs[key]) for key, *_ in METRICS}
+    result["variants"] = [n for n in names if n not in ("HOWTO", "pppssh")]
+    for variant in result["variants"]:  # type: ignore[union-attr]
+        mine = result[variant]
+        assert isinstance(mine, dict)
+        result[f"{variant}_ratio"] = {key: ratio(mine[key], theirs[key]) for key, *_ in METRICS}
     return result
 
 
@@ -262,6 +269,51 @@ def table(result: dict[str, object]) -> str:
     lines.append(f"floor = idle RTT p50 + WAN queue ({result['queue_ms']:.0f} ms): "
                  f"HOWTO {cell(floor_t)} ms, pppssh {cell(floor_o)} ms")  # fmt: skip
     return "\n".join(lines)
+
+
+def variant_table(result: dict[str, object]) -> str:
+    """The levers tried beside pppssh's defaults: each metric's median per path, and each
+    path's ratio to the HOWTO path measured in the same run ("" when none was tried)."""
+    variants = result.get("variants") or []
+    assert isinstance(variants, list)
+    if not variants:
+        return ""
+    names = ["HOWTO", "pppssh", *variants]
+    rows = [("metric (median)", *names, *(f"{n}/HOWTO" for n in names[1:]))]
+    for key, label, unit in METRICS:
+        values = []
+        for name in names:
+            got = result[name]
+            assert isinstance(got, dict)
+            v = got.get(key)
+            values.append("-" if v is None else f"{v:.3g}" if v < 100 else f"{v:.0f}")
+        ratios = []
+        for name in names[1:]:
+            got = result["ratio" if name == "pppssh" else f"{name}_ratio"]
+            assert isinstance(got, dict)
+            r = got.get(key)
+            ratios.append("-" if r is None else f"{r:.2f}")
+        rows.append((f"{label}, {unit}", *values, *ratios))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in rows]  # fmt: skip
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """NAME:key=value,key=value -> (NAME, {key: value}); the keys are [remote] site keys."""
+    name, sep, rest = text.partition(":")
+    if not sep or not re.fullmatch(r"[A-Za-z0-9_+.-]+", name):
+        raise ValueError(f"variant {text!r}: want NAME:key=value,...")
+    keys = {}
+    for item in filter(None, (i.strip() for i in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"variant {text!r}: {item!r} is not key=value")
+        keys[key.strip()] = value.strip()
+    return name, keys
 
 
 # --- a PNG of RTT over time, on the standard library alone ------------------------------------
@@ -698,6 +750,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", action="store_true",
                         help="also sample where the queue sits on the 4mbit profile")  # fmt: skip
     parser.add_argument("--probe-only", action="store_true", help="only the probe")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=V,...",
+                        help="also pppssh with these [remote] site keys (a lever), "
+                        "alternating with the others; repeatable")  # fmt: skip
     args = parser.parse_args(argv)
     chosen = [p.strip() for p in args.profiles.split(",") if p.strip()]
     unknown = [p for p in chosen if p not in PROFILES]
@@ -710,6 +765,12 @@ def main(argv: list[str] | None = None) -> int:
     probed: dict[str, object] = {}
     failed = False
     paths: list[tuple[str, PathSetup]] = [("HOWTO", howto), ("pppssh", pppssh)]
+    for text in args.variant:
+        try:
+            vname, keys = parse_variant(text)
+        except ValueError as exc:
+            parser.error(str(exc))
+        paths.append((vname, pppssh_with(keys)))
     with Lab() as lab, lab.routed_wan() as router:
         load_modules(lab)
         print(f"lab built in {time.monotonic() - start:.1f} s, router {router} between "
@@ -719,12 +780,13 @@ def main(argv: list[str] | None = None) -> int:
             shape(lab, router, profile)
             print(f"\n## profile {name}: {profile.describe()}", flush=True)
             for rnd in range(args.rounds):
-                for path_name, path in paths if rnd % 2 == 0 else paths[::-1]:
+                order = paths[rnd % len(paths) :] + paths[: rnd % len(paths)]
+                for path_name, path in order if rnd % 2 == 0 else order[::-1]:
                     samples.append(measure(lab, profile, path_name, path, args.time, args.pings))
         if args.probe or args.probe_only:
             profile = PROFILES["4mbit"]
             shape(lab, router, profile)
-            for path_name, path in paths[::-1]:
+            for path_name, path in paths[:2][::-1]:
                 try:
                     probed[path_name] = probe(lab, router, profile, path_name, path, args.time)
                 except (BenchError, CommandError, LabError, subprocess.TimeoutExpired,
@@ -739,6 +801,8 @@ def main(argv: list[str] | None = None) -> int:
         result = summary(samples, profile)
         results[name] = result
         text = f"## {name}: {profile.describe()}\n{table(result)}"
+        if result.get("variants"):
+            text += f"\n\nlevers (pppssh with site keys), same run:\n{variant_table(result)}"
         texts.append(text)
         floor = result["pppssh_floor"]
         assert floor is None or isinstance(floor, float)

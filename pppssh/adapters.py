@@ -94,7 +94,7 @@ class AsyncsshTransport:
         TunnelError (the supervisor then tries again, as for any other failed step)."""
         assert self.conn is not None
         try:
-            self.bridge = await open_bridge(self.conn, command)
+            self.bridge = await open_bridge(self.conn, command, cfg=self.cfg)
         except (asyncssh.Error, OSError) as exc:
             reason = printable(str(exc) or type(exc).__name__)
             raise TunnelError(f"cannot open the remote pppd's channel: {reason}") from None

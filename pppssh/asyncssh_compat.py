@@ -20,6 +20,7 @@ What each reliance is for, and what happens without it:
   logger._debug_level, log_*    no per-packet log formatting             8 us more per packet
   data_received (asyncio)       one pty write per socket read            one loop turn more
   _make_global_request, _transport the keepalive's round trip (metrics)  no RTT is measured
+  _deliver_data, _recv_window   a small window given back as it is used  back at half, as always
 
 The import: at import asyncssh looks for liboqs (twice, as "oqs" and "liboqs") and for nettle
 (UMAC) with ctypes.util.find_library. For a library the ld.so cache does not list,
@@ -51,6 +52,7 @@ __all__ = [
     "asyncssh",
     "certificate_signer",
     "debug_level",
+    "eager_window_adjust",
     "global_request_round_trip",
     "implemented_certificate_algs",
     "implemented_kex_algs",
@@ -75,6 +77,7 @@ TESTED = ">=2.14,<2.25"
 KEEPALIVE_REQUEST = b"keepalive@openssh.com"  # what OpenSSH's ServerAlive and asyncssh send
 NOT_LOADED = frozenset({"nettle"})  # UMAC only, which pppssh does not offer
 MSG_IGNORE = 2  # RFC 4253, section 11.2
+MSG_CHANNEL_WINDOW_ADJUST = 93  # RFC 4254, section 5.2
 
 # ctypes.util's names for this machine's ABI in `ldconfig -p` output
 _ABI = {
@@ -333,3 +336,36 @@ async def global_request_round_trip(
     await make(request)
     took = time.monotonic() - start
     return None if gone() else took
+
+
+def eager_window_adjust(chan: object, step: int) -> bool:
+    """Give the sender window back once step bytes of it are used, not only when half of it
+    is: with a window near the path's bandwidth-delay product, asyncssh's half-window rule
+    leaves the sender idle for up to half of each round trip. Data the session has not taken
+    (reading paused: the pty is full) is not given back, as before. False, and nothing
+    changed, if this asyncssh is not as expected.
+
+    Relies on: SSHChannel._deliver_data(data, datatype), called for each data packet the
+    session takes, after _accept_data has taken its length off _recv_window (an int), with
+    _init_recv_window (an int) the window granted; and SSHChannel.send_packet(pkttype,
+    *args) adding the recipient channel, as asyncssh's own adjust does."""
+    deliver = getattr(chan, "_deliver_data", None)
+    granted = getattr(chan, "_init_recv_window", None)
+    if not callable(deliver) or not isinstance(granted, int):
+        return False
+    if not isinstance(getattr(chan, "_recv_window", None), int):
+        return False
+    if not callable(getattr(chan, "send_packet", None)):
+        return False
+
+    def _deliver_data(data: bytes, datatype: object) -> None:
+        used = granted - chan._recv_window  # type: ignore[attr-defined]
+        if used >= step:
+            chan.send_packet(  # type: ignore[attr-defined]
+                MSG_CHANNEL_WINDOW_ADJUST, struct.pack(">I", used)
+            )
+            chan._recv_window = granted  # type: ignore[attr-defined]
+        deliver(data, datatype)
+
+    chan._deliver_data = _deliver_data  # type: ignore[attr-defined]
+    return True

@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
+import logging
 import os
+import socket
+import time
 from collections.abc import Callable
 
 from . import asyncssh_compat
 from .asyncssh_compat import asyncssh
+from .flowdelay import FlowDelay
+from .queues import CoDel, FrameQueue, FrameSplitter, notsent_bytes, tcp_losses
 
 __all__ = ["RAW_PTY_MODES", "Bridge"]
 
@@ -35,10 +41,12 @@ RAW_PTY_MODES: dict[int, int] = {
     asyncssh.PTY_PARENB: 0,
 }
 
+LOG = logging.getLogger("pppssh.daemon.bridge")  # into the daemon log
 PPP_FLAG = 0x7E  # every HDLC-like PPP frame starts and ends with it
 READ_CHUNK = 65536  # one read from the pty master
 MERGE_LIMIT = 256 * 1024  # bytes merged into one channel write
 PREAMBLE_LIMIT = 4096  # text kept from before the first frame (sudo/pppd errors)
+QUEUE_LIMIT = 1024 * 1024  # the pump's own frame queue: beyond it, the pty waits (as before)
 
 
 class Bridge(asyncssh.SSHClientSession[bytes]):
@@ -69,6 +77,17 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         self.bytes_from_remote = 0
         self.bytes_to_remote = 0
         self.close_reason: Exception | None = None
+        # the pump's own queue towards the channel (send_limit(): off until asked)
+        self._limit = 0
+        self._queue: FrameQueue | None = None
+        self._splitter = FrameSplitter()
+        self._sock_fd = -1  # the SSH socket, to read how much it holds unsent
+        self._watch_fd = -1  # a dup of it, watched for writable while it holds too much
+        self._chan_full = False
+        # per-flow delay control (delay_control(): off until asked)
+        self._flowdelay: FlowDelay | None = None
+        self._down_splitter = FrameSplitter()
+        self._loss_sock: socket.socket | None = None
 
     # ------------------------------------------------------------------ SSH side
 
@@ -89,6 +108,8 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
                 self.first_frame.set()
         if self.master is None and len(self._outbuf) > 1 << 20:
             return  # nobody is listening yet; pppd retransmits what matters
+        if self._flowdelay is not None:
+            data = self._filter_down(data)
         self._outbuf += data
         # One pty write for all the packets of one socket read: asyncssh hands them over in
         # a row; the connection's data_received flushes when it returns (flush_per_read),
@@ -137,12 +158,122 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         self.exit_signal = signal
 
     def pause_writing(self) -> None:
-        """The SSH send window is full: stop reading the pty master."""
+        """The SSH send window is full: stop reading the pty master (with the pump's own
+        queue: stop taking from it)."""
+        if self._queue is not None:
+            self._chan_full = True
+            return
         self._set_master_reader(False)
 
     def resume_writing(self) -> None:
-        """Window open again: read the pty master."""
+        """Window open again: read the pty master (or send from the queue)."""
+        if self._queue is not None:
+            self._chan_full = False
+            self._send_queued()
+            return
         self._set_master_reader(True)
+
+    # ------------------------------------------------------------------ the pump's queue
+
+    def send_limit(self, limit: int, sock_fd: int, codel: bool = True) -> None:
+        """Hold frames from the pty in the pump's own queue while the SSH socket has limit
+        bytes or more unsent (its TCP_NOTSENT_LOWAT, set by the caller, wakes the pump when
+        it has less): small frames go first and, with codel, bulk frames that waited too
+        long are dropped. Call before attach(); limit 0 keeps the direct pump."""
+        if limit <= 0 or sock_fd < 0:
+            return
+        self._limit = limit
+        self._sock_fd = sock_fd
+        self._queue = FrameQueue(codel=CoDel() if codel else None)
+        if self.chan is not None:
+            self.chan.set_write_buffer_limits(high=limit, low=limit // 2)
+
+    def delay_control(self, target: float, target_up: float = 0.0, sock_fd: int = -1) -> None:
+        """Measure each TCP flow's queueing delay through the tunnel from its timestamps
+        and drop its data frames CoDel's way while that stays above target seconds (flows
+        coming down), target_up (flows going up) (pppssh.flowdelay), none while the SSH
+        socket sock_fd (-1: unknown) recovers a loss. Call before attach(); 0 leaves that
+        way alone."""
+        if target > 0 or target_up > 0:
+            losses = None
+            if sock_fd >= 0:  # the SSH connection's TCP socket: its losses tell HOL from queue
+                sock = self._loss_sock = socket.socket(fileno=os.dup(sock_fd))
+                losses = functools.partial(tcp_losses, sock)
+            self._flowdelay = FlowDelay(target, target_up, losses=losses)
+
+    def frames_dropped(self) -> int:
+        """Frames the pump dropped: bulk ones its queue dropped, and those the delay control
+        dropped either way."""
+        dropped = self._queue.dropped if self._queue is not None else 0
+        if self._flowdelay is not None:
+            dropped += self._flowdelay.dropped_up + self._flowdelay.dropped_down
+        return dropped
+
+    @staticmethod
+    def _split(splitter: FrameSplitter, data: bytes) -> list[bytes]:
+        """The whole frames data completes; what has no flag in MERGE_LIMIT bytes is not PPP
+        and passes on as it is."""
+        frames = splitter.feed(data)
+        if splitter.pending() > MERGE_LIMIT:
+            frames.append(splitter.take_pending())
+        return frames
+
+    def _filter_down(self, data: bytes) -> bytes:
+        """The frames of data (from the channel) the delay control keeps."""
+        assert self._flowdelay is not None
+        now = time.monotonic()
+        down = self._flowdelay.down
+        return b"".join(f for f in self._split(self._down_splitter, data) if not down(f, now))
+
+    def _frames_up(self, data: bytes) -> list[bytes]:
+        """The whole frames of data (from the pty) to send, after the delay control."""
+        frames = self._split(self._splitter, data)
+        if self._flowdelay is None or not self._flowdelay.target_up:
+            return frames
+        now = time.monotonic()
+        up = self._flowdelay.up
+        return [f for f in frames if not up(f, now)]
+
+    def _queue_frames(self, data: bytes) -> None:
+        """Put what was read from the pty in the queue as whole frames, then send."""
+        assert self._queue is not None
+        self._queue.put(self._frames_up(data), time.monotonic())
+        if self._queue.size > QUEUE_LIMIT:
+            self._set_master_reader(False)
+        self._send_queued()
+
+    def _send_queued(self) -> None:
+        """Send from the queue as much as the socket has room for under the limit; when it
+        has none, wait for it to become writable (fewer than limit bytes unsent)."""
+        if self._queue is None or self.chan is None or self.closed.done():
+            return
+        while self._queue and not self._chan_full:
+            room = self._limit - notsent_bytes(self._sock_fd)
+            if room <= 0:
+                self._watch_socket(True)
+                return
+            data = self._queue.take(room, time.monotonic())
+            if data:
+                self.bytes_to_remote += len(data)
+                self.chan.write(data)
+        self._watch_socket(False)
+        if self._queue.size <= QUEUE_LIMIT // 2 and not self.master_closed.done():
+            self._set_master_reader(True)
+
+    def _watch_socket(self, on: bool) -> None:
+        """Watch (a dup of) the SSH socket for writable, or stop."""
+        if on and self._watch_fd < 0:
+            self._watch_fd = os.dup(self._sock_fd)
+            self._loop.add_writer(self._watch_fd, self._socket_writable)
+        elif not on and self._watch_fd >= 0:
+            self._loop.remove_writer(self._watch_fd)
+            os.close(self._watch_fd)
+            self._watch_fd = -1
+
+    def _socket_writable(self) -> None:
+        """The socket holds fewer than limit bytes unsent: send more."""
+        self._watch_socket(False)
+        self._send_queued()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The channel is gone (remote exit, our close, or a dead connection).
@@ -151,7 +282,13 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         Terminate-Ack may be in it); the writer stays until that is written or detach().
         """
         self.close_reason = exc
+        if self._flowdelay is not None:
+            LOG.info("delay control: %s", self._flowdelay.summary())
+        if self._loss_sock is not None:
+            self._loss_sock.close()
+            self._loss_sock = None
         self._set_master_reader(False)
+        self._watch_socket(False)
         if not self.closed.done():
             self.closed.set_result(self.exit_status)
 
@@ -169,6 +306,7 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
     def detach(self) -> None:
         """Stop touching the pty master (before it is closed)."""
         self._set_master_reader(False)
+        self._watch_socket(False)
         if self.master is not None:
             self._loop.remove_writer(self.master)
         self.master = None
@@ -207,6 +345,13 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
             size += len(chunk)
         if chunks:
             data = b"".join(chunks)
+            if self._queue is not None:
+                self._queue_frames(data)
+                return
+            if self._flowdelay is not None and self._flowdelay.target_up:
+                data = b"".join(self._frames_up(data))
+                if not data:
+                    return
             self.bytes_to_remote += len(data)
             self.chan.write(data)
 

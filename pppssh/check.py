@@ -23,6 +23,7 @@ from .commands import root_ops, sudoers_rules
 from .config import Network, SiteConfig, server_address_error, server_text
 from .errors import PppsshError
 from .plan import Command
+from .queues import congestion_note
 from .remote_setup import SUDOERS_DIR, file_name, sudoers_name
 from .sanitize import printable, valid_ifname
 from .ssh import (
@@ -203,6 +204,7 @@ def _local_checks(cfg: SiteConfig) -> list[Check]:
         ))  # fmt: skip
     checks.append(kernel_ppp())
     checks.append(Check("MSS clamping", *mss.judge(cfg, {t: _trusted_tool(t) for t in mss.TOOLS})))
+    checks.append(Check("SSH congestion control", True, congestion_note(cfg.tcp_congestion)))
     for kind in (FORWARD4, FORWARD6) if cfg.ipv6 else (FORWARD4,):
         try:
             value = Path(kind[2]).read_text()

@@ -166,6 +166,13 @@ class SiteConfig:
     dns_domains: tuple[str, ...] = ()
     secondaries: tuple[tuple[str, int], ...] = ()  # host's gateways after the first, in order
     failback: float = 300.0
+    tcp_congestion: str = ""  # the system's
+    tcp_notsent_lowat: int = 0
+    bandwidth: float = 0.0
+    pump_codel: bool = True
+    pace: bool = False
+    delay_target: int = 5  # ms, flows sending down; 0: the pump leaves them alone
+    delay_target_up: int = 0  # ms, flows sending up; 0: left alone
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -670,6 +677,28 @@ def _proxyarp(value: str) -> Proxyarp:
         raise ValueError(f"'{value}' is not one of: no, local, remote, both") from None
 
 
+# --- the SSH connection's queues (tcp_congestion, tcp_notsent_lowat, bandwidth)
+_CC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,14}$")  # a kernel congestion control's name
+
+
+def _congestion(value: str) -> str:
+    """A congestion control name as the kernel spells it (bbr, cubic, ...), or `default`."""
+    if not _CC_NAME.match(value):
+        raise ValueError(f"'{value}' is not a congestion control name (e.g. bbr, cubic, default)")
+    return "" if value == "default" else value
+
+
+def _mbit(value: str) -> float:
+    """A rate in Mbit/s, 0 (unknown) up to 100000."""
+    try:
+        number = float(value) if value.isascii() else math.nan
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and 0 <= number <= 100000):
+        raise ValueError(f"'{value}' is not a rate in Mbit/s (0 for unknown, up to 100000)")
+    return number
+
+
 # --------------------------------------------------------------------------- schema
 
 
@@ -777,6 +806,38 @@ SCHEMA: tuple[Key, ...] = (
     Key("remote", "keepalive_count_max", "keepalive_count_max", "2", _as_int(1, 100),
         "Keepalives left unanswered before the connection is declared dead: it is after "
         "interval x (count + 1) seconds of silence, 30 with the defaults."),
+    Key("remote", "tcp_congestion", "tcp_congestion", "default", _congestion,
+        "Congestion control of the SSH connection's TCP socket (TCP_CONGESTION), e.g. bbr, "
+        "when the kernel has it (loaded or loadable); else, silently, the system's default, "
+        "which `pppssh check` names. `default`: the system's (measured: no gain from bbr "
+        "on the lab's WAN, see Benchmark)."),
+    Key("remote", "tcp_notsent_lowat", "tcp_notsent_lowat", "0", _as_int(0, 16777216),
+        "Bytes the SSH socket may hold not yet sent before pppssh stops taking frames from "
+        "the local pppd (TCP_NOTSENT_LOWAT; the frames then wait, or are dropped, in front "
+        "of the tunnel rather than inside it). 0: no limit."),
+    Key("remote", "bandwidth", "bandwidth", "0", _mbit,
+        "The path's rate in Mbit/s, the slower way (0: unknown). Set, it sizes the SSH "
+        "window pppssh grants to twice the bandwidth-delay product (the delay: the SSH "
+        "handshake's RTT), so the remote sshd can hold no more than that towards this "
+        "gateway; unknown, the window is 2 MiB (OpenSSH's)."),
+    Key("remote", "pace", "pace", "no", _yes_no,
+        "With `bandwidth`: pace the SSH socket at 95% of it (SO_MAX_PACING_RATE), so that "
+        "the WAN's queue stays short and the frames wait where pppssh orders and drops them "
+        "(see `tcp_notsent_lowat`)."),
+    Key("remote", "delay_target", "delay_target", "5", _as_int(0, 1000),
+        "Milliseconds of queue each TCP flow coming down the tunnel may keep, measured by the "
+        "pump from the flow's own timestamps (its one-way delay over its smallest of the last "
+        "10 s); above it for 100 ms, pppssh drops the flow's data frames CoDel's way so the "
+        "far sender slows down: the queue in the remote pty and sshd, out of pppssh's reach "
+        "otherwise, stays short. 0: off. Not 0, VJ header compression is off (novj)."),
+    Key("remote", "delay_target_up", "delay_target_up", "0", _as_int(0, 1000),
+        "The same for TCP flows going up, measured by their round trip (a TSval going up to "
+        "the ACK that echoes it). 0: off, the default: the far receiver's delayed ACKs "
+        "lengthen those round trips, and measured, the drops cost the way up throughput "
+        "(see Benchmark)."),
+    Key("remote", "codel", "pump_codel", "yes", _yes_no,
+        "With `tcp_notsent_lowat`: drop large frames that waited in pppssh's queue longer "
+        "than 5 ms for 100 ms (CoDel), so the inner TCP slows down rather than queueing."),
     Key("ppp", "local_address", "local_address", None, _address,
         "This gateway's address on the PPP link."),
     Key("ppp", "remote_address", "remote_address", None, _address,

@@ -110,6 +110,13 @@ def _ipv6_options(cfg: SiteConfig, ours: str, peer: str) -> list[str]:
     return ["+ipv6", "ipv6", f"{ours},{peer}"] if cfg.ipv6 else ["noipv6"]
 
 
+def _frame_options(cfg: SiteConfig) -> list[str]:
+    """No VJ header compression (both ways: the local pppd refuses it) when the pump may drop
+    or reorder frames: a compressed header is a delta from the frame before it."""
+    dropping = cfg.delay_target or cfg.delay_target_up or cfg.tcp_notsent_lowat
+    return ["novj"] if dropping else []
+
+
 def local_pppd_argv(
     cfg: SiteConfig, logfd: int, pppd_version: tuple[int, int, int] | None = None
 ) -> list[str]:
@@ -126,6 +133,7 @@ def local_pppd_argv(
             commands.echo_adaptive_safe(pppd_version),
         ),
         *_ipv6_options(cfg, LOCAL_IPV6_ID, REMOTE_IPV6_ID),
+        *_frame_options(cfg),
         "logfd", str(logfd),
         *cfg.local_options,
     ]  # fmt: skip

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import logging
 import os
 import re
 import shlex
@@ -26,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import asyncssh_compat, known_hosts, proxy, trust
+from . import asyncssh_compat, known_hosts, proxy, queues, trust
 from .asyncssh_compat import asyncssh
 from .bridge import RAW_PTY_MODES, Bridge
 from .config import NO_IDENTITY, SiteConfig
@@ -69,7 +70,9 @@ __all__ = [
 # SSH receive window for the PPP channel: OpenSSH's own size. It covers 160 Mbit/s at 100 ms
 # RTT; a larger one buys nothing and, when the pty is slower than the link, holds that much
 # data in small packets in memory (8 MiB cost 20 MB of peak RSS in bench.pump).
-WINDOW = 2 * 1024 * 1024
+LOG = logging.getLogger("pppssh.daemon.ssh")  # into the daemon log
+WINDOW = queues.WINDOW_MAX
+WINDOW_ADJUST_PARTS = 8  # a window sized to the path is given back in eighths
 # AES-GCM first: one AEAD call per packet in asyncssh, where chacha20-poly1305 takes several
 # (about 30% more CPU per GB in bench.pump). No CBC cipher is offered at all.
 CIPHERS = (
@@ -927,10 +930,15 @@ async def open_bridge(
     factory: Callable[[], Bridge] = Bridge,
     window: int = WINDOW,
     max_pktsize: int = MAX_PKTSIZE,
+    cfg: SiteConfig | None = None,
 ) -> Bridge:
     """Run command on a raw remote pty; return the Bridge that pumps its channel (attach a
     local pty master to it). The session the lifecycle opens for the remote pppd, and the one
-    bench.pump measures."""
+    bench.pump measures. With cfg, its SSH socket and window levers apply (tune_link)."""
+    tuning = tune_link(conn, cfg) if cfg is not None else None
+    if tuning is not None:
+        window = tuning.window
+        max_pktsize = min(max_pktsize, max(queues.WINDOW_MIN, window // 2))
     chan, session = await conn.create_session(
         factory, command, term_type="dumb", term_modes=RAW_PTY_MODES, encoding=None,
         window=window, max_pktsize=max_pktsize,
@@ -938,7 +946,58 @@ async def open_bridge(
     assert isinstance(session, Bridge)
     asyncssh_compat.skip_packet_logging(chan)  # its PPP data packets: the bulk of all packets
     session.flush_per_read(conn)
+    if tuning is not None and cfg is not None:
+        if window < WINDOW:  # a window near the BDP: give it back as it is used, not at half
+            asyncssh_compat.eager_window_adjust(chan, max(1, window // WINDOW_ADJUST_PARTS))
+        if tuning.sock_fd >= 0 and tuning.notsent_lowat:
+            session.send_limit(cfg.tcp_notsent_lowat, tuning.sock_fd, codel=cfg.pump_codel)
+    if cfg is not None:
+        fd = tuning.sock_fd if tuning is not None else -1
+        session.delay_control(cfg.delay_target / 1000, cfg.delay_target_up / 1000, fd)
     return session
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkTuning:
+    """What tune_link applied to the SSH connection: the socket's congestion control as in
+    effect (None: no TCP socket of ours), TCP_NOTSENT_LOWAT, the handshake's RTT, the window."""
+
+    congestion: str | None
+    notsent_lowat: bool
+    rtt: float | None
+    window: int
+    sock_fd: int = -1
+
+
+def tune_link(conn: asyncssh.SSHClientConnection, cfg: SiteConfig) -> LinkTuning:
+    """Apply the site's socket levers to the SSH connection's TCP socket, and size the window
+    from its RTT and cfg.bandwidth. Through a proxy, a proxy command or jump hosts the socket
+    does not reach the gateway (or is not ours): the window stays at its default there."""
+    extra = getattr(conn, "get_extra_info", None)
+    raw = extra("socket") if callable(extra) else None
+    fd = raw.fileno() if raw is not None else -1
+    direct = cfg.proxy is None and not cfg.proxy_command and not cfg.jump
+    inet = (socket.AF_INET, socket.AF_INET6)
+    if raw is None or fd < 0 or raw.type != socket.SOCK_STREAM or raw.family not in inet:
+        return LinkTuning(None, False, None, WINDOW)
+    sock = socket.socket(fileno=os.dup(fd))  # the same socket, for setsockopt/getsockopt
+    try:
+        congestion = queues.set_congestion(sock, cfg.tcp_congestion)
+        lowat = bool(cfg.tcp_notsent_lowat) and queues.set_notsent_lowat(
+            sock, cfg.tcp_notsent_lowat
+        )
+        rtt = queues.tcp_rtt(sock) if direct else None
+        paced = bool(cfg.pace and cfg.bandwidth) and queues.set_pacing(sock, cfg.bandwidth)
+    finally:
+        sock.close()
+    tuning = LinkTuning(congestion, lowat, rtt, queues.channel_window(cfg.bandwidth, rtt), fd)
+    LOG.info(
+        "SSH socket: congestion control %s, notsent limit %s, paced %s, RTT %s, window %d",
+        congestion or "none", cfg.tcp_notsent_lowat if lowat else "none",
+        f"{cfg.bandwidth * queues.PACING_SHARE:g} Mbit/s" if paced else "no",
+        f"{rtt * 1000:.1f} ms" if rtt is not None else "unknown", tuning.window,
+    )  # fmt: skip
+    return tuning
 
 
 async def run_remote(

@@ -70,6 +70,15 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+@pytest.fixture
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """State files in a private folder (root's, 0750, as /run/pppssh)."""
+    folder = tmp_path / "run"
+    folder.mkdir(mode=0o750)
+    monkeypatch.setenv("PPPSSH_RUN_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def trusted_top(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Anchor pppssh's trust checks (trust.TOP) at this test's own directory.

@@ -57,6 +57,11 @@ ip = /sbin/ip
 connect_timeout = 7.5
 keepalive_interval = 30
 keepalive_count_max = 3
+tcp_congestion = cubic
+tcp_notsent_lowat = 16384
+bandwidth = 4.5
+codel = no
+pace = yes
 
 [ppp]
 local_address = 192.168.50.250
@@ -186,6 +191,8 @@ def test_full_file_every_key() -> None:
     assert cfg.remote_ip_command() == ("/usr/bin/sudo", "-n", "/sbin/ip")
     assert cfg.connect_timeout == 7.5
     assert (cfg.keepalive_interval, cfg.keepalive_count_max) == (30, 3)
+    assert (cfg.tcp_congestion, cfg.tcp_notsent_lowat, cfg.bandwidth) == ("cubic", 16384, 4.5)
+    assert cfg.pump_codel is False and cfg.pace is True
     assert cfg.local_address == IP("192.168.50.250")
     assert cfg.remote_address == IP("10.1.2.250")
     assert isinstance(cfg.local_address, ipaddress.IPv4Address)

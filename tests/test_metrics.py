@@ -162,15 +162,6 @@ def up_state(site: str = "site-b", **changes: object) -> State:
     return state
 
 
-@pytest.fixture
-def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """State files in a private folder (root's, 0750, as /run/pppssh)."""
-    folder = tmp_path / "run"
-    folder.mkdir(mode=0o750)
-    monkeypatch.setenv("PPPSSH_RUN_DIR", str(folder))
-    return folder
-
-
 def test_status_prometheus_reads_the_kernel_counters(
     run_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -19,15 +19,6 @@ from pppssh.system import write_state
 from tests.test_metrics import up_state
 
 
-@pytest.fixture
-def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """State files in a private folder (root's, 0750, as /run/pppssh)."""
-    folder = tmp_path / "run"
-    folder.mkdir(mode=0o750)
-    monkeypatch.setenv("PPPSSH_RUN_DIR", str(folder))
-    return folder
-
-
 def test_a_trusted_state_file_is_read(run_dir: Path) -> None:
     """The control: root's 0640 file of its own site."""
     write_state(up_state())

@@ -1,0 +1,93 @@
+"""The pump's delay control on a shaped WAN: a router between the gateways with the benchmark's
+4 Mbit/s profile (20 ms each way, a 20-packet queue). A download from ws-b fills the remote
+pty, sshd and the WAN queue; with the default delay_target the pump measures that queue from
+the flow's own TCP timestamps in real pppd frames (escaped, with the address and protocol
+fields as pppd negotiated them, a Linux sender's clock) and drops frames of that flow, and the
+transfer still completes. With delay_target = 0 the control is off: no summary, no novj.
+Counts, never times, are asserted.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.wan import PROFILES, load_modules, shape
+from tests.lab.netlab import WS_B, Lab, wait_for
+from tests.lab.test_tunnel import RUN_DIR, no_leftovers, pppssh, show
+from tests.lab.test_tunnel import stop_all as stop_all  # the fixture, used by name
+
+pytestmark = pytest.mark.lab
+
+SITE = "site-b"
+SUMMARY = re.compile(
+    r"delay control: target 5 ms down, 0 ms up, \d+ flows; up: no samples, 0 dropped; "
+    r"down: queue ([\d.]+) ms median, ([\d.]+) ms p90 \((\d+) samples\), (\d+) dropped"
+)
+
+
+@pytest.fixture
+def shaped(lab: Lab) -> Iterator[str]:
+    """The routed WAN, shaped to 4 Mbit/s each way, for the test."""
+    load_modules(lab)
+    with lab.routed_wan() as router:
+        shape(lab, router, PROFILES["4mbit"])
+        yield router
+
+
+def download(lab: Lab, seconds: int) -> subprocess.CompletedProcess[str]:
+    """iperf3 ws-b -> ws-a through the link for seconds."""
+    server = lab.spawn("ws-b", ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: ":5201" in lab.run("ws-b", ["ss", "-Htln"]).stdout, timeout=10)
+        return lab.run("ws-a", ["iperf3", "-c", WS_B, "-R", "-t", str(seconds)], check=False,
+                       timeout=seconds + 60)  # fmt: skip
+    finally:
+        server.kill()
+        server.wait()
+
+
+def local_pppd_args(lab: Lab) -> str:
+    """The command line of gw-a's pppd."""
+    return lab.run("gw-a", ["pgrep", "-a", "pppd"]).stdout
+
+
+def stop_reading_log(lab: Lab) -> str:
+    """Stop the site; its daemon log, read through a descriptor opened before (a clean stop
+    removes the file after its last lines)."""
+    with Path(RUN_DIR / f"{SITE}.log").open(errors="replace") as log:
+        stopped = pppssh(lab, "stop", SITE)
+        said = log.read()
+    assert stopped.returncode == 0, show(stopped)
+    return said
+
+
+def test_download_queue_is_measured_and_cut(lab: Lab, stop_all: None, shaped: str) -> None:
+    """Default: frames of the download are dropped, the transfer completes, novj is on;
+    delay_target = 0: none of it."""
+    conf = lab.write_site_conf(SITE)
+    started = pppssh(lab, "start", str(conf))
+    assert started.returncode == 0, show(started)
+    assert " novj " in f" {local_pppd_args(lab)} "
+    got = download(lab, 6)
+    assert got.returncode == 0 and "receiver" in got.stdout, show(got)
+    said = stop_reading_log(lab)
+    found = SUMMARY.search(said)
+    assert found, said[-2000:]
+    samples, dropped = int(found[3]), int(found[4])
+    assert samples > 100 and dropped >= 1, found[0]
+    assert float(found[2]) > 0, found[0]  # a queue was seen
+
+    conf = lab.write_site_conf(SITE, setup=False, remote_delay_target=0)
+    started = pppssh(lab, "start", str(conf))
+    assert started.returncode == 0, show(started)
+    assert " novj " not in f" {local_pppd_args(lab)} "
+    got = download(lab, 2)
+    assert got.returncode == 0, show(got)
+    said = stop_reading_log(lab)
+    assert "SSH socket:" in said and "delay control:" not in said, said[-2000:]
+    assert no_leftovers(lab) == []
