@@ -829,7 +829,9 @@ SCHEMA: tuple[Key, ...] = (
         "pump from the flow's own timestamps (its one-way delay over its smallest of the last "
         "10 s); above it for 100 ms, pppssh drops the flow's data frames CoDel's way so the "
         "far sender slows down: the queue in the remote pty and sshd, out of pppssh's reach "
-        "otherwise, stays short. 0: off. Not 0, VJ header compression is off (novj)."),
+        "otherwise, stays short. No drops for 1 s after the SSH connection itself lost a "
+        "segment (that delay is the outer TCP's). 0: off. Not 0, VJ header compression is "
+        "off (novj)."),
     Key("remote", "delay_target_up", "delay_target_up", "0", _as_int(0, 1000),
         "The same for TCP flows going up, measured by their round trip (a TSval going up to "
         "the ACK that echoes it). 0: off, the default: the far receiver's delayed ACKs "

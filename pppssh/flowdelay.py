@@ -138,8 +138,16 @@ def _tcp(head: bytes, at: int, flow_addrs: tuple[bytes, bytes], payload_end: int
 
 def parse_frame(frame: bytes) -> Segment | None:
     """The TCP segment a PPP frame carries (IPv4, VJ-uncompressed IPv4, or IPv6 with TCP
-    straight after its header), or None for anything else or anything malformed."""
-    head = _unescape(frame, HEAD)
+    straight after its header), or None for anything else or anything malformed (the peer
+    writes these bytes: nothing in them may raise in the pump)."""
+    try:
+        return _parse(_unescape(frame, HEAD))
+    except (IndexError, struct.error):  # every read is bounds-checked; this is the backstop
+        return None
+
+
+def _parse(head: bytes) -> Segment | None:
+    """parse_frame on the unescaped head of a frame."""
     at = 2 if head[:2] == b"\xff\x03" else 0  # address and control, unless compressed away
     if len(head) < at + 1:
         return None

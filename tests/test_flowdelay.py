@@ -7,6 +7,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pppssh import flowdelay, plan
 from pppssh.config import ConfigError, SiteConfig, parse
@@ -318,3 +320,14 @@ def test_tcp_losses_reads_a_tcp_socket() -> None:
     finally:
         for s in (server, client, accepted, udp):
             s.close()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200), st.floats(0, 100))
+def test_any_bytes_from_the_peer_never_raise(data: bytes, now: float) -> None:
+    """Whatever the peer sends, parsing and both decisions answer without raising."""
+    fd = FlowDelay(0.005, 0.005)
+    for frame_ in (data, b"~\xff\x03\x00\x21" + data + b"~", b"~\x21" + data, b"~\x57" + data):
+        parse_frame(frame_)
+        fd.down(frame_, now)
+        fd.up(frame_, now)

@@ -59,7 +59,7 @@ REMOTE = "[vpn@gw.example.net]"
 PPPD = (
     "/usr/sbin/pppd nodetach noauth local nocrtscts linkname pppssh-site-b ipparam "
     "pppssh-site-b 10.99.0.1:10.99.0.2 mtu 1400 mru 1400 nodefaultroute noccp "
-    "lcp-echo-interval 10 lcp-echo-failure 3 noproxyarp noipv6 logfd 9"
+    "lcp-echo-interval 10 lcp-echo-failure 3 noproxyarp noipv6 novj logfd 9"
 )
 RULES = [
     "ip -4 rule add iif ppp0 to 10.1.0.0/24 priority 5000 lookup main",

@@ -58,6 +58,7 @@ def test_local_pppd_typical() -> None:
         "lcp-echo-interval", "10", "lcp-echo-failure", "3", "lcp-echo-adaptive",
         "noproxyarp",
         "noipv6",  # Debian's pppd would negotiate IPv6 otherwise
+        "novj",  # the pump may drop frames (delay_target)
         "logfd", "7",
     ]  # fmt: skip
 
@@ -132,7 +133,7 @@ def test_proxyarp_both_and_custom_sizes() -> None:
         "mtu", "1280", "mru", "1500",
         "nodefaultroute", "noccp",
         "lcp-echo-interval", "10", "lcp-echo-failure", "3",
-        "proxyarp", "noipv6",
+        "proxyarp", "noipv6", "novj",
         "logfd", "7",
     ]  # fmt: skip
     assert remote_pppd_argv(cfg) == ["/usr/bin/sudo", "-n", "/usr/local/sbin/pppd", "call",
@@ -169,7 +170,7 @@ def test_lcp_echo_off() -> None:
     cfg = site(ppp="lcp_echo_interval = 0\nlcp_echo_failure = 9\n")
     local = local_pppd_argv(cfg, logfd=3)
     assert local[local.index("noccp") :] == [
-        "noccp", "lcp-echo-interval", "0", "noproxyarp", "noipv6", "logfd", "3",
+        "noccp", "lcp-echo-interval", "0", "noproxyarp", "noipv6", "novj", "logfd", "3",
     ]  # fmt: skip
     assert "lcp-echo-failure" not in local
     remote = remote_pppd_options(cfg)
