@@ -28,6 +28,7 @@ WEIGHTS = {  # seconds per module in a full run on a quiet 2-core machine (repor
     "tests/lab/test_attack_sudo.py": 56.0,
     "tests/lab/test_hooks.py": 55.0,
     "tests/lab/test_reach.py": 54.0,
+    "tests/lab/test_delay.py": 45.0,
     "tests/lab/test_attack_local.py": 53.0,
     "tests/lab/test_boot.py": 47.0,
     "tests/lab/test_metrics.py": 40.0,

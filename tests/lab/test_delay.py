@@ -25,7 +25,8 @@ pytestmark = pytest.mark.lab
 
 SITE = "site-b"
 SUMMARY = re.compile(
-    r"delay control: target 5 ms down, 0 ms up, \d+ flows; up: no samples, 0 dropped; "
+    r"delay control: target 5 ms down, 0 ms up, \d+ flows, \d+ frames above it kept while "
+    r"the SSH connection recovered a loss; up: no samples, 0 dropped; "
     r"down: queue ([\d.]+) ms median, ([\d.]+) ms p90 \((\d+) samples\), (\d+) dropped"
 )
 
