@@ -123,30 +123,28 @@ def notsent_bytes(fd: int) -> int:
     return int(struct.unpack("i", got)[0])
 
 
-def tcp_rtt(sock: socket.socket) -> float | None:
-    """The kernel's smoothed RTT of a TCP socket in seconds (TCP_INFO), None if unknown."""
+def _tcp_info(sock: socket.socket, layout: struct.Struct) -> tuple[int, ...] | None:
+    """The fields of layout from a TCP socket's TCP_INFO; None when it has none or this
+    kernel's struct tcp_info is shorter."""
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_RTT.size)
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, layout.size)
     except OSError:
         return None
-    if len(info) < _TCPI_RTT.size:
-        return None
-    rtt_us = _TCPI_RTT.unpack(info)[0]
-    return rtt_us / 1e6 if rtt_us else None
+    return layout.unpack(info) if len(info) >= layout.size else None
+
+
+def tcp_rtt(sock: socket.socket) -> float | None:
+    """The kernel's smoothed RTT of a TCP socket in seconds (TCP_INFO), None if unknown."""
+    got = _tcp_info(sock, _TCPI_RTT)
+    return got[0] / 1e6 if got and got[0] else None
 
 
 def tcp_losses(sock: socket.socket) -> int | None:
     """Segments a TCP connection lost either way, as counters that grow: its
     retransmissions plus the out-of-order segments it received (a hole the peer must fill);
     None when the kernel does not tell (before 5.4, or not TCP)."""
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_LOSSES.size)
-    except OSError:
-        return None
-    if len(info) < _TCPI_LOSSES.size:
-        return None
-    retrans, ooo = _TCPI_LOSSES.unpack(info)
-    return int(retrans) + int(ooo)
+    got = _tcp_info(sock, _TCPI_LOSSES)
+    return sum(got) if got is not None else None
 
 
 def channel_window(mbit: float, rtt: float | None) -> int:
