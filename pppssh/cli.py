@@ -426,8 +426,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_remote_setup(args: argparse.Namespace) -> int:
-    """Print (or apply over an administrator's login) the remote gateway's set-up."""
-    from .remote_setup import public_key, removal_script, run_apply, setup_script
+    """Print (or apply over an administrator's login, to every gateway of `host` in order)
+    the remote gateway's set-up."""
+    from .remote_setup import apply_all, authorised_key, removal_script, setup_script
     from .ssh import TunnelError
 
     cfg = _load(args.config, files=False)
@@ -435,18 +436,28 @@ def cmd_remote_setup(args: argparse.Namespace) -> int:
         check_files(cfg)  # the identity and known_hosts it reads, as `start` would
     except ConfigError as exc:
         raise Fail(str(exc), EXIT_USAGE) from None
+    given = Path(args.public_key).absolute() if args.public_key else None
     try:
-        key = public_key(cfg)
+        key = asyncio.run(authorised_key(cfg, given))
     except TunnelError as exc:
         raise Fail(str(exc)) from None
-    script = removal_script(cfg, key) if args.remove else setup_script(cfg, key)
+
+    def script(at: SiteConfig) -> str:
+        """The script for one gateway."""
+        return removal_script(at, key) if args.remove else setup_script(at, key)
+
     if not args.apply:
-        sys.stdout.write(script)
+        sys.stdout.write(script(cfg))
         return 0
-    try:
-        return run_apply(cfg, script, args.admin, args.admin_identity)
-    except TunnelError as exc:
-        raise Fail(str(exc)) from None
+    results = asyncio.run(apply_all(cfg, script, args.admin, args.admin_identity))
+    verb = "removal" if args.remove else "set-up"
+    for gateway, status, why in results:
+        if status == 0:
+            sys.stdout.write(f"pppssh remote-setup: {gateway}: {verb} done\n")
+        else:
+            sys.stderr.write(f"pppssh remote-setup: {gateway}: {verb} failed: {why}\n")
+    failed = [status for _gateway, status, _why in results if status]
+    return failed[0] if failed else 0
 
 
 # ---------------------------------------------------------------------------- main
@@ -527,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("config", help="site file, or NAME for /etc/pppssh/NAME.conf")
     setup.add_argument(
         "--apply", action="store_true",
-        help="run it on the remote gateway over an administrator's SSH login",
+        help="run it on each gateway of host, in order, over an administrator's SSH login",
     )  # fmt: skip
     setup.add_argument("--remove", action="store_true", help="undo the set-up instead")
     setup.add_argument(
@@ -535,8 +546,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="administrator to log in as for --apply (root, or a user with sudo; default root)",
     )  # fmt: skip
     setup.add_argument(
-        "--admin-identity", metavar="FILE",
+        "--admin-identity",
+        metavar="FILE",
         help="the administrator's private key (default: ~/.ssh keys and the agent)",
+    )
+    setup.add_argument(
+        "--public-key", metavar="FILE",
+        help="the public key the link account is to accept (default: the identity's, else "
+        "the first key of the agent or token); root's, like the site's other files",
     )  # fmt: skip
     setup.set_defaults(func=cmd_remote_setup)
     return parser

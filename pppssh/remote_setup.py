@@ -13,8 +13,10 @@ was validated by config.py, and the files go in through quoted here-documents.
 from __future__ import annotations
 
 import asyncio
+import base64
 import shlex
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -35,16 +37,26 @@ from .commands import (
     sudoers_rules,
     sudoers_word,
 )
-from .config import SiteConfig
+from .config import NO_IDENTITY, SiteConfig, server_text
 from .linkfilter import PRIORITY, remote_filter
 from .plan import Command, remote_pppd_options
 from .sanitize import printable
-from .ssh import TunnelError, close_connection, connect, load_identity, read_identity
+from .ssh import (
+    CERT_SUFFIX,
+    TunnelError,
+    agent_offers,
+    close_connection,
+    connect,
+    load_identity,
+    read_identity,
+)
 
 __all__ = [
     "HELPER_PATH",
     "POLICY_DIR",
     "apply",
+    "apply_all",
+    "authorised_key",
     "filter_lines",
     "helper_text",
     "ip_down_text",
@@ -102,6 +114,60 @@ def public_key(cfg: SiteConfig) -> str:
             ) from None
     kind, blob = key.export_public_key("openssh").decode("ascii").split()[:2]
     return f"{kind} {blob}"
+
+
+def given_public_key(path: Path) -> str:
+    """`type base64` of a public key file named with --public-key, read through trust: the key
+    it holds is the one the link account will accept, so only root may have written it."""
+    try:
+        data = trust.read_trusted(path, "public key").data
+        key = asyncssh.import_public_key(data)
+    except trust.Untrusted as exc:
+        raise TunnelError(str(exc)) from None
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise TunnelError(f"public key {path}: {printable(str(exc))}") from None
+    kind, blob = key.export_public_key("openssh").decode("ascii").split()[:2]
+    return f"{kind} {blob}"
+
+
+def _plain_public(public_data: bytes) -> str | None:
+    """`type base64` of an offered key's public blob; None for a certificate (a certificate
+    login is authorised by the CA, not by a key line)."""
+    try:
+        length = int.from_bytes(public_data[:4], "big")
+        kind = public_data[4 : 4 + length].decode("ascii")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if kind.endswith(CERT_SUFFIX) or not kind:
+        return None
+    key = asyncssh.import_public_key(f"{kind} {base64.b64encode(public_data).decode()}")
+    kind, blob = key.export_public_key("openssh").decode("ascii").split()[:2]
+    return f"{kind} {blob}"
+
+
+async def authorised_key(cfg: SiteConfig, given: Path | None = None) -> str:
+    """The public key the link account is to accept: --public-key's, else the identity
+    file's, else the first key `start` would offer from the agent; one-line error if none."""
+    if given is not None:
+        return given_public_key(given)
+    if cfg.identity != NO_IDENTITY:
+        return public_key(cfg)
+    offers: list[tuple[str, asyncssh.SSHKeyPair]] = []
+    if cfg.agent:
+        offers, agent = await agent_offers(cfg)
+        agent.close()
+    for _label, pair in offers:
+        try:
+            text = _plain_public(pair.public_data)
+        except (asyncssh.KeyImportError, ValueError):
+            continue
+        if text is not None:
+            return text
+    raise TunnelError(
+        f"{cfg.path}: no public key to authorise: the site has no identity file and "
+        f"{'its agent holds no usable key' if cfg.agent else 'no agent'}; "
+        f"give one with --public-key FILE"
+    )
 
 
 file_name = peers_name  # every file remote-setup writes for a site has this name
@@ -588,3 +654,24 @@ async def apply(cfg: SiteConfig, script: str, admin: str, admin_identity: str | 
 def run_apply(cfg: SiteConfig, script: str, admin: str, admin_identity: str | None) -> int:
     """Synchronous wrapper for the CLI."""
     return asyncio.run(apply(cfg, script, admin, admin_identity))
+
+
+async def apply_all(
+    cfg: SiteConfig,
+    scripts: Callable[[SiteConfig], str],
+    admin: str,
+    admin_identity: str | None,
+) -> list[tuple[str, int, str]]:
+    """Apply the set-up to every gateway of `host`, in order, each with its own host key
+    check; one failure does not stop the others. Returns (gateway, status, why) each."""
+    results: list[tuple[str, int, str]] = []
+    for index, server in enumerate(cfg.servers):
+        at = cfg.at_server(index)
+        try:
+            status = await apply(at, scripts(at), admin, admin_identity)
+        except TunnelError as exc:
+            results.append((server_text(server), 1, str(exc)))
+            continue
+        why = "" if status == 0 else f"the script exited with status {status}"
+        results.append((server_text(server), status, why))
+    return results
