@@ -162,6 +162,8 @@ class SiteConfig:
     agent: str = ""
     certificate: Path | None = None
     ssh_config: Path | None = None
+    pkcs11_provider: str = ""  # a PKCS#11 library whose token holds the key
+    pkcs11_pin_file: Path | None = None
     dns_servers: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()  # [dns]
     dns_domains: tuple[str, ...] = ()
     secondaries: tuple[tuple[str, int], ...] = ()  # host's gateways after the first, in order
@@ -616,6 +618,13 @@ def _agent(value: str) -> str:
     return value
 
 
+def _library(value: str) -> str:
+    """A shared library's absolute path (a PKCS#11 provider), or nothing."""
+    if value and not _ABS_PROGRAM.match(value):
+        raise ValueError(f"'{value}' must be an absolute path to a PKCS#11 library (.so)")
+    return value
+
+
 def _optional_path(value: str) -> Path | None:
     """A file path (relative to the site file), or nothing."""
     return Path(value) if value else None
@@ -748,8 +757,9 @@ SCHEMA: tuple[Key, ...] = (
         "Private key file for that account (relative paths are relative to the site file). "
         "Like the site file and every file it names, it must be root's, not writable by "
         "group or others, in directories that are the same; and, as OpenSSH requires, not "
-        "readable by group or others (chmod 600). Required unless `agent` or `ssh_config` is "
-        "set."),
+        "readable by group or others (chmod 600). Required unless `agent`, `pkcs11_provider` "
+        "or `ssh_config` is set. A FIDO security key's file (`ssh-keygen -t ed25519-sk`) holds "
+        "only a handle; the authenticator signs."),
     Key("remote", "known_hosts", "known_hosts", None, str,
         "known_hosts file holding the remote gateway's host key; there is no way to skip "
         "the check."),
@@ -776,6 +786,14 @@ SCHEMA: tuple[Key, ...] = (
     Key("remote", "certificate", "certificate", "", _optional_path,
         "An OpenSSH user certificate (`id-cert.pub`) for `identity`, signed by a CA the "
         "remote sshd trusts (TrustedUserCAKeys); checked like known_hosts."),
+    Key("remote", "pkcs11_provider", "pkcs11_provider", "", _library,
+        "Log in with a key on a PKCS#11 token (smart card, HSM): the absolute path of its "
+        "provider library (`/usr/lib/softhsm/libsofthsm2.so`, `opensc-pkcs11.so`), which "
+        "root loads: root's, in directories only root can write. Its keys are offered after "
+        "the agent's, before `identity`. Needs the python-pkcs11 package."),
+    Key("remote", "pkcs11_pin_file", "pkcs11_pin_file", "", _optional_path,
+        "A file holding the token's user PIN (one line), root's and closed to group and "
+        "others (chmod 600), as an identity; empty: the token is opened without a PIN."),
     Key("remote", "ssh_config", "ssh_config", "no", _ssh_config,
         "yes (root's ~/.ssh/config) or a path: take HostName, Port, User, IdentityFile, "
         "ProxyJump and CertificateFile of the first matching Host entries for `host`; keys "
@@ -1148,7 +1166,7 @@ def parse(text: str, path: Path) -> SiteConfig:
     base = path.parent
     for attr in ("user", "identity"):
         if not parsed[attr] and parsed["ssh_config"] is None:
-            if attr == "identity" and parsed["agent"]:
+            if attr == "identity" and (parsed["agent"] or parsed["pkcs11_provider"]):
                 continue
             if lines[attr]:
                 raise err(attr, "must not be empty")
@@ -1161,7 +1179,7 @@ def parse(text: str, path: Path) -> SiteConfig:
                 continue
             raise err(attr, "must not be empty")
         parsed[attr] = (base / Path(parsed[attr]).expanduser()).absolute()
-    for attr in ("jump_identity", "proxy_auth", "certificate"):
+    for attr in ("jump_identity", "proxy_auth", "certificate", "pkcs11_pin_file"):
         if parsed[attr] is not None:
             parsed[attr] = (base / parsed[attr].expanduser()).absolute()
     servers = [(h, p or parsed["port"]) for h, p in _servers(parsed["host"])]
@@ -1193,6 +1211,8 @@ def _check_reach(parsed: dict[str, Any], err: Callable[[str, str], ConfigError])
         parsed["proxy"] is None or parsed["proxy"].scheme != "http"
     ):
         raise err("proxy_auth", "only an http:// proxy takes basic authentication")
+    if parsed["pkcs11_pin_file"] is not None and not parsed["pkcs11_provider"]:
+        raise err("pkcs11_pin_file", "set without pkcs11_provider")
     if parsed["jump_identity"] is not None and not parsed["jump"]:
         raise err("jump_identity", "set without any jump host")
     if parsed["full_tunnel"] and parsed["proxy_command"]:
@@ -1403,10 +1423,12 @@ def check_files(cfg: SiteConfig, missing_ok: bool = False) -> None:
             named.append((attr, key, argv[0], True))
     if cfg.identity != NO_IDENTITY:
         named.insert(0, ("identity", "identity", cfg.identity, False))
-    for attr in ("jump_identity", "proxy_auth", "certificate"):
+    for attr in ("jump_identity", "proxy_auth", "certificate", "pkcs11_pin_file"):
         if getattr(cfg, attr) is not None:
             named.append((attr, attr, getattr(cfg, attr), False))
-    secrets = ("identity", "jump_identity", "proxy_auth")
+    if cfg.pkcs11_provider:  # a library root loads: checked like a program, minus the x bit
+        named.append(("pkcs11_provider", "pkcs11_provider", cfg.pkcs11_provider, False))
+    secrets = ("identity", "jump_identity", "proxy_auth", "pkcs11_pin_file")
     for attr, key, path, program in named:
         try:
             if program:

@@ -49,6 +49,7 @@ from .ssh import (
     connect,
     load_identity,
     read_identity,
+    token_offers,
 )
 
 __all__ = [
@@ -147,7 +148,8 @@ def _plain_public(public_data: bytes) -> str | None:
 
 async def authorised_key(cfg: SiteConfig, given: Path | None = None) -> str:
     """The public key the link account is to accept: --public-key's, else the identity
-    file's, else the first key `start` would offer from the agent; one-line error if none."""
+    file's, else the first key `start` would offer from the agent or token; one-line error
+    if none."""
     if given is not None:
         return given_public_key(given)
     if cfg.identity != NO_IDENTITY:
@@ -156,6 +158,8 @@ async def authorised_key(cfg: SiteConfig, given: Path | None = None) -> str:
     if cfg.agent:
         offers, agent = await agent_offers(cfg)
         agent.close()
+    if cfg.pkcs11_provider:
+        offers += await token_offers(cfg)
     for _label, pair in offers:
         try:
             text = _plain_public(pair.public_data)
@@ -165,7 +169,7 @@ async def authorised_key(cfg: SiteConfig, given: Path | None = None) -> str:
             return text
     raise TunnelError(
         f"{cfg.path}: no public key to authorise: the site has no identity file and "
-        f"{'its agent holds no usable key' if cfg.agent else 'no agent'}; "
+        "no usable key in its agent or token; "
         f"give one with --public-key FILE"
     )
 

@@ -627,6 +627,78 @@ async def agent_offers(
     return offers, agent
 
 
+def _pin(cfg: SiteConfig) -> str | None:
+    """The token's user PIN, from its root-only file (first line), or None."""
+    if cfg.pkcs11_pin_file is None:
+        return None
+    try:
+        data = trust.read_trusted(cfg.pkcs11_pin_file, "pkcs11_pin_file", secret=True).data
+    except Untrusted as exc:
+        raise TunnelError(str(exc)) from None
+    try:
+        return data.decode("utf-8").splitlines()[0] if data.strip() else ""
+    except UnicodeDecodeError:
+        raise TunnelError(f"pkcs11_pin_file {cfg.pkcs11_pin_file}: not UTF-8 text") from None
+
+
+def load_token_keys(cfg: SiteConfig) -> list[tuple[str, asyncssh.SSHKeyPair]]:
+    """The keys on cfg's PKCS#11 token, labelled for check; one-line errors for a provider
+    that fails the trust checks, a missing python-pkcs11, a wrong PIN or no token."""
+    provider = cfg.pkcs11_provider
+    try:
+        real = trust.check_file(provider, "pkcs11_provider").path
+    except Untrusted as exc:
+        raise TunnelError(str(exc)) from None
+    try:
+        import pkcs11
+        from asyncssh.pkcs11 import load_pkcs11_keys
+    except ImportError:
+        raise TunnelError(
+            f"pkcs11_provider {provider}: PKCS#11 keys need the python-pkcs11 package "
+            "(pip install python-pkcs11)"
+        ) from None
+    from pkcs11 import exceptions as p11
+
+    pin = _pin(cfg)
+    try:
+        pairs: list[asyncssh.SSHKeyPair] = []
+        for slot in pkcs11.lib(str(real)).get_slots(token_present=True):
+            token = slot.get_token()
+            if token.flags & pkcs11.TokenFlag.TOKEN_INITIALIZED:  # not a blank slot
+                pairs += load_pkcs11_keys(
+                    str(real), pin, load_certs=False, token_serial=token.serial
+                )
+    except p11.PinIncorrect:
+        raise TunnelError(
+            f"PKCS#11 token of {provider}: the PIN in {cfg.pkcs11_pin_file} is wrong"
+        ) from None
+    except p11.PinLocked:
+        raise TunnelError(f"PKCS#11 token of {provider}: its PIN is locked") from None
+    except (p11.PKCS11Error, RuntimeError, OSError, ValueError) as exc:
+        why = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+        raise TunnelError(f"PKCS#11 token of {provider}: {printable(why, 200)}") from None
+    offers: list[tuple[str, asyncssh.SSHKeyPair]] = []
+    for pair in pairs:
+        key = asyncssh.import_public_key(
+            _string(pair.public_data)[0] + b" " + base64.b64encode(pair.public_data)
+        )
+        name = printable(pair.get_comment() or "", 64)
+        offers.append((_label(key, f"PKCS#11 token {provider}, key {name}"), pair))
+    if not offers:
+        raise TunnelError(f"PKCS#11 token of {provider}: no RSA or ECDSA key found on it")
+    return offers
+
+
+async def token_offers(cfg: SiteConfig) -> list[tuple[str, asyncssh.SSHKeyPair]]:
+    """load_token_keys off the event loop (a token may be slow), bounded by connect_timeout."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(load_token_keys, cfg), cfg.connect_timeout)
+    except TimeoutError:
+        raise TunnelError(
+            f"PKCS#11 token of {cfg.pkcs11_provider}: no answer in {cfg.connect_timeout:g}s"
+        ) from None
+
+
 def first_hop(cfg: SiteConfig) -> tuple[str, int]:
     """Where the SSH path's TCP connection goes, as configured: the proxy, else the first
     jump host, else the remote gateway (for `routes --print`); SiteConfig.first_hop."""
@@ -815,6 +887,8 @@ async def connect(
             offers = []
             if cfg.agent:
                 offers, agent = await agent_offers(cfg)
+            if cfg.pkcs11_provider:
+                offers += await token_offers(cfg)
             if cfg.identity != NO_IDENTITY:
                 offers += file_offers(cfg.identity, cfg.certificate)
         host, port = (cfg.jump[0].host, cfg.jump[0].port) if cfg.jump else (cfg.host, cfg.port)
@@ -889,7 +963,8 @@ async def _connect_hop(
             raise AlgorithmRefused(weak) from None
         if custom or offers is None:
             raise KeyRefused(f"{who} refused the login") from None
-        if not cfg.agent and cfg.certificate is None and len(client.offered) == 1:
+        if (not cfg.agent and not cfg.pkcs11_provider and cfg.certificate is None
+                and len(client.offered) == 1):  # fmt: skip
             key_file = cfg.jump_identity if role and cfg.jump_identity else cfg.identity
             raise KeyRefused(
                 f"{role}{who} refused the key {key_file} (is it in "

@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(user-mode-linux kmod ppp openssh-server openssh-client sudo iproute2 iputils-ping
-          procps util-linux shellcheck systemd iperf3 tinyproxy-bin nftables iptables)
+          procps util-linux shellcheck systemd iperf3 tinyproxy-bin nftables iptables
+          softhsm2)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -33,3 +34,7 @@ if ! ls "$LAB_DEBS"/openresolv_*.deb >/dev/null 2>&1; then
 		|| { apt-get update -qq && (cd "$LAB_DEBS" && apt-get download -qq openresolv); }
 fi
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+# PKCS#11 keys (asyncssh.pkcs11) need python-pkcs11; FIDO keys (asyncssh.sk) need fido2.
+# Both are optional for pppssh; the tests use them with SoftHSM2 (a file-backed token made
+# in a temporary folder through SOFTHSM2_CONF: no daemon) and a fake authenticator.
+python3 -m pip install -q --disable-pip-version-check python-pkcs11 fido2

@@ -49,6 +49,8 @@ user = pppssh
 # relative: next to this file
 identity = keys/id_ed25519
 known_hosts = /etc/pppssh/known_hosts
+pkcs11_provider = /usr/lib/x86_64-linux-gnu/opensc-pkcs11.so
+pkcs11_pin_file = keys/token.pin
 sudo = /usr/bin/sudo -n
 helper = yes
 from = 203.0.113.0/24, !203.0.113.9 *.example.net
@@ -184,6 +186,8 @@ def test_full_file_every_key() -> None:
     assert cfg.destination == "pppssh@gw.example.net:2222"
     assert cfg.identity == Path("/etc/pppssh/keys/id_ed25519")
     assert cfg.known_hosts == Path("/etc/pppssh/known_hosts")
+    assert cfg.pkcs11_provider == "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
+    assert cfg.pkcs11_pin_file == Path("/etc/pppssh/keys/token.pin")
     assert cfg.sudo == ("/usr/bin/sudo", "-n")
     assert cfg.helper is True
     assert cfg.key_from == ("203.0.113.0/24", "!203.0.113.9", "*.example.net")

@@ -118,7 +118,7 @@ def test_agent_only_site_authorises_the_agents_first_key(
                        check=True, stderr=subprocess.DEVNULL)  # fmt: skip
         assert cli.main(["remote-setup", str(conf)]) == 1
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "its agent holds no usable key" in err
+        assert err.count("\n") == 1 and "no usable key in its agent or token" in err
         assert "--public-key FILE" in err
     finally:
         trust.TOP = top
