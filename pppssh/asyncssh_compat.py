@@ -21,6 +21,8 @@ What each reliance is for, and what happens without it:
   data_received (asyncio)       one pty write per socket read            one loop turn more
   _make_global_request, _transport the keepalive's round trip (metrics)  no RTT is measured
   _deliver_data, _recv_window   a small window given back as it is used  back at half, as always
+  sk keys' _flags, _key_handle  check says whether a FIDO key wants touch  not said
+  SSHKeyPair.sign               why a FIDO authenticator did not sign    "refused the key"
 
 The import: at import asyncssh looks for liboqs (twice, as "oqs" and "liboqs") and for nettle
 (UMAC) with ctypes.util.find_library. For a library the ld.so cache does not list,
@@ -91,6 +93,7 @@ _ABI = {
 Verify = Callable[[bytes, bytes], bool]
 Validate = Callable[[bytes], Any]  # key data -> asyncssh.SSHKey
 Receive = Callable[..., None]
+Sign = Callable[[bytes], bytes]  # data -> an SSH signature
 
 
 def ld_cache_lookup(listing: str, abi: str = _ABI) -> Callable[[str], str | None]:
@@ -203,6 +206,27 @@ def key_bits(key: object) -> int:
     outside the documented API."""
     size = getattr(getattr(key, "pyca_key", None), "key_size", 0)
     return size if isinstance(size, int) else 0
+
+
+def sk_touch_required(key: object) -> bool | None:
+    """For a FIDO (sk-) private key read from its file: whether it asks the authenticator for
+    a touch; None when it cannot be told (a public key, an agent's key).
+
+    Relies on: the sk key classes' _flags (SSH_SK_USER_PRESENCE_REQD = 0x01) and _key_handle
+    (None for a public key), attributes outside the documented API."""
+    flags = getattr(key, "_flags", None)
+    if getattr(key, "_key_handle", None) is None or not isinstance(flags, int):
+        return None
+    return bool(flags & 0x01)
+
+
+def wrap_signing(pair: object, wrap: Callable[[Sign], Sign]) -> None:
+    """Put wrap(original) in place of a key pair's signing (to keep why it failed: asyncssh
+    only logs it and tries the next key).
+
+    Relies on: the client's user authentication calling keypair.sign(data) (directly or in
+    an executor) when the pair has no sign_async, as SSHLocalKeyPair has none."""
+    pair.sign = wrap(pair.sign)  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- checks put in its way

@@ -301,6 +301,7 @@ class Connection(asyncssh.SSHClient):
         self.pending: list[tuple[str, asyncssh.SSHKeyPair]] = []  # keys still to offer
         self.offered: list[str] = []  # the keys offered, in order (the last one on success)
         self.accepted: str | None = None  # the key the server accepted
+        self.sign_error: str | None = None  # why a security key could not sign
         self.hops: list[asyncssh.SSHClientConnection] = []  # jump hosts under this one
         self.first_peer: str | None = None  # the address of the path's TCP connection
         self.process: subprocess.Popen[bytes] | None = None  # a proxy command under this one
@@ -311,6 +312,7 @@ class Connection(asyncssh.SSHClient):
             return None
         label, keypair = self.pending.pop(0)
         self.offered.append(label)
+        _watch_signing(self, label, keypair)
         return [keypair]
 
     def auth_completed(self) -> None:
@@ -540,8 +542,41 @@ def read_certificate(path: Path) -> asyncssh.SSHCertificate:
 
 
 def _label(key: asyncssh.SSHKey, source: str) -> str:
-    """How check names a key: its algorithm, SHA256 fingerprint and where it came from."""
-    return f"{key.get_algorithm()} {key.get_fingerprint('sha256')} ({source})"
+    """How check names a key: its algorithm, SHA256 fingerprint and where it came from (and
+    for a FIDO key, that it is one and, from its file, whether it wants a touch)."""
+    alg = key.get_algorithm()
+    if alg.startswith("sk-"):
+        source += ", FIDO security key"
+        touch = asyncssh_compat.sk_touch_required(key)
+        if touch is not None:
+            source += ", touch required" if touch else ", no touch required"
+    return f"{alg} {key.get_fingerprint('sha256')} ({source})"
+
+
+def _watch_signing(client: Connection, label: str, pair: asyncssh.SSHKeyPair) -> None:
+    """For a FIDO key: remember why its authenticator could not sign (absent, no touch, a
+    PIN), which asyncssh only logs before it tries the next key, for a one-line refusal."""
+    if not pair.algorithm.startswith(b"sk-"):
+        return
+    source = label.partition("(")[2].partition(",")[0]
+
+    def wrap(original: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+        """The key's own signing, its failure kept."""
+
+        def sign(data: bytes) -> bytes:
+            """Sign, or remember why the authenticator did not."""
+            try:
+                return original(data)
+            except ValueError as exc:
+                client.sign_error = (
+                    f"security key {source}: its authenticator cannot sign: "
+                    f"{printable(str(exc), 200)}"
+                )
+                raise
+
+        return sign
+
+    asyncssh_compat.wrap_signing(pair, wrap)
 
 
 def file_offers(identity: Path, certificate: Path | None) -> list[tuple[str, asyncssh.SSHKeyPair]]:
@@ -651,7 +686,6 @@ def load_token_keys(cfg: SiteConfig) -> list[tuple[str, asyncssh.SSHKeyPair]]:
         raise TunnelError(str(exc)) from None
     try:
         import pkcs11
-        from asyncssh.pkcs11 import load_pkcs11_keys
     except ImportError:
         raise TunnelError(
             f"pkcs11_provider {provider}: PKCS#11 keys need the python-pkcs11 package "
@@ -665,7 +699,7 @@ def load_token_keys(cfg: SiteConfig) -> list[tuple[str, asyncssh.SSHKeyPair]]:
         for slot in pkcs11.lib(str(real)).get_slots(token_present=True):
             token = slot.get_token()
             if token.flags & pkcs11.TokenFlag.TOKEN_INITIALIZED:  # not a blank slot
-                pairs += load_pkcs11_keys(
+                pairs += asyncssh.load_pkcs11_keys(
                     str(real), pin, load_certs=False, token_serial=token.serial
                 )
     except p11.PinIncorrect:
@@ -782,6 +816,7 @@ def hop_options(
         label, first = offers[0]
         client.pending = list(offers[1:])
         client.offered = [label]
+        _watch_signing(client, label, first)
         options["client_keys"] = [first]
         options["agent_path"] = None
     return options
@@ -958,6 +993,8 @@ async def _connect_hop(
         refusal = _host_key_refusal(cfg, client, exc, host, port)
         raise HostKeyRefused(role + str(refusal) if role else str(refusal)) from None
     except asyncssh.PermissionDenied:
+        if client.sign_error:
+            raise KeyRefused(f"{role}{client.sign_error}") from None
         weak = _signature_refusal(client, who)
         if weak:
             raise AlgorithmRefused(weak) from None
