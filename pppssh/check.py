@@ -37,6 +37,7 @@ from .ssh import (
     first_hop,
     pin_address,
     run_remote,
+    token_offers,
 )
 from .system import plain_env, probe, read_state
 
@@ -306,9 +307,28 @@ async def _first_hop_check(cfg: SiteConfig) -> Check | None:
     return Check(what, True, f"{where} ({printable(banner, 60)})")
 
 
+async def token_check(cfg: SiteConfig) -> Check:
+    """The PKCS#11 token: its library trusted and loaded, the PIN taken, its keys listed
+    (type and fingerprint, as they will be offered)."""
+    try:
+        offers = await token_offers(cfg)
+    except TunnelError as exc:
+        return Check(
+            "PKCS#11 token", False, printable(str(exc)),
+            "check pkcs11_provider and pkcs11_pin_file in [remote], and that the token is "
+            "plugged in and initialised",
+        )  # fmt: skip
+    return Check("PKCS#11 token", True, "; ".join(label for label, _pair in offers))
+
+
 async def _remote_checks(cfg: SiteConfig) -> list[Check]:
     """SSH reachable, host key, key, then what the remote account may do (nothing started)."""
     checks: list[Check] = []
+    if cfg.pkcs11_provider:
+        token = await token_check(cfg)
+        checks.append(token)
+        if not token.ok:
+            return checks
     if cfg.jump or cfg.proxy is not None or cfg.proxy_command:
         checks.append(Check("SSH path", True, _path(cfg)))
     first = await _first_hop_check(cfg)

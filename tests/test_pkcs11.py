@@ -18,6 +18,7 @@ import asyncssh
 import pytest
 
 from pppssh import cli, config, trust
+from pppssh.check import token_check
 from pppssh.config import ConfigError, parse
 from pppssh.remote_setup import authorised_key
 from pppssh.ssh import TunnelError, close_connection, connect, load_token_keys
@@ -196,3 +197,32 @@ def test_missing_python_pkcs11_is_one_line(
         "(pip install python-pkcs11)"
     )
     assert cli  # the CLI turns it into `pppssh: ...` like every TunnelError
+
+
+def test_check_lists_the_tokens_keys_or_says_why_not(tmp_path: Path, token: Token) -> None:
+    """`check`'s PKCS#11 line: the token's key by type and fingerprint; a wrong PIN failed
+    with its fix."""
+    gc.collect()
+    _write_pin(tmp_path, PIN)
+    (tmp_path / "kh").write_text("")
+    text = (
+        "[remote]\nhost = 198.51.100.2\nuser = tunnel\nknown_hosts = kh\n"
+        f"pkcs11_provider = {PROVIDER}\npkcs11_pin_file = pin\n[ppp]\n"
+        "local_address = 192.168.77.1\nremote_address = 192.168.77.2\n[networks]\n"
+        "local = 10.1.0.0/24\nremote = 10.2.0.0/24\n"
+    )
+    cfg = parse(text, tmp_path / "lab.conf")
+    top, trust.TOP = trust.TOP, str(tmp_path)
+    try:
+        good = asyncio.run(token_check(cfg))
+        fingerprint = token.key.get_fingerprint("sha256")
+        assert good.ok and good.detail == (
+            f"ssh-rsa {fingerprint} (PKCS#11 token {PROVIDER}, key link)"
+        )
+        del good
+        gc.collect()
+        _write_pin(tmp_path, "999999")
+        bad = asyncio.run(token_check(cfg))
+        assert not bad.ok and bad.detail.endswith("is wrong")
+    finally:
+        trust.TOP = top
