@@ -193,3 +193,29 @@ def test_changed_host_key_on_the_second_is_refused(lab: Lab, first: First) -> No
     assert {ns: lab.routes(ns) for ns in ("gw-a", "gw-b")} == before
     assert no_leftovers(lab) == []
     print(f"attack/refusal: changed host key on the second gateway -> {hits[0]}")
+
+
+def test_remote_setup_applies_to_each_gateway(lab: Lab, first: First) -> None:
+    """`remote-setup --apply` over an administrator's login: with the first gateway down, the
+    second is still set up and the first is named as failed (exit non-zero); with both up,
+    one `set-up done` line each, in order, exit 0. Each login checks its own host key."""
+    admin, admin_key = lab.make_admin()
+    path = conf(lab, first.known_hosts, "apply")
+    argv = ["remote-setup", "--apply", "--admin", admin, "--admin-identity", str(admin_key)]
+    first.stop()
+    proc = pppssh(lab, *argv, str(path))
+    assert proc.returncode != 0, show(proc)
+    assert f"pppssh remote-setup: {SECOND_AT}: set-up done" in proc.stdout, show(proc)
+    failed = [x for x in proc.stderr.splitlines() if ": set-up failed: " in x]
+    assert len(failed) == 1 and failed[0].startswith(
+        f"pppssh remote-setup: {FIRST_AT}: set-up failed: cannot connect to {FIRST}:22"
+    ), show(proc)
+    first.start()
+    try:
+        proc = pppssh(lab, *argv, str(path))
+        assert proc.returncode == 0, show(proc)
+        done = [x for x in proc.stdout.splitlines() if x.endswith(": set-up done")]
+        assert done == [f"pppssh remote-setup: {where}: set-up done"
+                        for where in (FIRST_AT, SECOND_AT)], show(proc)  # fmt: skip
+    finally:
+        first.stop()
