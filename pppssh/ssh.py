@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -676,6 +677,11 @@ def _pin(cfg: SiteConfig) -> str | None:
         raise TunnelError(f"pkcs11_pin_file {cfg.pkcs11_pin_file}: not UTF-8 text") from None
 
 
+# (provider, sha256 of a PIN) the token refused: never offered to it again by this process,
+# since a token locks itself after a few wrong PINs and a reconnecting daemon would use them up
+_REFUSED_PINS: set[tuple[str, str]] = set()
+
+
 def load_token_keys(cfg: SiteConfig) -> list[tuple[str, asyncssh.SSHKeyPair]]:
     """The keys on cfg's PKCS#11 token, labelled for check; one-line errors for a provider
     that fails the trust checks, a missing python-pkcs11, a wrong PIN or no token."""
@@ -694,6 +700,12 @@ def load_token_keys(cfg: SiteConfig) -> list[tuple[str, asyncssh.SSHKeyPair]]:
     from pkcs11 import exceptions as p11
 
     pin = _pin(cfg)
+    tried = (str(real), hashlib.sha256((pin or "").encode()).hexdigest())
+    if pin is not None and tried in _REFUSED_PINS:
+        raise TunnelError(
+            f"PKCS#11 token of {provider}: the PIN in {cfg.pkcs11_pin_file} was refused "
+            "before and is not tried again (a token locks after a few); correct the file"
+        )
     try:
         pairs: list[asyncssh.SSHKeyPair] = []
         for slot in pkcs11.lib(str(real)).get_slots(token_present=True):
@@ -703,6 +715,7 @@ def load_token_keys(cfg: SiteConfig) -> list[tuple[str, asyncssh.SSHKeyPair]]:
                     str(real), pin, load_certs=False, token_serial=token.serial
                 )
     except p11.PinIncorrect:
+        _REFUSED_PINS.add(tried)
         raise TunnelError(
             f"PKCS#11 token of {provider}: the PIN in {cfg.pkcs11_pin_file} is wrong"
         ) from None

@@ -130,6 +130,9 @@ def test_wrong_pin_is_one_line_and_nothing_is_offered(tmp_path: Path, token: Tok
                 f"PKCS#11 token of {PROVIDER}: the PIN in {tmp_path / 'pin'} is wrong"
             )
             assert srv.rec.connections == 0, "no connection before the keys are ready"
+            with pytest.raises(TunnelError) as info:  # a reconnect: the token is not asked
+                await connect(cfg)
+            assert "was refused before and is not tried again" in str(info.value)
 
     asyncio.run(main())
 
