@@ -33,8 +33,8 @@ if ! ls "$LAB_DEBS"/openresolv_*.deb >/dev/null 2>&1; then
 	(cd "$LAB_DEBS" && apt-get download -qq openresolv 2>/dev/null) \
 		|| { apt-get update -qq && (cd "$LAB_DEBS" && apt-get download -qq openresolv); }
 fi
+# The test extras include python-pkcs11 (PKCS#11 keys, asyncssh.pkcs11) and fido2 (FIDO keys,
+# asyncssh.sk), optional for pppssh itself (its extras `pkcs11` and `fido`); the tests use them
+# with SoftHSM2 (a file-backed token made in a temporary folder through SOFTHSM2_CONF: no
+# daemon) and a fake authenticator.
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
-# PKCS#11 keys (asyncssh.pkcs11) need python-pkcs11; FIDO keys (asyncssh.sk) need fido2.
-# Both are optional for pppssh; the tests use them with SoftHSM2 (a file-backed token made
-# in a temporary folder through SOFTHSM2_CONF: no daemon) and a fake authenticator.
-python3 -m pip install -q --disable-pip-version-check python-pkcs11 fido2
