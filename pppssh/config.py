@@ -148,6 +148,7 @@ class SiteConfig:
     full_tunnel: bool = False
     ipv6: bool = False
     mss_clamp: bool | None = None  # None: auto (mss.py)
+    qdisc: str = "fq_codel"  # the local ppp interface's; "": the system's
     local_networks6: tuple[Network6, ...] = ()
     remote_networks6: tuple[Network6, ...] = ()
     up_command: tuple[str, ...] = ()
@@ -669,6 +670,17 @@ def _auto_yes_no(value: str) -> bool | None:
         raise ValueError(f"'{value}' is not one of: auto, yes, no") from None
 
 
+QDISCS = ("fq_codel", "default")
+
+
+def _qdisc(value: str) -> str:
+    """fq_codel, or default (the kernel's, left alone: "")."""
+    word = value.lower()
+    if word not in QDISCS:
+        raise ValueError(f"'{value}' is not one of: {', '.join(QDISCS)}")
+    return "" if word == "default" else word
+
+
 def _proxyarp(value: str) -> Proxyarp:
     """One of no, local, remote, both."""
     try:
@@ -852,6 +864,14 @@ SCHEMA: tuple[Key, ...] = (
         "pppssh's own on this gateway, both ways; see \"MTU and compression\"): auto (when "
         "the smaller of mtu and mru is below 1500; a warning if it cannot), yes (the start "
         "fails if it cannot) or no."),
+    Key("ppp", "qdisc", "qdisc", "fq_codel", _qdisc,
+        "Queueing discipline of this gateway's ppp interface, set once it is up (`tc qdisc "
+        "replace dev pppN root fq_codel`): the queue that forms there when the pty to the "
+        "SSH connection is full. fq_codel keeps each flow's queue short by dropping by "
+        "waiting time and sends small flows (pings, ACKs, interactive) first; the kernel's "
+        "default for a ppp interface is pfifo_fast with room for 3 packets, which drops "
+        "whatever comes next. `default`: leave the kernel's. A warning, not a failure, "
+        "if tc cannot set it."),
     Key("ppp", "compression", "compression", "none", _compression,
         "PPP compression (CCP) both pppds ask for: none, deflate or bsdcomp (window 15). "
         "Each needs its kernel module (ppp_deflate, bsd_comp) on both gateways."),

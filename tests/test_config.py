@@ -71,6 +71,7 @@ remote_address = 10.1.2.250
 mtu = 1300
 mru = 1350
 mss_clamp = yes
+qdisc = Default
 proxyarp = BOTH
 compression = Deflate
 ipv6 = No
@@ -196,6 +197,7 @@ def test_full_file_every_key() -> None:
     assert (cfg.tcp_congestion, cfg.tcp_notsent_lowat, cfg.bandwidth) == ("cubic", 16384, 4.5)
     assert (cfg.delay_target, cfg.delay_target_up) == (8, 20)
     assert cfg.pump_codel is False and cfg.pace is True
+    assert cfg.qdisc == ""  # default: the kernel's, left alone
     assert cfg.local_address == IP("192.168.50.250")
     assert cfg.remote_address == IP("10.1.2.250")
     assert isinstance(cfg.local_address, ipaddress.IPv4Address)
