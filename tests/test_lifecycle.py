@@ -189,7 +189,6 @@ def test_up_and_stop_exact_commands_lines_and_undo_order() -> None:
         ("local", RULES[1]),
         ("ssh", "attach 99"),
         ("remote", "interface"),
-        ("local", QDISC),
         ("local", ROUTE_HERE),
         ("remote", ROUTE_THERE),
         ("hook", "/bin/up"),
@@ -213,7 +212,6 @@ def test_up_and_stop_exact_commands_lines_and_undo_order() -> None:
         f"[#] {RULES[0]}",
         f"[#] {RULES[1]}",
         "link up: ppp0 10.99.0.1 -> 10.99.0.2 (remote ppp5)",
-        f"[#] {QDISC}",
         f"[#] {ROUTE_HERE}",
         f"{REMOTE} {ROUTE_THERE}",
         "[#] /bin/up",
@@ -1127,17 +1125,25 @@ def test_reconnect_after_stop_is_ignored() -> None:
 
 
 def test_qdisc_default_leaves_the_kernels_alone() -> None:
-    """qdisc = default: no tc at all; the rest of the way up is the same."""
-    h = harness(qdisc="")
+    """qdisc = default: no tc at all; fq_codel: tc after the link is up, before the routes."""
+    h = harness()
     assert h.run() == 0
     assert not [c for c in h.world.calls if c[1].startswith("tc ")]
     assert ("local", ROUTE_HERE) in h.world.calls
+    h = harness(qdisc="fq_codel")
+    assert h.run() == 0
+    calls = h.world.calls
+    assert (
+        calls.index(("remote", "interface"))
+        < calls.index(("local", QDISC))
+        < calls.index(("local", ROUTE_HERE))
+    )
 
 
 def test_qdisc_that_cannot_be_set_is_a_warning_and_the_link_comes_up() -> None:
     """tc refusing (no sch_fq_codel, no tc) is reported and kept as the last error; the
     routes still go in and nothing is left in the ledger for the qdisc."""
-    h = harness()
+    h = harness(qdisc="fq_codel")
     h.world.refuse_local["tc qdisc"] = "Error: Specified qdisc kind is unknown."
     assert h.run() == 0
     warning = "qdisc fq_codel on ppp0 not set: Error: Specified qdisc kind is unknown."

@@ -173,9 +173,6 @@ def test_check_line() -> None:
 # ---------------------------------------------------------------------------- the lifecycle
 
 
-QDISC = "tc qdisc replace dev ppp0 root fq_codel"
-
-
 def local_calls(world: World) -> list[str]:
     """The local commands, in order."""
     return [shown for where, shown in world.calls if where == "local"]
@@ -189,8 +186,7 @@ def test_up_clamps_before_the_routes_and_down_undoes_it_before_the_pppd_stops() 
     calls = [c for c in h.world.calls if c[0] in ("local", "pppd", "remote")]
     nft = ("local", shell_join(("nft", nft_script(("ipv4", 1360)))))
     at = calls.index(nft)
-    assert calls[at - 1] == ("remote", "interface") and calls[at + 1] == ("local", QDISC)
-    assert calls[at + 2] == ("local", ROUTE_HERE)
+    assert calls[at - 1] == ("remote", "interface") and calls[at + 1] == ("local", ROUTE_HERE)
     down = calls.index(("local", NFT_DELETE))
     assert calls.index(("local", ROUTE_DEL)) < down < calls.index(("pppd", "stop"))
     assert "TCP MSS clamped to 1360 (ipv4) through ppp0 (nft)" in h.lines()
