@@ -237,7 +237,8 @@ def _pppssh(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def pppssh_with(keys: dict[str, str]) -> PathSetup:
-    """The pppssh path with these [remote] keys set in its site file (a lever to try)."""
+    """The pppssh path with these keys set in its site file (a lever to try): [remote]
+    keys by name, others as section.key."""
 
     def setup(lab: Lab) -> AbstractContextManager[Ends]:
         """pppssh with the keys."""
@@ -250,7 +251,11 @@ def pppssh_with(keys: dict[str, str]) -> PathSetup:
 def pppssh(lab: Lab, keys: dict[str, str] | None = None) -> Iterator[Ends]:
     """pppssh start on gw-a with the lab's site file (plus [remote] keys); pppssh stop
     afterwards."""
-    conf = lab.write_site_conf(SITE, {"remote": keys} if keys else None)
+    sections: dict[str, dict[str, str]] = {}
+    for key, value in (keys or {}).items():  # `section.key` for a key outside [remote]
+        section, _, name = key.rpartition(".")
+        sections.setdefault(section or "remote", {})[name] = value
+    conf = lab.write_site_conf(SITE, sections or None)
     with _log("pppssh") as log:
         ok = False
         try:

@@ -303,7 +303,8 @@ def variant_table(result: dict[str, object]) -> str:
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    """NAME:key=value,key=value -> (NAME, {key: value}); the keys are [remote] site keys."""
+    """NAME:key=value,key=value -> (NAME, {key: value}); the keys are [remote] site keys,
+    or section.key for others (ppp.qdisc=default)."""
     name, sep, rest = text.partition(":")
     if not sep or not re.fullmatch(r"[A-Za-z0-9_+.-]+", name):
         raise ValueError(f"variant {text!r}: want NAME:key=value,...")
@@ -751,8 +752,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also sample where the queue sits on the 4mbit profile")  # fmt: skip
     parser.add_argument("--probe-only", action="store_true", help="only the probe")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=V,...",
-                        help="also pppssh with these [remote] site keys (a lever), "
-                        "alternating with the others; repeatable")  # fmt: skip
+                        help="also pppssh with these site keys ([remote] by name, others "
+                        "section.key), alternating with the others; repeatable")  # fmt: skip
     args = parser.parse_args(argv)
     chosen = [p.strip() for p in args.profiles.split(",") if p.strip()]
     unknown = [p for p in chosen if p not in PROFILES]

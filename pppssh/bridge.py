@@ -15,7 +15,19 @@ from collections.abc import Callable
 from . import asyncssh_compat
 from .asyncssh_compat import asyncssh
 from .flowdelay import FlowDelay
-from .queues import CoDel, FrameQueue, FrameSplitter, notsent_bytes, tcp_losses
+from .queues import (
+    AUTO_MAX,
+    AUTO_MIN,
+    NOTSENT_AUTO,
+    CoDel,
+    FrameQueue,
+    FrameSplitter,
+    auto_notsent,
+    notsent_bytes,
+    set_notsent_lowat,
+    tcp_delivery_rate,
+    tcp_losses,
+)
 
 __all__ = ["RAW_PTY_MODES", "Bridge"]
 
@@ -46,6 +58,7 @@ PPP_FLAG = 0x7E  # every HDLC-like PPP frame starts and ends with it
 READ_CHUNK = 65536  # one read from the pty master
 MERGE_LIMIT = 256 * 1024  # bytes merged into one channel write
 PREAMBLE_LIMIT = 4096  # text kept from before the first frame (sudo/pppd errors)
+RETUNE_EVERY = 0.1  # seconds between two looks at the delivery rate (tcp_notsent_lowat = auto)
 QUEUE_LIMIT = 1024 * 1024  # the pump's own frame queue: beyond it, the pty waits (as before)
 
 
@@ -88,6 +101,8 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         self._flowdelay: FlowDelay | None = None
         self._down_splitter = FrameSplitter()
         self._loss_sock: socket.socket | None = None
+        self._rate_sock: socket.socket | None = None  # tcp_notsent_lowat = auto: the rate's
+        self._retuned = -1e9  # when the auto limit was last looked at
 
     # ------------------------------------------------------------------ SSH side
 
@@ -180,13 +195,17 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         bytes or more unsent (its TCP_NOTSENT_LOWAT, set by the caller, wakes the pump when
         it has less): small frames go first and, with codel, bulk frames that waited too
         long are dropped. Call before attach(); limit 0 keeps the direct pump."""
-        if limit <= 0 or sock_fd < 0:
+        if limit == 0 or limit < NOTSENT_AUTO or sock_fd < 0:
             return
+        if limit == NOTSENT_AUTO:  # AUTO_SECONDS of the socket's delivery rate, followed
+            self._rate_sock = socket.socket(fileno=os.dup(sock_fd))
+            limit = AUTO_MIN
         self._limit = limit
         self._sock_fd = sock_fd
         self._queue = FrameQueue(codel=CoDel() if codel else None)
         if self.chan is not None:
-            self.chan.set_write_buffer_limits(high=limit, low=limit // 2)
+            high = AUTO_MAX if self._rate_sock is not None else limit
+            self.chan.set_write_buffer_limits(high=high, low=high // 2)
 
     def delay_control(self, target: float, target_up: float = 0.0, sock_fd: int = -1) -> None:
         """Measure each TCP flow's queueing delay through the tunnel from its timestamps
@@ -247,6 +266,8 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         has none, wait for it to become writable (fewer than limit bytes unsent)."""
         if self._queue is None or self.chan is None or self.closed.done():
             return
+        if self._rate_sock is not None:
+            self._retune(time.monotonic())
         while self._queue and not self._chan_full:
             room = self._limit - notsent_bytes(self._sock_fd)
             if room <= 0:
@@ -259,6 +280,21 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         self._watch_socket(False)
         if self._queue.size <= QUEUE_LIMIT // 2 and not self.master_closed.done():
             self._set_master_reader(True)
+
+    def _retune(self, now: float) -> None:
+        """tcp_notsent_lowat = auto: every RETUNE_EVERY seconds, the limit for the socket's
+        delivery rate now (queues.auto_notsent); applied when it moved by a quarter."""
+        if now - self._retuned < RETUNE_EVERY or self._rate_sock is None:
+            return
+        self._retuned = now
+        limit = auto_notsent(tcp_delivery_rate(self._rate_sock))
+        moved = 4 * abs(limit - self._limit) >= self._limit
+        if moved and set_notsent_lowat(self._rate_sock, limit):
+            self._limit = limit
+
+    def notsent_limit(self) -> int:
+        """The unsent bytes the SSH socket may hold now (0: no limit of the pump's)."""
+        return self._limit
 
     def _watch_socket(self, on: bool) -> None:
         """Watch (a dup of) the SSH socket for writable, or stop."""
@@ -284,9 +320,10 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         self.close_reason = exc
         if self._flowdelay is not None:
             LOG.info("delay control: %s", self._flowdelay.summary())
-        if self._loss_sock is not None:
-            self._loss_sock.close()
-            self._loss_sock = None
+        for sock in (self._loss_sock, self._rate_sock):
+            if sock is not None:
+                sock.close()
+        self._loss_sock = self._rate_sock = None
         self._set_master_reader(False)
         self._watch_socket(False)
         if not self.closed.done():

@@ -148,6 +148,7 @@ class SiteConfig:
     full_tunnel: bool = False
     ipv6: bool = False
     mss_clamp: bool | None = None  # None: auto (mss.py)
+    qdisc: str = ""  # the local ppp interface's; "": the kernel's, left alone
     local_networks6: tuple[Network6, ...] = ()
     remote_networks6: tuple[Network6, ...] = ()
     up_command: tuple[str, ...] = ()
@@ -169,7 +170,7 @@ class SiteConfig:
     secondaries: tuple[tuple[str, int], ...] = ()  # host's gateways after the first, in order
     failback: float = 300.0
     tcp_congestion: str = ""  # the system's
-    tcp_notsent_lowat: int = 0
+    tcp_notsent_lowat: int = -1  # bytes; -1: auto (queues.NOTSENT_AUTO); 0: straight through
     bandwidth: float = 0.0
     pump_codel: bool = True
     pace: bool = False
@@ -678,6 +679,17 @@ def _auto_yes_no(value: str) -> bool | None:
         raise ValueError(f"'{value}' is not one of: auto, yes, no") from None
 
 
+QDISCS = ("fq_codel", "default")
+
+
+def _qdisc(value: str) -> str:
+    """fq_codel, or default (the kernel's, left alone: "")."""
+    word = value.lower()
+    if word not in QDISCS:
+        raise ValueError(f"'{value}' is not one of: {', '.join(QDISCS)}")
+    return "" if word == "default" else word
+
+
 def _proxyarp(value: str) -> Proxyarp:
     """One of no, local, remote, both."""
     try:
@@ -695,6 +707,16 @@ def _congestion(value: str) -> str:
     if not _CC_NAME.match(value):
         raise ValueError(f"'{value}' is not a congestion control name (e.g. bbr, cubic, default)")
     return "" if value == "default" else value
+
+
+def _notsent(value: str) -> int:
+    """auto (-1: scaled to the measured rate), or bytes 0..16 MiB (0: no limit)."""
+    if value.lower() == "auto":
+        return -1
+    try:
+        return _as_int(0, 16777216)(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or auto)") from None
 
 
 def _mbit(value: str) -> float:
@@ -829,10 +851,13 @@ SCHEMA: tuple[Key, ...] = (
         "when the kernel has it (loaded or loadable); else, silently, the system's default, "
         "which `pppssh check` names. `default`: the system's (measured: no gain from bbr "
         "on the lab's WAN, see Benchmark)."),
-    Key("remote", "tcp_notsent_lowat", "tcp_notsent_lowat", "0", _as_int(0, 16777216),
-        "Bytes the SSH socket may hold not yet sent before pppssh stops taking frames from "
-        "the local pppd (TCP_NOTSENT_LOWAT; the frames then wait, or are dropped, in front "
-        "of the tunnel rather than inside it). 0: no limit."),
+    Key("remote", "tcp_notsent_lowat", "tcp_notsent_lowat", "auto", _notsent,
+        "Bytes the SSH socket may hold not yet sent (TCP_NOTSENT_LOWAT); beyond them the "
+        "frames from the local pppd wait in pppssh's own queue, small ones first, bulk ones "
+        "dropped by `codel`, in front of the tunnel rather than inside it. 0: no such queue, "
+        "every frame goes straight into the SSH connection's buffers (up to its 2 MiB "
+        "window). auto: 4 ms at the socket's measured delivery rate, 8 KiB to 256 KiB, "
+        "followed as the rate changes. The default was measured (see Benchmark)."),
     Key("remote", "bandwidth", "bandwidth", "0", _mbit,
         "The path's rate in Mbit/s, the slower way (0: unknown). Set, it sizes the SSH "
         "window pppssh grants to twice the bandwidth-delay product (the delay: the SSH "
@@ -870,6 +895,16 @@ SCHEMA: tuple[Key, ...] = (
         "pppssh's own on this gateway, both ways; see \"MTU and compression\"): auto (when "
         "the smaller of mtu and mru is below 1500; a warning if it cannot), yes (the start "
         "fails if it cannot) or no."),
+    Key("ppp", "qdisc", "qdisc", "default", _qdisc,
+        "Queueing discipline of this gateway's ppp interface, set once it is up (`tc qdisc "
+        "replace dev pppN root fq_codel`): the queue that forms there when the pty to the "
+        "SSH connection is full. fq_codel keeps each flow's queue short by dropping by "
+        "waiting time and sends small flows (pings, ACKs, interactive) first; the kernel's "
+        "default for a ppp interface is pfifo_fast with room for 3 packets, which drops "
+        "whatever comes next. `default`: leave the kernel's. A warning, not a failure, "
+        "if tc cannot set it. Measured (see Benchmark): fq_codel lifts the lossy way up to "
+        "the HOWTO's throughput but, where the pump is CPU-bound, lets a queue of 50-100 ms "
+        "build under upload; hence not the default."),
     Key("ppp", "compression", "compression", "none", _compression,
         "PPP compression (CCP) both pppds ask for: none, deflate or bsdcomp (window 15). "
         "Each needs its kernel module (ppp_deflate, bsd_comp) on both gateways."),

@@ -46,6 +46,7 @@ from .plan import (
     RouteChange,
     full_tunnel_routes,
     local_routes,
+    qdisc_argv,
     remote_interface_command,
     remote_leftover_check,
     remote_leftover_kill,
@@ -194,6 +195,7 @@ class Attempt:
         self.remote_interface = await self._until("finding the remote interface", self._remote_if())
         self.emit(LinkUp(link.interface, link.local, link.remote, self.remote_interface))
         await self._clamp_mss(link.interface)  # before any route sends traffic through
+        await self._set_qdisc(link.interface)
 
         if cfg.full_tunnel:
             await self._pin_server_route()
@@ -420,6 +422,18 @@ class Attempt:
             raise TunnelError(text)
         self.emit(Note(f"warning: {text}"))
         self.emit(ErrorRecorded(text, keep_first=True))
+
+    async def _set_qdisc(self, ifname: str) -> None:
+        """The ppp interface's qdisc (cfg.qdisc); it goes with the interface, so nothing
+        to undo. One that cannot be set is a warning: the link works without it."""
+        if not self.cfg.qdisc:
+            return
+        try:
+            await self._local(Command(qdisc_argv(ifname, self.cfg.qdisc)))
+        except CommandFailed as exc:
+            text = f"qdisc {self.cfg.qdisc} on {ifname} not set: {mss.reason(exc.stderr)}"
+            self.emit(Note(f"warning: {text}"))
+            self.emit(ErrorRecorded(text, keep_first=True))
 
     # ------------------------------------------------------------------ watch
 

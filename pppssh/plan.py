@@ -18,6 +18,7 @@ __all__ = [
     "full_tunnel_routes",
     "local_pppd_argv",
     "local_routes",
+    "qdisc_argv",
     "remote_interface_command",
     "remote_leftover_check",
     "remote_leftover_kill",
@@ -208,6 +209,11 @@ def _route6(prefix: Sequence[str], network: Network6, dev: str) -> RouteChange:
         add=Command((*prefix, "route", "add", *tail)),
         delete=Command((*prefix, "route", "del", *tail)),
     )
+
+
+def qdisc_argv(ifname: str, qdisc: str) -> tuple[str, ...]:
+    """tc's argv that gives ifname the root qdisc (one of config.QDISCS, with its defaults)."""
+    return ("tc", "qdisc", "replace", "dev", ifname, "root", qdisc)
 
 
 def local_routes(cfg: SiteConfig, ifname: str, ip: str = "ip") -> list[RouteChange]:

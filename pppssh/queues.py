@@ -50,6 +50,10 @@ PACING_SHARE = 0.95  # of the site's bandwidth: the WAN's queue stays short
 SIOCOUTQNSD = 0x894B  # linux/sockios.h: bytes in the send queue not yet sent
 _TCPI_RTT = struct.Struct("=68xI")  # struct tcp_info: 8 bytes of u8, 15 u32, then tcpi_rtt (us)
 _TCPI_LOSSES = struct.Struct("=100xI120xI")  # tcpi_total_retrans, tcpi_rcv_ooopack (5.4+)
+_TCPI_DELIVERY = struct.Struct("=160xQ")  # tcpi_delivery_rate, bytes/s (4.9+)
+NOTSENT_AUTO = -1  # tcp_notsent_lowat = auto: AUTO_SECONDS of the measured rate
+AUTO_SECONDS = 0.004  # the unsent bytes allowed: this long at the delivery rate...
+AUTO_MIN, AUTO_MAX = 8192, 256 * 1024  # ...within these bounds
 AVAILABLE = Path("/proc/sys/net/ipv4/tcp_available_congestion_control")
 
 
@@ -137,6 +141,21 @@ def tcp_rtt(sock: socket.socket) -> float | None:
     """The kernel's smoothed RTT of a TCP socket in seconds (TCP_INFO), None if unknown."""
     got = _tcp_info(sock, _TCPI_RTT)
     return got[0] / 1e6 if got and got[0] else None
+
+
+def tcp_delivery_rate(sock: socket.socket) -> int | None:
+    """The kernel's latest delivery rate of a TCP socket in bytes/s (TCP_INFO), None if
+    unknown."""
+    got = _tcp_info(sock, _TCPI_DELIVERY)
+    return got[0] if got and got[0] else None
+
+
+def auto_notsent(rate: int | None) -> int:
+    """The unsent bytes tcp_notsent_lowat = auto allows at rate bytes/s: AUTO_SECONDS of it
+    within [AUTO_MIN, AUTO_MAX] (AUTO_MIN while the rate is unknown)."""
+    if not rate:
+        return AUTO_MIN
+    return max(AUTO_MIN, min(AUTO_MAX, int(rate * AUTO_SECONDS)))
 
 
 def tcp_losses(sock: socket.socket) -> int | None:

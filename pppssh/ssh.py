@@ -1106,9 +1106,9 @@ def tune_link(conn: asyncssh.SSHClientConnection, cfg: SiteConfig) -> LinkTuning
     sock = socket.socket(fileno=os.dup(fd))  # the same socket, for setsockopt/getsockopt
     try:
         congestion = queues.set_congestion(sock, cfg.tcp_congestion)
-        lowat = bool(cfg.tcp_notsent_lowat) and queues.set_notsent_lowat(
-            sock, cfg.tcp_notsent_lowat
-        )
+        auto = cfg.tcp_notsent_lowat == queues.NOTSENT_AUTO
+        first = queues.AUTO_MIN if auto else cfg.tcp_notsent_lowat
+        lowat = bool(first) and queues.set_notsent_lowat(sock, first)
         rtt = queues.tcp_rtt(sock) if direct else None
         paced = bool(cfg.pace and cfg.bandwidth) and queues.set_pacing(sock, cfg.bandwidth)
     finally:
@@ -1116,7 +1116,8 @@ def tune_link(conn: asyncssh.SSHClientConnection, cfg: SiteConfig) -> LinkTuning
     tuning = LinkTuning(congestion, lowat, rtt, queues.channel_window(cfg.bandwidth, rtt), fd)
     LOG.info(
         "SSH socket: congestion control %s, notsent limit %s, paced %s, RTT %s, window %d",
-        congestion or "none", cfg.tcp_notsent_lowat if lowat else "none",
+        congestion or "none",
+        (f"auto (from {first})" if auto else first) if lowat else "none",
         f"{cfg.bandwidth * queues.PACING_SHARE:g} Mbit/s" if paced else "no",
         f"{rtt * 1000:.1f} ms" if rtt is not None else "unknown", tuning.window,
     )  # fmt: skip

@@ -73,6 +73,7 @@ remote_address = 10.1.2.250
 mtu = 1300
 mru = 1350
 mss_clamp = yes
+qdisc = FQ_Codel
 proxyarp = BOTH
 compression = Deflate
 ipv6 = No
@@ -200,6 +201,7 @@ def test_full_file_every_key() -> None:
     assert (cfg.tcp_congestion, cfg.tcp_notsent_lowat, cfg.bandwidth) == ("cubic", 16384, 4.5)
     assert (cfg.delay_target, cfg.delay_target_up) == (8, 20)
     assert cfg.pump_codel is False and cfg.pace is True
+    assert cfg.qdisc == "fq_codel"
     assert cfg.local_address == IP("192.168.50.250")
     assert cfg.remote_address == IP("10.1.2.250")
     assert isinstance(cfg.local_address, ipaddress.IPv4Address)
@@ -327,6 +329,15 @@ def test_config_is_frozen() -> None:
         cfg.port = 23  # type: ignore[misc]
 
 
+def test_qdisc_allows_only_fq_codel_or_default() -> None:
+    """Anything else is refused with the file, line and key (tc would take a full spec)."""
+    text = BASE.replace("[ppp]\n", "[ppp]\nqdisc = netem delay 1s\n")
+    with pytest.raises(ConfigError) as err:
+        parse(text, CONF)
+    assert "qdisc: 'netem delay 1s' is not one of: fq_codel, default" in str(err.value)
+    assert str(err.value).startswith(f"{CONF}:")
+
+
 def test_defaults() -> None:
     cfg = parse(BASE, ETC)
     assert cfg.reconnect is True
@@ -340,6 +351,7 @@ def test_defaults() -> None:
     assert cfg.keepalive_interval == 10
     assert cfg.keepalive_count_max == 2
     assert cfg.mtu == 1400 and cfg.mru == 1400
+    assert cfg.qdisc == "" and cfg.tcp_notsent_lowat == -1 and cfg.pump_codel  # -1: auto
     assert cfg.proxyarp is Proxyarp.NO
     assert not cfg.proxyarp.local and not cfg.proxyarp.remote
     assert cfg.local_pppd == "/usr/sbin/pppd"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pppssh import asyncssh_compat, queues
+from pppssh.config import _notsent
 from pppssh.queues import (
     BULK_FRAME,
     WINDOW_MAX,
@@ -237,3 +238,33 @@ def test_eager_window_adjust_fits_installed_asyncssh() -> None:
     source = inspect.getsource(asyncssh_compat.asyncssh.channel.SSHChannel._accept_data)
     assert "self._recv_window -= len(data)" in source
     assert "_deliver_data" in source
+
+
+def test_auto_notsent_limit_follows_the_rate() -> None:
+    """tcp_notsent_lowat = auto: 4 ms of the delivery rate, within 8 KiB and 256 KiB."""
+    assert queues.auto_notsent(None) == queues.AUTO_MIN
+    assert queues.auto_notsent(500_000) == 8192  # 4 Mbit/s: 2 KB, the floor
+    assert queues.auto_notsent(10_000_000) == 40_000  # 80 Mbit/s
+    assert queues.auto_notsent(10**9) == 256 * 1024
+    for text, value in (("auto", queues.NOTSENT_AUTO), ("AUTO", -1), ("0", 0), ("4096", 4096)):
+        assert _notsent(text) == value
+    for bad in ("-1", "lots", "16777217"):
+        with pytest.raises(ValueError, match=r"\(or auto\)"):
+            _notsent(bad)
+
+
+def test_delivery_rate_of_a_real_socket() -> None:
+    """TCP_INFO's delivery rate is there once data went through (loopback); None on a
+    socket that is not TCP."""
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    with server, client, peer:
+        client.sendall(b"x" * 200_000)
+        got = 0
+        while got < 200_000:
+            got += len(peer.recv(65536))
+        rate = queues.tcp_delivery_rate(client)
+        assert rate is not None and rate > 0
+    with socket.socket(socket.AF_UNIX) as unix:
+        assert queues.tcp_delivery_rate(unix) is None

@@ -66,6 +66,7 @@ RULES = [
     "ip -4 rule add iif ppp0 priority 5001 prohibit",
 ]
 ROUTE_HERE = "ip route add 10.2.0.0/24 via 10.99.0.2 dev ppp0"
+QDISC = "tc qdisc replace dev ppp0 root fq_codel"
 ROUTE_THERE = "route add 10.1.0.0/24 via 10.99.0.1"
 
 
@@ -1118,3 +1119,36 @@ def test_reconnect_after_stop_is_ignored() -> None:
     h.recorder.on_ready = both
     assert h.run() == 0
     assert h.world.connects == 1 and h.lines()[-1] == "pppssh: site-b stopped"
+
+
+# ---------------------------------------------------------------------------- the ppp qdisc
+
+
+def test_qdisc_default_leaves_the_kernels_alone() -> None:
+    """qdisc = default: no tc at all; fq_codel: tc after the link is up, before the routes."""
+    h = harness()
+    assert h.run() == 0
+    assert not [c for c in h.world.calls if c[1].startswith("tc ")]
+    assert ("local", ROUTE_HERE) in h.world.calls
+    h = harness(qdisc="fq_codel")
+    assert h.run() == 0
+    calls = h.world.calls
+    assert (
+        calls.index(("remote", "interface"))
+        < calls.index(("local", QDISC))
+        < calls.index(("local", ROUTE_HERE))
+    )
+
+
+def test_qdisc_that_cannot_be_set_is_a_warning_and_the_link_comes_up() -> None:
+    """tc refusing (no sch_fq_codel, no tc) is reported and kept as the last error; the
+    routes still go in and nothing is left in the ledger for the qdisc."""
+    h = harness(qdisc="fq_codel")
+    h.world.refuse_local["tc qdisc"] = "Error: Specified qdisc kind is unknown."
+    assert h.run() == 0
+    warning = "qdisc fq_codel on ppp0 not set: Error: Specified qdisc kind is unknown."
+    assert f"warning: {warning}" in h.lines()
+    assert ("local", ROUTE_HERE) in h.world.calls
+    assert h.state.last_error == warning
+    added, _ = history(h)
+    assert all("tc" not in " ".join(e.apply) for e in added)

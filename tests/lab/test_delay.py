@@ -3,7 +3,9 @@
 pty, sshd and the WAN queue; with the default delay_target the pump measures that queue from
 the flow's own TCP timestamps in real pppd frames (escaped, with the address and protocol
 fields as pppd negotiated them, a Linux sender's clock) and drops frames of that flow, and the
-transfer still completes. With delay_target = 0 the control is off: no summary, no novj.
+transfer still completes. With delay_target = 0 (and the pump's queue off) the control is
+off: no summary, no novj. gw-a's ppp interface has fq_codel when asked, else the kernel's
+pfifo_fast.
 Counts, never times, are asserted.
 """
 
@@ -57,6 +59,14 @@ def local_pppd_args(lab: Lab) -> str:
     return lab.run("gw-a", ["pgrep", "-a", "pppd"]).stdout
 
 
+def ppp_qdisc(lab: Lab) -> str:
+    """The root qdisc of gw-a's (one) ppp interface."""
+    shown = lab.run("gw-a", ["tc", "qdisc", "show"]).stdout
+    kinds = [line.split()[1] for line in shown.splitlines() if " dev ppp" in line]
+    assert len(kinds) == 1, shown
+    return kinds[0]
+
+
 def stop_reading_log(lab: Lab) -> str:
     """Stop the site; its daemon log, read through a descriptor opened before (a clean stop
     removes the file after its last lines)."""
@@ -68,12 +78,14 @@ def stop_reading_log(lab: Lab) -> str:
 
 
 def test_download_queue_is_measured_and_cut(lab: Lab, stop_all: None, shaped: str) -> None:
-    """Default: frames of the download are dropped, the transfer completes, novj is on;
-    delay_target = 0: none of it."""
-    conf = lab.write_site_conf(SITE)
+    """Default (plus qdisc = fq_codel): frames of the download are dropped, the transfer
+    completes, novj is on, the ppp interface has fq_codel; delay_target = 0 without the pump's
+    queue, qdisc left to the kernel: none of it."""
+    conf = lab.write_site_conf(SITE, ppp_qdisc="fq_codel")
     started = pppssh(lab, "start", str(conf))
     assert started.returncode == 0, show(started)
     assert " novj " in f" {local_pppd_args(lab)} "
+    assert ppp_qdisc(lab) == "fq_codel"
     got = download(lab, 6)
     assert got.returncode == 0 and "receiver" in got.stdout, show(got)
     said = stop_reading_log(lab)
@@ -83,10 +95,12 @@ def test_download_queue_is_measured_and_cut(lab: Lab, stop_all: None, shaped: st
     assert samples > 100 and dropped >= 1, found[0]
     assert float(found[2]) > 0, found[0]  # a queue was seen
 
-    conf = lab.write_site_conf(SITE, setup=False, remote_delay_target=0)
+    conf = lab.write_site_conf(SITE, setup=False, remote_delay_target=0,
+                               remote_tcp_notsent_lowat=0)  # fmt: skip
     started = pppssh(lab, "start", str(conf))
     assert started.returncode == 0, show(started)
-    assert " novj " not in f" {local_pppd_args(lab)} "
+    assert " novj " not in f" {local_pppd_args(lab)} "  # nothing in the pump drops or reorders
+    assert ppp_qdisc(lab) == "pfifo_fast"  # qdisc = default: the kernel's, left alone
     got = download(lab, 2)
     assert got.returncode == 0, show(got)
     said = stop_reading_log(lab)
