@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.netlab import GW_B_WAN, WS_B, Lab
+from tests.lab.netlab import GW_B_WAN, Lab
+from tests.lab.test_reach import up_and_down
 from tests.lab.test_tunnel import no_leftovers, pppssh, show, stop_all
 
 pytestmark = pytest.mark.lab
@@ -84,14 +85,7 @@ def test_token_key_link_wrong_pin_changed_host_key(lab: Lab, token: Path, stop_a
     assert token_line.startswith(f"{OK} ") and f"(PKCS#11 token {PROVIDER}, key link)" in token_line
     accepted = next(x for x in checked.stdout.splitlines() if "key accepted:" in x)
     assert accepted.endswith(f"(PKCS#11 token {PROVIDER}, key link)"), show(checked)
-    started = pppssh(lab, "start", str(path))
-    assert started.returncode == 0, show(started)
-    try:
-        assert lab.ping("ws-a", WS_B, count=3), "no traffic through the tunnel"
-    finally:
-        stopped = pppssh(lab, "stop", str(path))
-    assert stopped.returncode == 0, show(stopped)
-    assert no_leftovers(lab) == []
+    up_and_down(lab, path)
 
     bad_pin = conf(lab, "badpin", "000000")
     proc = pppssh(lab, "start", str(bad_pin))
