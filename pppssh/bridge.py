@@ -292,10 +292,6 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         if moved and set_notsent_lowat(self._rate_sock, limit):
             self._limit = limit
 
-    def notsent_limit(self) -> int:
-        """The unsent bytes the SSH socket may hold now (0: no limit of the pump's)."""
-        return self._limit
-
     def _watch_socket(self, on: bool) -> None:
         """Watch (a dup of) the SSH socket for writable, or stop."""
         if on and self._watch_fd < 0:

@@ -12,7 +12,6 @@ was validated by config.py, and the files go in through quoted here-documents.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import shlex
 import sys
@@ -653,11 +652,6 @@ async def apply(cfg: SiteConfig, script: str, admin: str, admin_identity: str | 
             stream.write("".join(printable(line, 1000) + "\n" for line in text.splitlines()))
     status = result.exit_status
     return 0 if status == 0 else (status or 1)
-
-
-def run_apply(cfg: SiteConfig, script: str, admin: str, admin_identity: str | None) -> int:
-    """Synchronous wrapper for the CLI."""
-    return asyncio.run(apply(cfg, script, admin, admin_identity))
 
 
 async def apply_all(
