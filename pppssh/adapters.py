@@ -247,8 +247,19 @@ class SubprocessRunner:
     """Runner over system.run_local/run_hook, each in a thread (the loop keeps pumping)."""
 
     async def run(self, command: Command) -> str:
-        """Run a local argv (the lifecycle has shown it already)."""
-        return await asyncio.to_thread(system.run_local, command, False)
+        """Run a local argv (the lifecycle has shown it already). A thread cannot be stopped:
+        cancelled, this waits for the command's end before the CancelledError goes on, so
+        that the teardown's undo comes after the change it undoes, never before it."""
+        job = asyncio.ensure_future(asyncio.to_thread(system.run_local, command, False))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            while not job.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([job])
+            if not job.cancelled():
+                job.exception()  # retrieved: a failure after the cancellation is not reported
+            raise
 
     async def hook(self, argv: tuple[str, ...], env: dict[str, str], timeout: float) -> HookResult:
         """Run an up/down command; its output and failure."""

@@ -150,6 +150,22 @@ class Attempt:
         self.emit(CommandRun("local", command.shown))
         return await self.ports.runner.run(command)
 
+    async def _change(self, entry: Entry, at: int | None = None) -> None:
+        """Make a local change, in the ledger (at its end, or at index at) before its command
+        runs, taken out again when the command fails. A stop or a SIGKILL while it runs finds
+        it there and undoes it (the command is not stopped half way: the runner lets it end);
+        recorded after the command, a filter rule would outlive the site in no ledger, and
+        the next start would fail on it with `File exists`."""
+        if at is None:
+            self.ledger.add(entry)
+        else:
+            self.ledger.insert(at, entry)
+        try:
+            await self._local(Command(entry.apply))
+        except CommandFailed:
+            self.ledger.remove(entry)
+            raise
+
     # ------------------------------------------------------------------ bring-up
 
     async def up(self) -> None:
@@ -258,10 +274,9 @@ class Attempt:
             raise TunnelError(f"the local pppd names no pppN interface ('{printable(ifname, 40)}')")
         for step in local_filter(self.cfg, ifname):
             try:
-                await self._local(step.apply)
+                await self._change(filter_entry(step.why, step.apply, step.undo))
             except CommandFailed as exc:
                 raise TunnelError(f"link filter ({step.why}): {exc}") from None
-            self.ledger.add(filter_entry(step.why, step.apply, step.undo))
         self._check_loose(ifname)
 
     def _check_loose(self, ifname: str) -> None:
@@ -345,12 +360,11 @@ class Attempt:
 
     async def _add_local(self, route: RouteChange, kind: str = "route") -> None:
         """Add one local route and record it."""
+        entry = route_entry("local", route, "server-route" if kind == "server-route" else "route")
         try:
-            await self._local(route.add)
+            await self._change(entry)
         except CommandFailed as exc:
             raise TunnelError(str(exc)) from None
-        entry = route_entry("local", route, "server-route" if kind == "server-route" else "route")
-        self.ledger.add(entry)
         self.emit(RouteAdded(entry))
 
     async def _add_remote(self, route: RouteChange) -> None:
@@ -404,9 +418,8 @@ class Attempt:
             done: list[Entry] = []
             try:
                 for step in steps:
-                    await self._local(step.apply)
-                    done.append(entry := mss.entry(step))
-                    self.ledger.add(entry)
+                    await self._change(entry := mss.entry(step))
+                    done.append(entry)
             except CommandFailed as exc:
                 why.append((tool, mss.reason(exc.stderr)))
                 self.emit(Note(f"note: {tool}: {why[-1][1]}"))
@@ -627,20 +640,20 @@ class Attempt:
         return done
 
     async def _reload_apply(self, entry: Entry) -> None:
-        """Apply one entry and record it: a filter rule beside the others, a route at the end."""
-        command = Command(entry.apply)
+        """Apply one entry and record it: a filter rule beside the others, a route at the end
+        (the remote ones are routes)."""
         if entry.side == "remote":
-            self.emit(CommandRun("remote", command.shown, self.remote_prefix))
-            await self._remote(command)
-        else:
-            await self._local(command)
-        if entry.kind == "filter":
+            self.emit(CommandRun("remote", shell_join(entry.apply), self.remote_prefix))
+            await self._remote(Command(entry.apply))
+            self.ledger.add(entry)
+        elif entry.kind == "filter":
             kinds = [e.kind for e in self.ledger.entries]
             at = len(kinds) - kinds[::-1].index("filter") if "filter" in kinds else 0
-            self.ledger.insert(at, entry)
+            await self._change(entry, at)
+            return
         else:
-            self.ledger.add(entry)
-            self.emit(RouteAdded(entry))
+            await self._change(entry)
+        self.emit(RouteAdded(entry))
 
     # ------------------------------------------------------------------ DNS (dns.py)
 
@@ -662,10 +675,9 @@ class Attempt:
         self.emit(Note(f"DNS through {self.resolver.describe()}"))
         for entry in dns.entries(self.cfg, self.resolver, self.link.interface):
             try:
-                await self._local(Command(entry.apply))
+                await self._change(entry)
             except CommandFailed as exc:
                 raise TunnelError(f"DNS: {exc}") from None
-            self.ledger.add(entry)
 
     def _dns_wanted(self, new: SiteConfig) -> tuple[list[Entry], list[Entry], list[Entry]]:
         """A reload's DNS changes (dns.replace), decided before anything changes."""

@@ -163,7 +163,8 @@ class Runner(Protocol):
     """Local programs: commands (ip), the site's hooks, what a dead pppssh left."""
 
     async def run(self, command: Command) -> str:
-        """Run a local argv; its stdout, or CommandFailed."""
+        """Run a local argv; its stdout, or CommandFailed. Cancelled, it lets the command end
+        before the CancelledError goes on (the change is made or not by then)."""
         ...
 
     async def hook(self, argv: tuple[str, ...], env: dict[str, str], timeout: float) -> HookResult:

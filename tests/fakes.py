@@ -66,6 +66,7 @@ class World:
         self.remote_ignores_terminate = False
         self.ipcp = LinkInfo(IFNAME, LOCAL, PEER)
         self.leftover_pids: list[int] = []
+        self.applied: list[str] = []  # local commands that succeeded, in order
         self.stop: Callable[[], None] | None = None  # what "cancel" does (a signal)
         self.transport: FakeTransport | None = None
         self.pppd: FakePppd | None = None
@@ -319,17 +320,27 @@ class FakeRunner:
         self.rp_filter = 1
 
     async def run(self, command: Command) -> str:
-        """Run a local argv."""
+        """Run a local argv; one that succeeds goes to world.applied. As the real runner, a
+        cancellation while it runs lets it end first (its change is made), then goes on."""
         shown = command.shown
         self.world.record("local", shown)
         argv = command.argv
-        if argv[:3] == ("ip", "route", "add"):
-            await self.world.reach("route_local")
-        elif "rule" in argv and "add" in argv:
-            await self.world.reach("filter")
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            if argv[:3] == ("ip", "route", "add"):
+                await self.world.reach("route_local")
+            elif "rule" in argv and "add" in argv:
+                await self.world.reach("filter")
+        except asyncio.CancelledError as exc:
+            cancelled = exc
         for part, stderr in self.world.refuse_local.items():
             if part in shown:
+                if cancelled is not None:
+                    raise cancelled
                 raise CommandFailed(shown, 2, stderr)
+        self.world.applied.append(shown)
+        if cancelled is not None:
+            raise cancelled
         if argv[:4] == ("ip", "-4", "route", "get"):
             return f"{argv[4]} via 192.0.2.1 dev eth0 src 192.0.2.7 uid 0\n    cache\n"
         return ""

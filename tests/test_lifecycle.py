@@ -128,7 +128,9 @@ def harness(cfg: SiteConfig | None = None, stop_when_up: bool = True, **changes:
 
 
 def history(h: Harness) -> tuple[list[Entry], list[Entry]]:
-    """The ledger's entries in the order they were added, and in the order they were undone."""
+    """The ledger's entries in the order they were added, and in the order they were undone.
+    A local entry whose command failed (in the ledger while it ran, then taken out) is in
+    neither: it changed nothing."""
     added: list[Entry] = []
     removed: list[Entry] = []
     before: list[Entry] = []
@@ -140,6 +142,9 @@ def history(h: Harness) -> tuple[list[Entry], list[Entry]]:
             else:
                 removed += [e for e in before if e not in now]
             before = now
+    failed = [e for e in added if e.side == "local" and shell_join(e.apply) not in h.world.applied]
+    added = [e for e in added if e not in failed]
+    removed = [e for e in removed if e not in failed]
     return added, removed
 
 
@@ -147,6 +152,16 @@ def is_undo(call: tuple[str, str]) -> bool:
     """A command that takes a change back (route or rule deletion)."""
     where, shown = call
     return where in ("local", "remote") and (" del " in f" {shown} ")
+
+
+def assert_nothing_applied_is_left(h: Harness) -> None:
+    """Every local `ip ... add` that succeeded has its `del` tried after it, whether or not
+    the ledger saw it succeed (a command runs on when the start is cancelled meanwhile)."""
+    local = [shown for where, shown in h.world.calls if where == "local"]
+    for shown in h.world.applied:
+        if shown.startswith("ip ") and " add " in shown:
+            undo = shown.replace(" add ", " del ", 1)
+            assert undo in local[local.index(shown) :], f"left behind: {shown}"
 
 
 def assert_all_undone(h: Harness, remote_reachable: bool = True) -> list[Entry]:
@@ -162,6 +177,7 @@ def assert_all_undone(h: Harness, remote_reachable: bool = True) -> list[Entry]:
     ]
     calls = h.world.calls
     assert [c for c in calls if is_undo(c)] == expected
+    assert_nothing_applied_is_left(h)
     if ("pppd", "start") in calls:
         stop = calls.index(("pppd", "stop"))
         routes_gone = [i for i, c in enumerate(calls) if is_undo(c) and "rule" not in c[1]]
@@ -532,6 +548,34 @@ def test_stop_during_each_step_of_the_start(step: str) -> None:
     assert "interrupted during start; undoing what was done" in lines
     assert h.readiness.said == []
     assert_all_undone(h)
+
+
+@pytest.mark.parametrize("step", ["filter", "route_local"])
+def test_a_local_change_is_in_the_state_file_while_its_command_runs(step: str) -> None:
+    """The ledger is written ahead: a SIGKILL while `ip rule add` or `ip route add` runs
+    leaves a state file that names it (the recovery undoes it), and a stop then undoes it
+    once the command has ended, as the runner lets it (test_stop_during_each_step_...)."""
+    h = harness(site(hooks=HOOKS), stop_when_up=False)
+    h.world.faults[step] = "cancel"
+    running: list[list[str]] = []
+    reach = h.world.reach
+
+    async def spy(at: str) -> None:
+        """The state file as the command that reached `at` runs."""
+        if at == step:
+            state = h.store.read(h.cfg.name)
+            assert state is not None
+            running.append(state.ledger[-1]["apply"])
+        await reach(at)
+
+    h.world.reach = spy  # type: ignore[method-assign]
+    assert h.run() == 0
+    command = RULES[0] if step == "filter" else ROUTE_HERE
+    assert running == [command.split()]
+    assert command in h.world.applied
+    undo = ("local", command.replace(" add ", " del "))
+    assert h.world.calls.index(undo) > h.world.calls.index(("local", command))
+    assert h.ledger() == []
 
 
 def test_stop_while_up() -> None:
