@@ -151,6 +151,7 @@ class Lab:
         self._made_admin = False
         self._key_line = ""
         self._baseline: dict[str, list[str]] = {}
+        self._rule_baseline: dict[str, list[str]] = {}
         self._setup: dict[str, str] = {}  # site -> the site file text it was last set up with
         self.spokes: list[Spoke] = []
 
@@ -203,6 +204,7 @@ class Lab:
         self._make_user()
         self._start_sshd()
         self._baseline = {ns: self.routes(ns) for ns in NAMESPACES}
+        self._rule_baseline = {ns: self.rules(ns) for ns in NAMESPACES}
 
     def _make_user(self) -> None:
         """Create the non-root account sshd lets in, and the lab's own key for it: a login
@@ -554,6 +556,19 @@ class Lab:
         lines = (line.strip().removesuffix(" linkdown") for line in out.splitlines())
         return [line for line in lines if line]
 
+    def rules(self, ns: str | None) -> list[str]:
+        """Return the policy rules of namespace ns, IPv4 then IPv6, as `ip rule show` lines
+        after the family (`-4 5000: from all iif ppp0 to 10.1.0.0/24 lookup main`).
+
+        `[detached]` (the rule's interface is gone) is state, not part of the rule.
+        """
+        found = []
+        for family in ("-4", "-6"):
+            out = self.run(ns, ["ip", family, "rule", "show"]).stdout
+            lines = (" ".join(line.replace("[detached]", "").split()) for line in out.splitlines())
+            found += [f"{family} {line}" for line in lines if line]
+        return found
+
     def ppp_links(self, ns: str | None) -> list[dict[str, str | None]]:
         """Return the ppp interfaces of namespace ns: name, local and peer IPv4 address."""
         links = json.loads(self.run(ns, ["ip", "-j", "addr", "show", "type", "ppp"]).stdout or "[]")
@@ -709,6 +724,10 @@ class Lab:
             now = self.routes(ns)
             found += [f"route in {ns} added: {r}" for r in now if r not in before]
             found += [f"route in {ns} removed: {r}" for r in before if r not in now]
+        for ns, before in self._rule_baseline.items():
+            if ns == "gw-b":  # the remote pppd's ip-down removes those (see reset)
+                continue
+            found += [f"rule in {ns} added: {r}" for r in self.rules(ns) if r not in before]
         return found
 
     def reset(self, grace: float = 5) -> list[str]:
@@ -731,6 +750,11 @@ class Lab:
                     self.run(ns, ["ip", "route", "del", *r.split()], check=False)
                 for r in (r for r in before if r not in now):
                     self.run(ns, ["ip", "route", "add", *r.split()], check=False)
+            for ns, before in self._rule_baseline.items():
+                for r in (r for r in self.rules(ns) if r not in before):
+                    family, prio, spec = r.split(maxsplit=2)
+                    self.run(ns, ["ip", family, "rule", "del", "priority", prio.rstrip(":"),
+                                  *spec.removeprefix("from all ").split()], check=False)  # fmt: skip
         return found
 
     def _kill(self, pids: list[int], what: str, quiet: bool = False) -> None:

@@ -57,12 +57,15 @@ def ppp_link(lab: Lab, ns: str, local: str, peer: str) -> str:
 
 
 def open_fds(pid: int) -> list[str]:
-    """What a process holds open, by kind (file descriptor numbers may be reused in any order)."""
+    """What a process holds open, by kind (file descriptor numbers may be reused in any order);
+    not the state file's temporary, open only while the state file is replaced."""
     kinds = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except FileNotFoundError:
+            continue
+        if target.startswith("/run/pppssh/") and target.endswith(".tmp"):
             continue
         kinds.append(re.sub(r"\[\d+\]|\d+$", "", target))
     return sorted(kinds)
