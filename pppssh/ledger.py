@@ -2,9 +2,11 @@
 
 An entry says where the change was made (this gateway or the remote one), what kind it is,
 the argv that applied it and the argv that takes it back (or none, for a setting that goes
-away with the interface). The lifecycle appends an entry as each change succeeds and the
-state file holds the whole list, so the teardown, crash recovery after SIGKILL, `status` and
-a comparison of two configurations all read the same data; no rendered string is parsed.
+away with the interface). The lifecycle appends an entry as a remote change succeeds, and
+just before a local one is made (taking it out again if that fails: a SIGKILL meanwhile
+leaves it to be undone, "already gone" if it never took). The state file holds the whole
+list, so the teardown, crash recovery after SIGKILL, `status` and a comparison of two
+configurations all read the same data; no rendered string is parsed.
 """
 
 from __future__ import annotations
