@@ -225,7 +225,7 @@ def _parse(extra: str) -> SiteConfig:
 def test_delay_target_key_turns_vj_off() -> None:
     """delay_target (and the pump's queue) mean novj on the local pppd; without, no novj."""
     off, on = _parse("delay_target = 0\ntcp_notsent_lowat = 0\n"), _parse("")
-    assert (off.delay_target, on.delay_target, on.delay_target_up) == (0, 5, 0)
+    assert (off.delay_target, on.delay_target, on.delay_target_up) == (0, 12, 0)
     assert "novj" not in plan.local_pppd_argv(off, 3)
     assert "novj" in plan.local_pppd_argv(on, 3)
     for extra in ("tcp_notsent_lowat = 16384\n", "delay_target_up = 20\n"):

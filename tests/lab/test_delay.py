@@ -27,7 +27,7 @@ pytestmark = pytest.mark.lab
 
 SITE = "site-b"
 SUMMARY = re.compile(
-    r"delay control: target 5 ms down, 0 ms up, \d+ flows, \d+ frames above it kept while "
+    r"delay control: target 12 ms down, 0 ms up, \d+ flows, \d+ frames above it kept while "
     r"the SSH connection recovered a loss; up: no samples, 0 dropped; "
     r"down: queue ([\d.]+) ms median, ([\d.]+) ms p90 \((\d+) samples\), (\d+) dropped"
 )
