@@ -689,11 +689,10 @@ class Attempt:
 
     async def _replace_dns(self, entry: Entry, forget: list[Entry]) -> tuple[Entry, Entry | None]:
         """Apply one DNS entry over the one it replaces (same target); both, for a rollback."""
-        await self._local(Command(entry.apply))
+        await self._change(entry)
         old = next((e for e in forget if dns.target(e) == dns.target(entry)), None)
         if old is not None:
             self.ledger.remove(old)
-        self.ledger.add(entry)
         return entry, old
 
     async def _dns_rollback(self, done: list[tuple[Entry, Entry | None]]) -> None:
