@@ -207,18 +207,23 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
             high = AUTO_MAX if self._rate_sock is not None else limit
             self.chan.set_write_buffer_limits(high=high, low=high // 2)
 
-    def delay_control(self, target: float, target_up: float = 0.0, sock_fd: int = -1) -> None:
+    def delay_control(
+        self, target: float, target_up: float = 0.0, sock_fd: int = -1, window_target: float = 0.0
+    ) -> None:
         """Measure each TCP flow's queueing delay through the tunnel from its timestamps
         and drop its data frames CoDel's way while that stays above target seconds (flows
         coming down), target_up (flows going up) (pppssh.flowdelay), none while the SSH
-        socket sock_fd (-1: unknown) recovers a loss. Call before attach(); 0 leaves that
-        way alone."""
-        if target > 0 or target_up > 0:
+        socket sock_fd (-1: unknown) recovers a loss; with window_target, narrow the windows
+        the local receivers advertise to flows coming down (pppssh.rwnd). Call before
+        attach(); 0 leaves that alone."""
+        if target > 0 or target_up > 0 or window_target > 0:
             losses = None
             if sock_fd >= 0:  # the SSH connection's TCP socket: its losses tell HOL from queue
                 sock = self._loss_sock = socket.socket(fileno=os.dup(sock_fd))
                 losses = functools.partial(tcp_losses, sock)
-            self._flowdelay = FlowDelay(target, target_up, losses=losses)
+            self._flowdelay = FlowDelay(
+                target, target_up, losses=losses, window_target=window_target
+            )
 
     def frames_dropped(self) -> int:
         """Frames the pump dropped: bulk ones its queue dropped, and those the delay control
@@ -245,13 +250,14 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         return b"".join(f for f in self._split(self._down_splitter, data) if not down(f, now))
 
     def _frames_up(self, data: bytes) -> list[bytes]:
-        """The whole frames of data (from the pty) to send, after the delay control."""
+        """The whole frames of data (from the pty) to send, after the delay control (and
+        the window clamp)."""
         frames = self._split(self._splitter, data)
-        if self._flowdelay is None or not self._flowdelay.target_up:
+        if self._flowdelay is None or not self._flowdelay.acts_up:
             return frames
         now = time.monotonic()
-        up = self._flowdelay.up
-        return [f for f in frames if not up(f, now)]
+        up = self._flowdelay.up_frame
+        return [g for g in (up(f, now) for f in frames) if g is not None]
 
     def _queue_frames(self, data: bytes) -> None:
         """Put what was read from the pty in the queue as whole frames, then send."""
@@ -381,7 +387,7 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
             if self._queue is not None:
                 self._queue_frames(data)
                 return
-            if self._flowdelay is not None and self._flowdelay.target_up:
+            if self._flowdelay is not None and self._flowdelay.acts_up:
                 data = b"".join(self._frames_up(data))
                 if not data:
                     return

@@ -176,6 +176,7 @@ class SiteConfig:
     pace: bool = False
     delay_target: int = 12  # ms, flows sending down; 0: the pump leaves them alone
     delay_target_up: int = 0  # ms, flows sending up; 0: left alone
+    window_target: int = 0  # ms, flows sending down: their windows narrowed; 0: never
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -884,6 +885,13 @@ SCHEMA: tuple[Key, ...] = (
         "the ACK that echoes it). 0: off, the default: the far receiver's delayed ACKs "
         "lengthen those round trips, and measured, the drops cost the way up throughput "
         "(see Benchmark)."),
+    Key("remote", "window_target", "window_target", "0", _as_int(0, 1000),
+        "Milliseconds of queue each TCP flow coming down the tunnel may keep (measured as for "
+        "`delay_target`) before pppssh narrows the window the local receiver advertises to the "
+        "far sender, in the ACKs going up: the window becomes the flow's rate times its round "
+        "trip plus this, so the sender keeps the path full without a standing queue and "
+        "without drops. Only flows whose handshake and timestamps the pump saw. 0: off. Not "
+        "0, VJ header compression is off (novj)."),
     Key("remote", "codel", "pump_codel", "yes", _yes_no,
         "With `tcp_notsent_lowat`: drop large frames that waited in pppssh's queue longer "
         "than 5 ms for 100 ms (CoDel), so the inner TCP slows down rather than queueing."),

@@ -36,7 +36,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .queues import CoDel
+from .queues import BULK_FRAME, CoDel
+from .rwnd import SYN, WindowClamp
 
 __all__ = [
     "FlowDelay",
@@ -73,6 +74,11 @@ class Segment:
     payload: int
     tsval: int | None
     tsecr: int | None
+    flags: int = 0  # TCP's flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10)
+    ack: int = 0  # the acknowledgment number
+    window: int = 0  # the window field as sent (before its scale)
+    wscale: int | None = None  # the window scale option's shift (a SYN's), None without
+    at: int = -1  # where the TCP header starts in the frame's unescaped contents
 
     def reverse(self) -> tuple[bytes, bytes, int, int]:
         """The flow of the segments that answer this one."""
@@ -115,7 +121,8 @@ def _tcp(head: bytes, at: int, flow_addrs: tuple[bytes, bytes], payload_end: int
     payload = payload_end - at - doff
     if payload < 0:
         return None
-    tsval = tsecr = None
+    ack, flags, window = struct.unpack_from(">I x B H", head, at + 8)
+    tsval = tsecr = wscale = None
     i, end = at + 20, min(at + doff, len(head))
     while i < end:
         kind = head[i]
@@ -131,9 +138,11 @@ def _tcp(head: bytes, at: int, flow_addrs: tuple[bytes, bytes], payload_end: int
             break
         if kind == 8 and size == 10:
             tsval, tsecr = _TS.unpack_from(head, i + 2)
-            break
+        elif kind == 3 and size == 3:
+            wscale = min(head[i + 2], 14)  # RFC 7323: larger shifts are taken as 14
         i += size
-    return Segment((flow_addrs[0], flow_addrs[1], sport, dport), payload, tsval, tsecr)
+    flow = (flow_addrs[0], flow_addrs[1], sport, dport)
+    return Segment(flow, payload, tsval, tsecr, flags, ack, window, wscale, at)
 
 
 def parse_frame(frame: bytes) -> Segment | None:
@@ -226,12 +235,16 @@ class FlowDelay:
         target_up: float = 0.0,
         interval: float = CODEL_INTERVAL,
         losses: Callable[[], int | None] | None = None,
+        window_target: float = 0.0,
     ) -> None:
         """Drop a flow's data frames once its queueing delay stays above target seconds
-        (flows sending down), target_up seconds (flows sending up; 0: never). losses: a
-        counter of the segments the SSH connection itself lost (its TCP socket's
-        retransmissions and out-of-order arrivals), None when unknown."""
+        (flows sending down; 0: never), target_up seconds (flows sending up; 0: never).
+        losses: a counter of the segments the SSH connection itself lost (its TCP socket's
+        retransmissions and out-of-order arrivals), None when unknown. window_target: narrow
+        the windows local receivers advertise to flows coming down so that their queue stays
+        near it (pppssh.rwnd; 0: never)."""
         self.target = target
+        self.clamp = WindowClamp(window_target) if window_target > 0 else None
         self.target_up = target_up
         self.interval = interval
         self._losses = losses
@@ -284,6 +297,26 @@ class FlowDelay:
             return False
         return flow.codel.drop(excess, now, NO_BACKLOG)
 
+    @property
+    def acts_up(self) -> bool:
+        """Whether frames going up must be shown to up_frame()."""
+        return bool(self.target_up) or self.clamp is not None
+
+    def up_frame(self, frame: bytes, now: float) -> bytes | None:
+        """A frame on its way up: None to drop it (up()), else the frame to send, its
+        window narrowed when it is an ACK of a flow the clamp holds."""
+        if self.target_up and self.up(frame, now):
+            return None
+        if self.clamp is None or len(frame) > BULK_FRAME:
+            return frame
+        seg = parse_frame(frame)
+        if seg is None:
+            return frame
+        return self.clamp.up(
+            frame, seg.reverse(), seg.flags, seg.ack, seg.window, seg.tsval, seg.wscale, seg.at,
+            now,
+        )  # fmt: skip
+
     def up(self, frame: bytes, now: float) -> bool:
         """A frame on its way up: remember when its TSval first went; drop it when it is
         data of a flow whose round trip has stayed too long above its smallest."""
@@ -310,6 +343,9 @@ class FlowDelay:
         seg = parse_frame(frame)
         if seg is None:
             return False
+        clamp = self.clamp
+        if clamp is not None and seg.flags & SYN:
+            clamp.syn_down(seg.flow, seg.wscale)
         if seg.tsecr is not None:
             back = self._flow(seg.reverse(), now, None)
             if back is not None:
@@ -319,7 +355,7 @@ class FlowDelay:
                     back.excess = rtt - back.smallest.add(rtt, now)
                     back.sampled = now
                     self.excess_up.append(back.excess)
-        if seg.tsval is None or seg.payload == 0 or not self.target:
+        if seg.tsval is None or seg.payload == 0 or not (self.target or clamp):
             return False
         flow = self._flow(seg.flow, now, self.target)
         assert flow is not None
@@ -334,16 +370,20 @@ class FlowDelay:
         # flow's first packet on, before any queue it builds (slow start fills one fast)
         delay = since - ticks / 1000
         excess = delay - flow.smallest.add(delay, now)
-        if flow.clock_ok is None:
-            if since < CLOCK_CHECK:
-                return False
+        if flow.clock_ok is None and since >= CLOCK_CHECK:
             low, high = CLOCK_RANGE
             flow.clock_ok = low <= ticks / 1000 / since <= high
+        if clamp is not None:  # times the round trip even before the clock is known
+            queue = excess if flow.clock_ok else None
+            recovering = queue is not None and self._recovering(now)
+            clamp.data_down(seg.flow, seg.payload, seg.tsecr, queue, now, recovering)
         if not flow.clock_ok:
             return False
         flow.excess = excess
         flow.sampled = now
         self.excess_down.append(excess)
+        if not self.target:
+            return False
         if self._drop(flow, now):
             self.dropped_down += 1
             return True
@@ -368,8 +408,9 @@ class FlowDelay:
                 f"({len(ordered)} samples), {dropped} dropped"
             )
 
+        clamp = f"; {self.clamp.summary()}" if self.clamp is not None else ""
         return (
-            f"target {self.target * 1000:g} ms down, {self.target_up * 1000:g} ms up, "
+            f"target {self.target * 1000:g} ms down, {self.target_up * 1000:g} ms up{clamp}, "
             f"{len(self._flows)} flows, {self.held} frames above it kept while the SSH "
             f"connection recovered a loss; "
             f"{way('up', self.excess_up, self.dropped_up)}; "

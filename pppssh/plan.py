@@ -113,9 +113,10 @@ def _ipv6_options(cfg: SiteConfig, ours: str, peer: str) -> list[str]:
 
 def _frame_options(cfg: SiteConfig) -> list[str]:
     """No VJ header compression (both ways: the local pppd refuses it) when the pump may drop
-    or reorder frames: a compressed header is a delta from the frame before it."""
+    or reorder frames (a compressed header is a delta from the frame before it) or rewrite
+    ACKs' windows (it must read their headers)."""
     dropping = cfg.delay_target or cfg.delay_target_up or cfg.tcp_notsent_lowat
-    return ["novj"] if dropping else []
+    return ["novj"] if dropping or cfg.window_target else []
 
 
 def local_pppd_argv(

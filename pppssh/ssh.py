@@ -1076,7 +1076,10 @@ async def open_bridge(
             asyncssh_compat.eager_window_adjust(chan, max(1, window // WINDOW_ADJUST_PARTS))
         if tuning.sock_fd >= 0 and tuning.notsent_lowat:
             session.send_limit(cfg.tcp_notsent_lowat, tuning.sock_fd, codel=cfg.pump_codel)
-        session.delay_control(cfg.delay_target / 1000, cfg.delay_target_up / 1000, tuning.sock_fd)
+        session.delay_control(
+            cfg.delay_target / 1000, cfg.delay_target_up / 1000, tuning.sock_fd,
+            cfg.window_target / 1000,
+        )  # fmt: skip
     return session
 
 

@@ -1,0 +1,361 @@
+"""The window each local receiver advertises to a far sender, narrowed to what the path
+needs (pure: no I/O, the caller gives the time and the measured delay).
+
+A TCP flow coming down the tunnel has its sender on the far side and its receiver on this
+side; the receiver's ACKs go up through the pump. The far sender may never have more bytes
+in flight than the window those ACKs advertise. Dropping frames (pppssh.flowdelay) tells a
+loss-based sender to halve its rate, and it fills the queues again before the next drop:
+the queue it keeps and the throughput it loses are both tied to the drops. Narrowing the
+window instead holds the sender at the path's rate times its round trip plus a small
+target, with nothing dropped: the queues it would fill out of pppssh's reach (the remote
+pty, sshd's buffer and socket, the WAN) stay a few ms long and the link stays full.
+
+Per flow, from what the pump sees:
+
+- the handshake, both ways: the local side's window scale (its SYN or SYN-ACK going up) and
+  whether the far side's SYN carried the option at all (else no scaling). A flow whose
+  handshake the pump did not see (it began before this link) is left alone;
+- the round trip from an ACK going up (its TSval) to the first data segment coming down
+  that echoes it (TSecr), less that segment's queueing delay (below), the smallest of the
+  last 10 s: the path's delay without queues.
+  One ACK at a time is timed (a probe), so a flow's state stays small however long its
+  queue;
+- the flow's queueing delay on the way down, one way, from pppssh.flowdelay (the far
+  sender's TSval against the pump's clock), its smallest over each round trip: the standing
+  queue, without the bursts of sshd's packets. In the flow's first second, before its
+  clock is known to tick in ms, the round trip's rise over its smallest stands in;
+- the payload bytes that arrived in that round trip: the flow's rate.
+
+Once the standing queue first exceeds the target (the path is full), the window is the
+rate times the round trip plus the target; then, each round trip, it loses half the bytes
+the queue holds beyond the target (never going below that rate times the round trip plus
+the target: with a queue, the rate is the path's), or grows (by an eighth while the queue
+is under half the target, by a segment while under the target). It never shrinks while the
+SSH connection recovers a lost segment (that delay is head-of-line blocking, not a queue).
+
+An ACK going up whose window exceeds that is rewritten: its window field, the TCP checksum
+(updated, RFC 1624) and the PPP frame's FCS, re-escaped (every control character, which
+any receiver takes whatever its ACCM). The right edge (ack plus window) this advertises
+may fall behind one advertised before, which RFC 9293 (3.8.6.2.2) asks receivers not to
+do because a segment the sender already sent past the new edge would be refused; here the
+receiver still takes everything up to its own, larger window, so nothing is refused: the
+sender (which must be robust to a shrinking window, the same section) only holds back new
+data until the edge moves on. Without that, a window the receiver's autotuning grew to
+megabytes in the flow's first second would keep the queue it allows for as long as the
+sender takes to send that much. Only frames of at most BULK_FRAME bytes are rewritten
+(ACKs, with SACK blocks); a frame whose FCS does not check out is left as it is.
+
+What a hostile peer can do with it: send a SYN without the window scale option, or with
+one, for its own flows (so pppssh reads the local receiver's windows with the wrong scale,
+narrowing them: that slows only the peer's own flows), or many flows: at most MAX_FLOWS
+are tracked, the least recently seen forgotten first. The window is only ever narrowed,
+never widened beyond what the local receiver said.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from .queues import BULK_FRAME
+
+__all__ = ["WindowClamp", "fcs16", "rewrite_window"]
+
+SYN, ACK = 0x02, 0x10
+PPP_FLAG, PPP_ESC = 0x7E, 0x7D
+MAX_FLOWS = 1024
+MIN_SEGMENTS = 2  # the window never goes below this many of the flow's largest segments
+DEFAULT_MSS = 1400  # until a segment is seen
+GROW_FAST = 1 / 8  # the window's growth per round trip while the queue is under half the target
+SHRINK_GAIN = 0.5  # of the bytes queued beyond the target, the share taken off per round trip
+MIN_WINDOW = 10.0  # seconds the smallest round trip is kept (as pppssh.flowdelay's)
+GOOD_FCS = 0xF0B8  # RFC 1662: the FCS over a frame and its own FCS
+
+
+def _fcs_table() -> list[int]:
+    """RFC 1662's table for the 16-bit FCS."""
+    table = []
+    for b in range(256):
+        v = b
+        for _ in range(8):
+            v = (v >> 1) ^ 0x8408 if v & 1 else v >> 1
+        table.append(v)
+    return table
+
+
+_FCS = _fcs_table()
+
+
+def fcs16(data: bytes | bytearray, fcs: int = 0xFFFF) -> int:
+    """RFC 1662's 16-bit FCS of data (unescaped)."""
+    table = _FCS
+    for b in data:
+        fcs = (fcs >> 8) ^ table[(fcs ^ b) & 0xFF]
+    return fcs
+
+
+def _unescape_all(body: bytes) -> bytes | None:
+    """A frame's contents between its flags, escapes undone; None if an escape is cut off."""
+    out = bytearray()
+    i, n = 0, len(body)
+    while i < n:
+        b = body[i]
+        if b == PPP_ESC:
+            if i + 1 >= n:
+                return None
+            out.append(body[i + 1] ^ 0x20)
+            i += 2
+            continue
+        out.append(b)
+        i += 1
+    return bytes(out)
+
+
+def _escape(data: bytes | bytearray) -> bytes:
+    """Contents escaped for the line: flag, escape and every control character."""
+    out = bytearray()
+    for b in data:
+        if b < 0x20 or b in (PPP_FLAG, PPP_ESC):
+            out += bytes((PPP_ESC, b ^ 0x20))
+        else:
+            out.append(b)
+    return bytes(out)
+
+
+def _csum_update(check: int, old: int, new: int) -> int:
+    """The Internet checksum check with one 16-bit word changed from old to new (RFC 1624,
+    equation 3)."""
+    s = (~check & 0xFFFF) + (~old & 0xFFFF) + new
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def rewrite_window(frame: bytes, at: int, raw: int) -> bytes | None:
+    """frame (as the pump cut it: escaped contents, flags around them) with the TCP header
+    at `at` in its contents given window field raw, the checksum and FCS to match; None when
+    the frame does not check out (its FCS, or too short), so it must pass as it is."""
+    lead = len(frame) - len(frame.lstrip(b"~"))
+    trail = len(frame) - len(frame.rstrip(b"~"))
+    body = _unescape_all(frame[lead : len(frame) - trail])
+    if body is None or len(body) < at + 20 + 2 or fcs16(body) != GOOD_FCS:
+        return None
+    content = bytearray(body[:-2])
+    old, check = struct.unpack_from(">HH", content, at + 14)
+    raw &= 0xFFFF
+    struct.pack_into(">HH", content, at + 14, raw, _csum_update(check, old, raw))
+    fcs = fcs16(content) ^ 0xFFFF
+    content += struct.pack("<H", fcs)
+    return b"~" * lead + _escape(content) + b"~" * max(1, trail)
+
+
+class _RoundTrips:
+    """The smallest round trip of the last MIN_WINDOW seconds, kept in tenths of it."""
+
+    def __init__(self) -> None:
+        """Nothing seen yet."""
+        self._mins: list[tuple[int, float]] = []
+
+    def add(self, value: float, now: float) -> float:
+        """Take value seen at now; the smallest of the window after it."""
+        slot = int(now / (MIN_WINDOW / 10))
+        mins = self._mins
+        if mins and mins[-1][0] == slot:
+            if value < mins[-1][1]:
+                mins[-1] = (slot, value)
+        else:
+            mins.append((slot, value))
+            while mins[0][0] <= slot - 10:
+                del mins[0]
+        return min(m for _, m in mins)
+
+
+@dataclass
+class _Flow:
+    """What the clamp knows of one flow coming down (keyed by its data's direction)."""
+
+    local_scale: int | None = None  # the local side's SYN: its shift, or None without
+    local_syn: bool = False
+    remote_syn: bool = False
+    remote_scales: bool = False  # the far side's SYN had the option
+    probe: tuple[int, float] | None = None  # the TSval of an ACK that went up, and when
+    rtts: _RoundTrips = field(default_factory=_RoundTrips)
+    rtt: float | None = None  # the smallest round trip now
+    mss: int = 0
+    started: float = -1.0  # the round trip being measured began (-1: not yet)
+    received: int = 0  # payload bytes in it
+    queue: float = math.inf  # the smallest queueing delay in it
+    window: float | None = None  # bytes; None: not narrowed (yet)
+    narrowed: int = 0  # ACKs rewritten
+
+    @property
+    def shift(self) -> int | None:
+        """The local receiver's window scale in effect, None until both SYNs were seen."""
+        if not (self.local_syn and self.remote_syn):
+            return None
+        if self.local_scale is None or not self.remote_scales:
+            return 0
+        return self.local_scale
+
+
+class WindowClamp:
+    """Per flow coming down: observe its handshake, its data and its queueing delay; narrow
+    the windows its local receiver advertises (see the module)."""
+
+    def __init__(self, target: float) -> None:
+        """Keep each flow's standing queue near target seconds."""
+        self.target = target
+        self._flows: OrderedDict[tuple[bytes, bytes, int, int], _Flow] = OrderedDict()
+        self.rewritten = 0
+        self.narrowed_flows = 0
+
+    def _flow(self, key: tuple[bytes, bytes, int, int], make: bool) -> _Flow | None:
+        """The flow's state (made when make; the least recently seen forgotten beyond
+        MAX_FLOWS)."""
+        flow = self._flows.get(key)
+        if flow is not None:
+            self._flows.move_to_end(key)
+        elif make:
+            flow = self._flows[key] = _Flow()
+            if len(self._flows) > MAX_FLOWS:
+                self._flows.popitem(last=False)
+        return flow
+
+    def flows(self) -> int:
+        """Flows tracked."""
+        return len(self._flows)
+
+    # ---------------------------------------------------------------- coming down
+
+    def syn_down(self, key: tuple[bytes, bytes, int, int], wscale: int | None) -> None:
+        """The far side's SYN or SYN-ACK of the flow key (its data's direction, down)."""
+        flow = self._flow(key, True)
+        assert flow is not None
+        flow.remote_syn, flow.remote_scales = True, wscale is not None
+
+    def data_down(
+        self,
+        key: tuple[bytes, bytes, int, int],
+        payload: int,
+        tsecr: int | None,
+        queue: float | None,
+        now: float,
+        recovering: bool = False,
+    ) -> None:
+        """A data segment of flow key arrived at now: payload bytes, the TSval it echoes,
+        its queueing delay (None: not measured); recovering: the SSH connection lost a
+        segment lately."""
+        flow = self._flows.get(key)
+        if flow is None or flow.shift is None:
+            return
+        flow.mss = max(flow.mss, payload)
+        probe = flow.probe
+        if tsecr is not None and probe is not None:
+            ahead = (tsecr - probe[0]) & 0xFFFFFFFF
+            if ahead == 0:  # the data this ACK let go
+                rtt = now - probe[1]
+                # less the queue this segment met on the way down: a flow held at its
+                # target never drains it, and a smallest round trip that kept it would
+                # keep it too (see _adjust)
+                base = max(rtt - queue, rtt / 4) if queue is not None else rtt
+                flow.rtt = flow.rtts.add(base, now)
+                flow.probe = None
+                if queue is None:  # the clock is not known yet: the round trip's rise
+                    queue = rtt - flow.rtt
+            elif ahead < 1 << 31:  # a later ACK's: this one is not timed
+                flow.probe = None
+        if flow.rtt is None:
+            return
+        if flow.started < 0:
+            flow.started, flow.received, flow.queue = now, 0, math.inf
+        flow.received += payload
+        if queue is not None:
+            flow.queue = min(flow.queue, queue)
+        period = now - flow.started
+        if period < flow.rtt + self.target:
+            return
+        self._adjust(flow, flow.received / period, flow.queue, recovering)
+        flow.started, flow.received, flow.queue = now, 0, math.inf
+
+    def _adjust(self, flow: _Flow, rate: float, queue: float, recovering: bool) -> None:
+        """One round trip's decision on flow's window from its rate (bytes/s) and standing
+        queue (seconds; inf: not measured)."""
+        assert flow.rtt is not None
+        if not math.isfinite(queue):
+            return
+        mss = flow.mss or DEFAULT_MSS
+        floor = MIN_SEGMENTS * mss
+        if flow.window is None:
+            if queue > self.target:  # the path is full: from now on, hold it there
+                flow.window = max(floor, rate * (flow.rtt + self.target))
+                self.narrowed_flows += 1
+            return
+        window = flow.window
+        if queue > self.target:
+            # a queue means the path is full, so rate is the path's: never below its
+            # bandwidth-delay product plus the target (the queue a narrowed window leaves
+            # takes a round trip to drain, and narrowing on it again would starve the flow)
+            if not recovering:
+                least = min(window, rate * (flow.rtt + self.target))
+                window = max(least, window - SHRINK_GAIN * rate * (queue - self.target))
+        elif queue < self.target / 2:
+            window += max(mss, window * GROW_FAST)
+        else:
+            window += mss
+        # a sender slower than its window (its own cwnd, or the application): the window
+        # need not run away above what it uses
+        ceiling = 2 * rate * (flow.rtt + self.target) + floor
+        flow.window = max(floor, min(window, max(ceiling, flow.window)))
+
+    # ---------------------------------------------------------------- going up
+
+    def up(
+        self,
+        frame: bytes,
+        key: tuple[bytes, bytes, int, int],
+        flags: int,
+        ack: int,
+        window: int,
+        tsval: int | None,
+        wscale: int | None,
+        at: int,
+        now: float,
+    ) -> bytes:
+        """A segment going up (the local receiver's) of flow key (the direction of the data
+        it answers, down): its SYN teaches the scale, its TSval is remembered, its window is
+        narrowed. The frame to send."""
+        if flags & SYN:
+            flow = self._flow(key, True)
+            assert flow is not None
+            flow.local_syn, flow.local_scale = True, wscale
+            return frame
+        flow = self._flows.get(key)
+        if flow is None:
+            return frame
+        shift = flow.shift
+        if shift is None:
+            return frame
+        if tsval is not None and flow.probe is None:
+            flow.probe = (tsval, now)
+        if flow.window is None or not flags & ACK or len(frame) > BULK_FRAME:
+            return frame
+        raw = max(1, -(-int(flow.window) >> shift))  # in the scale's units, rounded up
+        if raw >= window:
+            return frame
+        out = rewrite_window(frame, at, raw)
+        if out is None:
+            return frame
+        flow.narrowed += 1
+        self.rewritten += 1
+        return out
+
+    def summary(self) -> str:
+        """One line's part for the log."""
+        windows = sorted(int(f.window) for f in self._flows.values() if f.window is not None)
+        now = f", windows now {windows[len(windows) // 2]} bytes median" if windows else ""
+        return (
+            f"window target {self.target * 1000:g} ms: {self.narrowed_flows} flows narrowed, "
+            f"{self.rewritten} ACKs rewritten{now}"
+        )
