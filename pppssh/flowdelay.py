@@ -345,7 +345,7 @@ class FlowDelay:
             return False
         clamp = self.clamp
         if clamp is not None and seg.flags & SYN:
-            clamp.syn_down(seg.flow, seg.wscale)
+            clamp.syn_down(seg.flow, seg.wscale, seg.flags)
         if seg.tsecr is not None:
             back = self._flow(seg.reverse(), now, None)
             if back is not None:

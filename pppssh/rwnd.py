@@ -229,10 +229,20 @@ class WindowClamp:
 
     # ---------------------------------------------------------------- coming down
 
-    def syn_down(self, key: tuple[bytes, bytes, int, int], wscale: int | None) -> None:
-        """The far side's SYN or SYN-ACK of the flow key (its data's direction, down)."""
+    def _opened(self, key: tuple[bytes, bytes, int, int], flags: int) -> _Flow:
+        """The flow's state for a SYN with flags: a SYN alone opens a new connection (the
+        ports may be an old one's: nothing of it is kept), a SYN-ACK answers one."""
+        if not flags & ACK:
+            self._flows.pop(key, None)
         flow = self._flow(key, True)
         assert flow is not None
+        return flow
+
+    def syn_down(
+        self, key: tuple[bytes, bytes, int, int], wscale: int | None, flags: int = SYN
+    ) -> None:
+        """The far side's SYN (or SYN-ACK) of the flow key (its data's direction, down)."""
+        flow = self._opened(key, flags)
         flow.remote_syn, flow.remote_scales = True, wscale is not None
 
     def data_down(
@@ -327,8 +337,7 @@ class WindowClamp:
         it answers, down): its SYN teaches the scale, its TSval is remembered, its window is
         narrowed. The frame to send."""
         if flags & SYN:
-            flow = self._flow(key, True)
-            assert flow is not None
+            flow = self._opened(key, flags)
             flow.local_syn, flow.local_scale = True, wscale
             return frame
         flow = self._flows.get(key)

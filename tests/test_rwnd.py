@@ -238,12 +238,18 @@ def test_without_window_scaling_the_raw_window_is_the_window() -> None:
     assert path.rewritten > 0 and queue < 0.012 and rate > 0.97 * 500_000
 
 
+def _handshake(clamp: WindowClamp, key: tuple[bytes, bytes, int, int]) -> None:
+    """The local side's SYN up (scale 7), the far side's SYN-ACK down (with the option)."""
+    clamp.up(b"", key, SYN, 0, 0, None, 7, 24, 0.0)
+    clamp.syn_down(key, 7, SYN | ACK)
+    assert clamp._flows[key].shift == 7
+
+
 def test_never_widens_what_the_receiver_said() -> None:
     """A window smaller than the clamp's passes untouched."""
     clamp = WindowClamp(0.004)
     key = (FAR, LOCAL, 5201, 40000)
-    clamp.syn_down(key, 7)
-    clamp.up(b"", key, SYN, 0, 0, None, 7, 24, 0.0)
+    _handshake(clamp, key)
     clamp._flows[key].window = 1_000_000.0
     f = segment(LOCAL, FAR, 40000, 5201, ack=5, window=100)
     assert clamp.up(f, key, ACK, 5, 100, None, None, 24, 0.1) == f and clamp.rewritten == 0
@@ -254,14 +260,29 @@ def test_no_narrowing_while_the_ssh_connection_recovers() -> None:
     blocking: the window does not shrink for it."""
     clamp = WindowClamp(0.004)
     key = (FAR, LOCAL, 5201, 40000)
-    clamp.syn_down(key, 7)
-    clamp.up(b"", key, SYN, 0, 0, None, 7, 24, 0.0)
+    _handshake(clamp, key)
     flow = clamp._flows[key]
     flow.rtt, flow.window, flow.mss = 0.040, 50_000.0, 1400
     clamp._adjust(flow, 500_000, 0.100, recovering=True)
     assert flow.window >= 50_000
     clamp._adjust(flow, 500_000, 0.100, recovering=False)
     assert flow.window < 50_000
+
+
+def test_a_new_connection_on_the_same_ports_starts_over() -> None:
+    """A SYN on a 4-tuple the clamp holds (the ports reused) forgets the old connection's
+    window and scale; the SYN-ACK that answers it keeps what the SYN taught."""
+    clamp = WindowClamp(0.004)
+    key = (FAR, LOCAL, 5201, 40000)
+    clamp.syn_down(key, 7)
+    clamp.up(b"", key, SYN | ACK, 0, 0, None, 9, 24, 0.0)
+    clamp._flows[key].window = 30_000.0
+    assert clamp._flows[key].shift == 9
+    clamp.up(b"", key, SYN, 0, 0, None, None, 24, 1.0)  # the local side connects anew
+    flow = clamp._flows[key]
+    assert flow.window is None and flow.shift is None
+    clamp.syn_down(key, 5, SYN | ACK)
+    assert clamp._flows[key].shift == 0  # the local SYN had no scale: none either way
 
 
 def test_flows_are_bounded() -> None:
@@ -299,10 +320,11 @@ def test_the_bridge_sends_narrowed_acks_up() -> None:
         assert fd is not None and fd.clamp is not None and fd.acts_up
         key = (FAR, LOCAL, 5201, 40000)
         syn = segment(LOCAL, FAR, 40000, 5201, flags=SYN, wscale=7)
-        fd.clamp.syn_down(key, 7)
         ack = segment(LOCAL, FAR, 40000, 5201, ack=99, window=(1 << 21) >> 7)
         other = segment(LOCAL, FAR, 40001, 22, ack=5, window=100, payload=300)
         first = b._frames_up(syn)
+        fd.clamp.syn_down(key, 7, SYN | ACK)
+        assert fd.clamp._flows[key].shift == 7
         fd.clamp._flows[key].window = 30_000.0
         return first + b._frames_up(ack + other[:50]) + b._frames_up(other[50:])
 
