@@ -337,8 +337,8 @@ class WindowClamp:
         it answers, down): its SYN teaches the scale, its TSval is remembered, its window is
         narrowed. The frame to send."""
         if flags & SYN:
-            flow = self._opened(key, flags)
-            flow.local_syn, flow.local_scale = True, wscale
+            opened = self._opened(key, flags)
+            opened.local_syn, opened.local_scale = True, wscale
             return frame
         flow = self._flows.get(key)
         if flow is None:
