@@ -33,6 +33,15 @@ the target: with a queue, the rate is the path's), or grows (by an eighth while 
 is under half the target, by a segment while under the target). It never shrinks while the
 SSH connection recovers a lost segment (that delay is head-of-line blocking, not a queue).
 
+The delays are measured against their smallest of the last 10 s, and a flow held at its
+target never shows its queue empty: left alone, that smallest would creep up by the target
+every 10 s, and the queue with it. So a held flow whose queue has not been near empty
+(under a quarter of the target) for DRAIN_AFTER seconds is drained, as BBR probes for its
+round trip: for one round trip plus the target its window falls to DRAIN_SHARE of the
+path's bandwidth-delay product (the window less the target's share), the queue empties,
+and the delays measured behind it show it empty again. That costs the flow a tenth of one
+round trip's bytes every DRAIN_AFTER seconds.
+
 An ACK going up whose window exceeds that is rewritten: its window field, the TCP checksum
 (updated, RFC 1624) and the PPP frame's FCS, re-escaped (every control character, which
 any receiver takes whatever its ACCM). The right edge (ack plus window) this advertises
@@ -71,6 +80,8 @@ DEFAULT_MSS = 1400  # until a segment is seen
 GROW_FAST = 1 / 8  # the window's growth per round trip while the queue is under half the target
 SHRINK_GAIN = 0.5  # of the bytes queued beyond the target, the share taken off per round trip
 MIN_WINDOW = 10.0  # seconds the smallest round trip is kept (as pppssh.flowdelay's)
+DRAIN_AFTER = 8.0  # seconds a held flow may go without a near-empty queue before a drain
+DRAIN_SHARE = 0.9  # of the path's bandwidth-delay product, the window while it drains
 GOOD_FCS = 0xF0B8  # RFC 1662: the FCS over a frame and its own FCS
 
 
@@ -188,6 +199,8 @@ class _Flow:
     received: int = 0  # payload bytes in it
     queue: float = math.inf  # the smallest queueing delay in it
     window: float | None = None  # bytes; None: not narrowed (yet)
+    low_at: float = 0.0  # when its queue was last near empty
+    drain_until: float = -1.0  # its window is at the floor until then
     narrowed: int = 0  # ACKs rewritten
 
     @property
@@ -210,6 +223,7 @@ class WindowClamp:
         self._flows: OrderedDict[tuple[bytes, bytes, int, int], _Flow] = OrderedDict()
         self.rewritten = 0
         self.narrowed_flows = 0
+        self.drains = 0
 
     def _flow(self, key: tuple[bytes, bytes, int, int], make: bool) -> _Flow | None:
         """The flow's state (made when make; the least recently seen forgotten beyond
@@ -283,6 +297,11 @@ class WindowClamp:
         flow.received += payload
         if queue is not None:
             flow.queue = min(flow.queue, queue)
+            if queue <= self.target / 4:
+                flow.low_at = now
+        if now < flow.drain_until + flow.rtt:  # what a drain let through: not the flow's rate
+            flow.started = -1.0
+            return
         period = now - flow.started
         if period < flow.rtt + self.target:
             return
@@ -301,6 +320,7 @@ class WindowClamp:
             if queue > self.target:  # the path is full: from now on, hold it there
                 flow.window = max(floor, rate * (flow.rtt + self.target))
                 self.narrowed_flows += 1
+                flow.low_at = flow.started
             return
         window = flow.window
         if queue > self.target:
@@ -350,7 +370,15 @@ class WindowClamp:
             flow.probe = (tsval, now)
         if flow.window is None or not flags & ACK or len(frame) > BULK_FRAME:
             return frame
-        raw = max(1, -(-int(flow.window) >> shift))  # in the scale's units, rounded up
+        held = flow.window
+        if now >= flow.drain_until and flow.rtt is not None and now - flow.low_at > DRAIN_AFTER:
+            flow.drain_until = now + flow.rtt + self.target
+            flow.low_at = flow.drain_until
+            self.drains += 1
+        if now < flow.drain_until:
+            held = DRAIN_SHARE * held * flow.rtt / (flow.rtt + self.target)
+        held = max(held, MIN_SEGMENTS * (flow.mss or DEFAULT_MSS))
+        raw = max(1, -(-int(held) >> shift))  # in the scale's units, rounded up
         if raw >= window:
             return frame
         out = rewrite_window(frame, at, raw)
@@ -366,5 +394,5 @@ class WindowClamp:
         now = f", windows now {windows[len(windows) // 2]} bytes median" if windows else ""
         return (
             f"window target {self.target * 1000:g} ms: {self.narrowed_flows} flows narrowed, "
-            f"{self.rewritten} ACKs rewritten{now}"
+            f"{self.rewritten} ACKs rewritten, {self.drains} drains{now}"
         )

@@ -217,6 +217,17 @@ def test_a_download_is_held_near_the_target_without_losing_rate(
     assert min(path.advertised[-100:]) >= rate * rtt  # at least the path's own BDP
 
 
+def test_a_long_download_does_not_creep() -> None:
+    """Held at its target for 40 s, the flow never shows an empty queue by itself; the
+    drains every few seconds keep the baselines, and so the queue, where they were."""
+    fd = FlowDelay(0.0, window_target=0.004)
+    path = Path(fd, rate=500_000, rtt=0.040)
+    path.handshake()
+    queue, got = path.run(40.0)
+    assert fd.clamp is not None and fd.clamp.drains >= 2
+    assert queue < 0.006 and got > 0.98 * 500_000, (queue, got)
+
+
 def test_without_a_seen_handshake_nothing_is_rewritten() -> None:
     """A flow that began before the link (no SYN seen) keeps its windows."""
     fd = FlowDelay(0.0, window_target=0.004)
