@@ -368,15 +368,16 @@ class WindowClamp:
             return frame
         if tsval is not None and flow.probe is None:
             flow.probe = (tsval, now)
-        if flow.window is None or not flags & ACK or len(frame) > BULK_FRAME:
+        rtt = flow.rtt
+        if flow.window is None or rtt is None or not flags & ACK or len(frame) > BULK_FRAME:
             return frame
         held = flow.window
-        if now >= flow.drain_until and flow.rtt is not None and now - flow.low_at > DRAIN_AFTER:
-            flow.drain_until = now + flow.rtt + self.target
+        if now >= flow.drain_until and now - flow.low_at > DRAIN_AFTER:
+            flow.drain_until = now + rtt + self.target
             flow.low_at = flow.drain_until
             self.drains += 1
         if now < flow.drain_until:
-            held = DRAIN_SHARE * held * flow.rtt / (flow.rtt + self.target)
+            held = DRAIN_SHARE * held * rtt / (rtt + self.target)
         held = max(held, MIN_SEGMENTS * (flow.mss or DEFAULT_MSS))
         raw = max(1, -(-int(held) >> shift))  # in the scale's units, rounded up
         if raw >= window:
