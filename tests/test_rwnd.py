@@ -4,6 +4,7 @@ alone."""
 
 from __future__ import annotations
 
+import math
 import struct
 from collections import deque
 
@@ -257,13 +258,17 @@ def _handshake(clamp: WindowClamp, key: tuple[bytes, bytes, int, int]) -> None:
 
 
 def test_never_widens_what_the_receiver_said() -> None:
-    """A window smaller than the clamp's passes untouched."""
+    """A window smaller than the clamp's passes untouched; a larger one is narrowed."""
     clamp = WindowClamp(0.004)
     key = (FAR, LOCAL, 5201, 40000)
     _handshake(clamp, key)
-    clamp._flows[key].window = 1_000_000.0
+    flow = clamp._flows[key]
+    flow.window, flow.rtt, flow.low_at = 100_000.0, 0.040, math.inf
     f = segment(LOCAL, FAR, 40000, 5201, ack=5, window=100)
     assert clamp.up(f, key, ACK, 5, 100, None, None, 24, 0.1) == f and clamp.rewritten == 0
+    big = segment(LOCAL, FAR, 40000, 5201, ack=5, window=5000)
+    out = clamp.up(big, key, ACK, 5, 5000, None, None, 24, 0.2)
+    assert _tcp_ok(out) == (-(-100_000 // 128), True) and clamp.rewritten == 1
 
 
 def test_no_narrowing_while_the_ssh_connection_recovers() -> None:
@@ -336,7 +341,8 @@ def test_the_bridge_sends_narrowed_acks_up() -> None:
         first = b._frames_up(syn)
         fd.clamp.syn_down(key, 7, SYN | ACK)
         assert fd.clamp._flows[key].shift == 7
-        fd.clamp._flows[key].window = 30_000.0
+        flow = fd.clamp._flows[key]
+        flow.window, flow.rtt, flow.low_at = 30_000.0, 0.040, math.inf  # held, not draining
         return first + b._frames_up(ack + other[:50]) + b._frames_up(other[50:])
 
     bodies = [body for body in b"".join(asyncio.run(run())).split(b"~") if body]
