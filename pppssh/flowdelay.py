@@ -382,8 +382,8 @@ class FlowDelay:
         flow.excess = excess
         flow.sampled = now
         self.excess_down.append(excess)
-        if not self.target:
-            return False
+        if not self.target or (clamp is not None and clamp.holds(seg.flow)):
+            return False  # a flow whose window is narrowed is slowed down without drops
         if self._drop(flow, now):
             self.dropped_down += 1
             return True

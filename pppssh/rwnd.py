@@ -237,6 +237,11 @@ class WindowClamp:
                 self._flows.popitem(last=False)
         return flow
 
+    def holds(self, key: tuple[bytes, bytes, int, int]) -> bool:
+        """Whether the flow key's windows are narrowed."""
+        flow = self._flows.get(key)
+        return flow is not None and flow.window is not None
+
     def flows(self) -> int:
         """Flows tracked."""
         return len(self._flows)

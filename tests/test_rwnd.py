@@ -351,3 +351,14 @@ def test_the_bridge_sends_narrowed_acks_up() -> None:
     assert ok and 30_000 <= window << 7 < 40_000
     other = segment(LOCAL, FAR, 40001, 22, ack=5, window=100, payload=300)
     assert bodies[2:] == [other.strip(b"~")]
+
+
+def test_a_held_flow_loses_no_frames() -> None:
+    """With delay_target as well, the flow whose window is narrowed is never dropped from:
+    its queue stays near the window's target, far under CoDel's."""
+    fd = FlowDelay(0.001, window_target=0.004)  # a CoDel target the clamp cannot keep under
+    path = Path(fd, rate=500_000, rtt=0.040)
+    path.handshake()
+    path.run(8.0)
+    assert fd.clamp is not None and fd.clamp.narrowed_flows == 1
+    assert fd.dropped_down <= 3  # only before the window was first narrowed

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.lab
 
 SITE = "site-b"
 SUMMARY = re.compile(
-    r"delay control: target 12 ms down, 0 ms up, \d+ flows, \d+ frames above it kept while "
+    r"delay control: target 12 ms down, 0 ms up(?:; window target [^;]*?)?, "
+    r"\d+ flows, \d+ frames above it kept while "
     r"the SSH connection recovered a loss; up: no samples, 0 dropped; "
     r"down: queue ([\d.]+) ms median, ([\d.]+) ms p90 \((\d+) samples\), (\d+) dropped"
 )
@@ -105,4 +106,34 @@ def test_download_queue_is_measured_and_cut(lab: Lab, stop_all: None, shaped: st
     assert got.returncode == 0, show(got)
     said = stop_reading_log(lab)
     assert "SSH socket:" in said and "delay control:" not in said, said[-2000:]
+    assert no_leftovers(lab) == []
+
+
+CLAMP = re.compile(r"window target 3 ms: (\d+) flows narrowed, (\d+) ACKs rewritten, (\d+) drains")
+
+
+def checksum_errors(lab: Lab, ns: str) -> int:
+    """TCP segments ns's kernel refused for a bad checksum, since boot (TcpInCsumErrors)."""
+    shown = lab.run(ns, ["nstat", "-asz", "TcpInCsumErrors"]).stdout
+    found = re.search(r"TcpInCsumErrors\s+(\d+)", shown)
+    return int(found[1]) if found else 0
+
+
+def test_download_window_is_narrowed(lab: Lab, stop_all: None, shaped: str) -> None:
+    """window_target = 3: the download's ACKs going up are rewritten with a narrower window
+    by the pump; ws-b's kernel takes every one of them (no checksum errors: a bad one would
+    be dropped, and the transfer would stall), and the transfer completes."""
+    before = checksum_errors(lab, "ws-b")
+    conf = lab.write_site_conf(SITE, remote_window_target=3)
+    started = pppssh(lab, "start", str(conf))
+    assert started.returncode == 0, show(started)
+    assert " novj " in f" {local_pppd_args(lab)} "
+    got = download(lab, 8)
+    assert got.returncode == 0 and "receiver" in got.stdout, show(got)
+    said = stop_reading_log(lab)
+    found = CLAMP.search(said)
+    assert found, said[-2000:]
+    narrowed, rewritten = int(found[1]), int(found[2])
+    assert narrowed >= 1 and rewritten > 100, found[0]
+    assert checksum_errors(lab, "ws-b") == before
     assert no_leftovers(lab) == []
