@@ -243,11 +243,13 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
         return frames
 
     def _filter_down(self, data: bytes) -> bytes:
-        """The frames of data (from the channel) the delay control keeps."""
+        """The frames of data (from the channel) the delay control keeps (the window clamp's
+        ACKs narrowed)."""
         assert self._flowdelay is not None
         now = time.monotonic()
-        down = self._flowdelay.down
-        return b"".join(f for f in self._split(self._down_splitter, data) if not down(f, now))
+        down = self._flowdelay.down_frame
+        frames = (down(f, now) for f in self._split(self._down_splitter, data))
+        return b"".join(f for f in frames if f is not None)
 
     def _frames_up(self, data: bytes) -> list[bytes]:
         """The whole frames of data (from the pty) to send, after the delay control (and

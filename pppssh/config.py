@@ -886,12 +886,12 @@ SCHEMA: tuple[Key, ...] = (
         "lengthen those round trips, and measured, the drops cost the way up throughput "
         "(see Benchmark)."),
     Key("remote", "window_target", "window_target", "0", _as_int(0, 1000),
-        "Milliseconds of queue each TCP flow coming down the tunnel may keep (measured as for "
-        "`delay_target`) before pppssh narrows the window the local receiver advertises to the "
-        "far sender, in the ACKs going up: the window becomes the flow's rate times its round "
-        "trip plus this, so the sender keeps the path full without a standing queue and "
-        "without drops. Only flows whose handshake and timestamps the pump saw. 0: off. Not "
-        "0, VJ header compression is off (novj)."),
+        "Milliseconds of queue each TCP flow through the tunnel may keep, either way, before "
+        "pppssh narrows the window its receiver advertises in the ACKs the pump passes on: "
+        "the window becomes the flow's rate times its round trip plus this, so the sender "
+        "keeps the path full without a standing queue and without drops (and the flow is "
+        "not dropped from by `delay_target`). Only flows whose handshake and timestamps the "
+        "pump saw. 0: off. Not 0, VJ header compression is off (novj)."),
     Key("remote", "codel", "pump_codel", "yes", _yes_no,
         "With `tcp_notsent_lowat`: drop large frames that waited in pppssh's queue longer "
         "than 5 ms for 100 ms (CoDel), so the inner TCP slows down rather than queueing."),

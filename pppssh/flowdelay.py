@@ -36,8 +36,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .queues import BULK_FRAME, CoDel
-from .rwnd import SYN, WindowClamp
+from .queues import CoDel
+from .rwnd import ACK, SYN, WindowClamp
 
 __all__ = [
     "FlowDelay",
@@ -307,15 +307,38 @@ class FlowDelay:
         window narrowed when it is an ACK of a flow the clamp holds."""
         if self.target_up and self.up(frame, now):
             return None
-        if self.clamp is None or len(frame) > BULK_FRAME:
+        if self.clamp is None:
             return frame
         seg = parse_frame(frame)
         if seg is None:
             return frame
-        return self.clamp.up(
-            frame, seg.reverse(), seg.flags, seg.ack, seg.window, seg.tsval, seg.wscale, seg.at,
-            now,
-        )  # fmt: skip
+        return self._clamp(self.clamp, frame, seg, True, None, now)
+
+    def _clamp(
+        self,
+        clamp: WindowClamp,
+        frame: bytes,
+        seg: Segment,
+        going_up: bool,
+        queue: float | None,
+        now: float,
+    ) -> bytes:
+        """What the window clamp sees of a segment (its SYN, its data, the ACK it carries),
+        and the frame to pass on (its window narrowed)."""
+        if seg.flags & SYN:
+            clamp.syn(seg.flow, seg.flags, seg.wscale, going_up)
+            return frame
+        recovering = self._recovering(now)
+        if seg.payload:
+            clamp.data(
+                seg.flow, going_up, seg.payload, seg.tsval, seg.tsecr, queue, now, recovering
+            )
+        if seg.flags & ACK:
+            frame = clamp.ack(
+                frame, seg.reverse(), going_up, seg.flags, seg.window, seg.tsval, seg.tsecr,
+                seg.at, now, recovering,
+            )  # fmt: skip
+        return frame
 
     def up(self, frame: bytes, now: float) -> bool:
         """A frame on its way up: remember when its TSval first went; drop it when it is
@@ -337,15 +360,28 @@ class FlowDelay:
         return False
 
     def down(self, frame: bytes, now: float) -> bool:
+        """down_frame(), only whether the frame is dropped."""
+        return self.down_frame(frame, now) is None
+
+    def down_frame(self, frame: bytes, now: float) -> bytes | None:
         """A frame on its way down: an ACK's TSecr times the round trip of the flow it
-        answers; a data segment's TSval its own one-way delay, and it is dropped when that
-        has stayed too long above its smallest."""
+        answers; a data segment's TSval its own one-way delay, and it is dropped (None) when
+        that has stayed too long above its smallest. Else the frame to pass on, its window
+        narrowed when it is an ACK of a flow going up that the clamp holds."""
         seg = parse_frame(frame)
         if seg is None:
-            return False
+            return frame
+        dropped, queue = self._down(seg, now)
+        if dropped:
+            return None
+        if self.clamp is not None:
+            frame = self._clamp(self.clamp, frame, seg, False, queue, now)
+        return frame
+
+    def _down(self, seg: Segment, now: float) -> tuple[bool, float | None]:
+        """down_frame()'s measure and decision: whether to drop the segment, and its one-way
+        queueing delay (None: not measured)."""
         clamp = self.clamp
-        if clamp is not None and seg.flags & SYN:
-            clamp.syn_down(seg.flow, seg.wscale, seg.flags)
         if seg.tsecr is not None:
             back = self._flow(seg.reverse(), now, None)
             if back is not None:
@@ -356,16 +392,16 @@ class FlowDelay:
                     back.sampled = now
                     self.excess_up.append(back.excess)
         if seg.tsval is None or seg.payload == 0 or not (self.target or clamp):
-            return False
+            return False, None
         flow = self._flow(seg.flow, now, self.target)
         assert flow is not None
         if flow.first is None:
             flow.first = (now, seg.tsval)
-            return False
+            return False, None
         since = now - flow.first[0]
         ticks = (seg.tsval - flow.first[1]) & 0xFFFFFFFF
         if ticks >= 1 << 31:  # reordered before the first one seen: not a sample
-            return False
+            return False, None
         # the one-way delay, up to the flow's constant offset; its smallest is kept from the
         # flow's first packet on, before any queue it builds (slow start fills one fast)
         delay = since - ticks / 1000
@@ -373,21 +409,17 @@ class FlowDelay:
         if flow.clock_ok is None and since >= CLOCK_CHECK:
             low, high = CLOCK_RANGE
             flow.clock_ok = low <= ticks / 1000 / since <= high
-        if clamp is not None:  # times the round trip even before the clock is known
-            queue = excess if flow.clock_ok else None
-            recovering = queue is not None and self._recovering(now)
-            clamp.data_down(seg.flow, seg.payload, seg.tsecr, queue, now, recovering)
         if not flow.clock_ok:
-            return False
+            return False, None
         flow.excess = excess
         flow.sampled = now
         self.excess_down.append(excess)
         if not self.target or (clamp is not None and clamp.holds(seg.flow)):
-            return False  # a flow whose window is narrowed is slowed down without drops
+            return False, excess  # a flow whose window is narrowed slows down without drops
         if self._drop(flow, now):
             self.dropped_down += 1
-            return True
-        return False
+            return True, excess
+        return False, excess
 
     def flows(self) -> int:
         """Flows tracked."""

@@ -1,30 +1,32 @@
-"""The window each local receiver advertises to a far sender, narrowed to what the path
+"""The window each TCP receiver advertises through the tunnel, narrowed to what the path
 needs (pure: no I/O, the caller gives the time and the measured delay).
 
-A TCP flow coming down the tunnel has its sender on the far side and its receiver on this
-side; the receiver's ACKs go up through the pump. The far sender may never have more bytes
-in flight than the window those ACKs advertise. Dropping frames (pppssh.flowdelay) tells a
-loss-based sender to halve its rate, and it fills the queues again before the next drop:
-the queue it keeps and the throughput it loses are both tied to the drops. Narrowing the
-window instead holds the sender at the path's rate times its round trip plus a small
-target, with nothing dropped: the queues it would fill out of pppssh's reach (the remote
-pty, sshd's buffer and socket, the WAN) stay a few ms long and the link stays full.
+Every TCP flow through the tunnel has its sender on one side and its receiver on the other;
+the pump sees the data one way and the receiver's ACKs the other. The sender may never
+have more bytes in flight than the window those ACKs advertise. Dropping frames
+(pppssh.flowdelay) tells a loss-based sender to halve its rate, and it fills the queues
+again before the next drop: the queue it keeps and the throughput it loses are both tied
+to the drops. Narrowing the window instead holds the sender at the path's rate times its
+round trip plus a small target, with nothing dropped: the queues it would fill stay a few
+ms long and the link stays full. Coming down, those are the queues out of pppssh's reach
+(the remote pty, sshd's buffer and socket, the WAN's way down); going up, the pump's own,
+the SSH socket's and the WAN's way up.
 
 Per flow, from what the pump sees:
 
-- the handshake, both ways: the local side's window scale (its SYN or SYN-ACK going up) and
-  whether the far side's SYN carried the option at all (else no scaling). A flow whose
-  handshake the pump did not see (it began before this link) is left alone;
-- the round trip from an ACK going up (its TSval) to the first data segment coming down
-  that echoes it (TSecr), less that segment's queueing delay (below), the smallest of the
-  last 10 s: the path's delay without queues.
-  One ACK at a time is timed (a probe), so a flow's state stays small however long its
-  queue;
-- the flow's queueing delay on the way down, one way, from pppssh.flowdelay (the far
-  sender's TSval against the pump's clock), its smallest over each round trip: the standing
-  queue, without the bursts of sshd's packets. In the flow's first second, before its
-  clock is known to tick in ms, the round trip's rise over its smallest stands in;
-- the payload bytes that arrived in that round trip: the flow's rate.
+- the handshake, both ways: the receiver's window scale (its SYN or SYN-ACK) and whether
+  the sender's SYN carried the option at all (else no scaling). A flow whose handshake the
+  pump did not see (it began before this link) is left alone;
+- its round trip, one probe at a time (so a flow's state stays small however long its
+  queue), the smallest of the last 10 s. Coming down: from an ACK going up (its TSval) to
+  the first data segment that echoes it (TSecr), less that segment's one-way queueing
+  delay (below). Going up: from a data segment going up to the first ACK that echoes it;
+- its standing queue, the smallest over each round trip of its queueing delay (without the
+  bursts of sshd's packets). Coming down: one way, from pppssh.flowdelay (the far sender's
+  TSval against the pump's clock), or before the flow's clock is known to tick in ms (its
+  first second), the round trip's rise over its smallest. Going up: the round trip's rise
+  over its smallest;
+- the payload bytes that passed in that round trip: the flow's rate.
 
 Once the standing queue first exceeds the target (the path is full), the window is the
 rate times the round trip plus the target; then, each round trip, it loses half the bytes
@@ -42,7 +44,7 @@ path's bandwidth-delay product (the window less the target's share), the queue e
 and the delays measured behind it show it empty again. That costs the flow a tenth of one
 round trip's bytes every DRAIN_AFTER seconds.
 
-An ACK going up whose window exceeds that is rewritten: its window field, the TCP checksum
+An ACK whose window exceeds that is rewritten: its window field, the TCP checksum
 (updated, RFC 1624) and the PPP frame's FCS, re-escaped (every control character, which
 any receiver takes whatever its ACCM). The right edge (ack plus window) this advertises
 may fall behind one advertised before, which RFC 9293 (3.8.6.2.2) asks receivers not to
@@ -54,11 +56,12 @@ megabytes in the flow's first second would keep the queue it allows for as long 
 sender takes to send that much. Only frames of at most BULK_FRAME bytes are rewritten
 (ACKs, with SACK blocks); a frame whose FCS does not check out is left as it is.
 
-What a hostile peer can do with it: send a SYN without the window scale option, or with
-one, for its own flows (so pppssh reads the local receiver's windows with the wrong scale,
-narrowing them: that slows only the peer's own flows), or many flows: at most MAX_FLOWS
-are tracked, the least recently seen forgotten first. The window is only ever narrowed,
-never widened beyond what the local receiver said.
+What a hostile peer (or a local host) can do with it: send a SYN without the window scale
+option, or with one, for its own flows (so pppssh reads the other side's windows with the
+wrong scale, narrowing them: that slows only its own flows), send ACKs and timestamps that
+make its own flows' windows narrow, or open many flows: at most MAX_FLOWS directions are
+tracked, the least recently seen forgotten first. The window is only ever narrowed,
+never widened beyond what the receiver said.
 """
 
 from __future__ import annotations
@@ -183,15 +186,20 @@ class _RoundTrips:
         return min(m for _, m in mins)
 
 
+Key = tuple[bytes, bytes, int, int]  # source address and port, destination's: a direction
+
+
 @dataclass
 class _Flow:
-    """What the clamp knows of one flow coming down (keyed by its data's direction)."""
+    """What the clamp knows of one direction of a connection, keyed by its data's direction:
+    its sender's SYN, its receiver's SYN (whose windows are narrowed), and its measures."""
 
-    local_scale: int | None = None  # the local side's SYN: its shift, or None without
-    local_syn: bool = False
-    remote_syn: bool = False
-    remote_scales: bool = False  # the far side's SYN had the option
-    probe: tuple[int, float] | None = None  # the TSval of an ACK that went up, and when
+    up: bool = False  # its data goes up (the sender is on this side)
+    sender_syn: bool = False
+    sender_scales: bool = False  # the sender's SYN had the option
+    receiver_syn: bool = False
+    receiver_scale: int | None = None  # the receiver's SYN: its shift, or None without
+    probe: tuple[int, float] | None = None  # a TSval being timed, and when it passed
     rtts: _RoundTrips = field(default_factory=_RoundTrips)
     rtt: float | None = None  # the smallest round trip now
     mss: int = 0
@@ -200,32 +208,38 @@ class _Flow:
     queue: float = math.inf  # the smallest queueing delay in it
     window: float | None = None  # bytes; None: not narrowed (yet)
     low_at: float = 0.0  # when its queue was last near empty
-    drain_until: float = -1.0  # its window is at the floor until then
-    narrowed: int = 0  # ACKs rewritten
+    drain_until: float = -1.0  # its window is below the path's BDP until then
 
     @property
     def shift(self) -> int | None:
-        """The local receiver's window scale in effect, None until both SYNs were seen."""
-        if not (self.local_syn and self.remote_syn):
+        """The receiver's window scale in effect, None until both SYNs were seen."""
+        if not (self.sender_syn and self.receiver_syn):
             return None
-        if self.local_scale is None or not self.remote_scales:
+        if self.receiver_scale is None or not self.sender_scales:
             return 0
-        return self.local_scale
+        return self.receiver_scale
+
+
+def _reverse(key: Key) -> Key:
+    """The other direction of the connection."""
+    src, dst, sport, dport = key
+    return (dst, src, dport, sport)
 
 
 class WindowClamp:
-    """Per flow coming down: observe its handshake, its data and its queueing delay; narrow
-    the windows its local receiver advertises (see the module)."""
+    """Per flow, either way: observe its handshake, its data, its ACKs and its queueing
+    delay; narrow the windows its receiver advertises (see the module). going_up says on
+    which way the pump saw a segment."""
 
     def __init__(self, target: float) -> None:
         """Keep each flow's standing queue near target seconds."""
         self.target = target
-        self._flows: OrderedDict[tuple[bytes, bytes, int, int], _Flow] = OrderedDict()
+        self._flows: OrderedDict[Key, _Flow] = OrderedDict()
         self.rewritten = 0
         self.narrowed_flows = 0
         self.drains = 0
 
-    def _flow(self, key: tuple[bytes, bytes, int, int], make: bool) -> _Flow | None:
+    def _flow(self, key: Key, make: bool) -> _Flow | None:
         """The flow's state (made when make; the least recently seen forgotten beyond
         MAX_FLOWS)."""
         flow = self._flows.get(key)
@@ -237,18 +251,16 @@ class WindowClamp:
                 self._flows.popitem(last=False)
         return flow
 
-    def holds(self, key: tuple[bytes, bytes, int, int]) -> bool:
+    def holds(self, key: Key) -> bool:
         """Whether the flow key's windows are narrowed."""
         flow = self._flows.get(key)
         return flow is not None and flow.window is not None
 
     def flows(self) -> int:
-        """Flows tracked."""
+        """Flow directions tracked."""
         return len(self._flows)
 
-    # ---------------------------------------------------------------- coming down
-
-    def _opened(self, key: tuple[bytes, bytes, int, int], flags: int) -> _Flow:
+    def _opened(self, key: Key, flags: int) -> _Flow:
         """The flow's state for a SYN with flags: a SYN alone opens a new connection (the
         ports may be an old one's: nothing of it is kept), a SYN-ACK answers one."""
         if not flags & ACK:
@@ -257,44 +269,73 @@ class WindowClamp:
         assert flow is not None
         return flow
 
-    def syn_down(
-        self, key: tuple[bytes, bytes, int, int], wscale: int | None, flags: int = SYN
-    ) -> None:
-        """The far side's SYN (or SYN-ACK) of the flow key (its data's direction, down)."""
-        flow = self._opened(key, flags)
-        flow.remote_syn, flow.remote_scales = True, wscale is not None
+    def syn(self, key: Key, flags: int, wscale: int | None, going_up: bool) -> None:
+        """A SYN or SYN-ACK from key's source: the sender's of data going key's way, the
+        receiver's of data coming back."""
+        sending = self._opened(key, flags)
+        sending.up, sending.sender_syn, sending.sender_scales = going_up, True, wscale is not None
+        receiving = self._opened(_reverse(key), flags)
+        receiving.up, receiving.receiver_syn, receiving.receiver_scale = not going_up, True, wscale
 
-    def data_down(
+    def _held(self, key: Key, data_up: bool) -> _Flow | None:
+        """The flow key, if its handshake was seen and its data goes the way data_up says."""
+        flow = self._flows.get(key)
+        if flow is None or flow.shift is None or flow.up != data_up:
+            return None
+        return flow
+
+    def _timed(self, flow: _Flow, echoed: int | None, now: float) -> float | None:
+        """A segment echoing TSval echoed passed at now: the round trip since the probe it
+        answers, or None (it answers none)."""
+        probe = flow.probe
+        if echoed is None or probe is None:
+            return None
+        ahead = (echoed - probe[0]) & 0xFFFFFFFF
+        if ahead == 0:
+            flow.probe = None
+            return now - probe[1]
+        if ahead < 1 << 31:  # a later TSval's: this one is not timed
+            flow.probe = None
+        return None
+
+    def data(
         self,
-        key: tuple[bytes, bytes, int, int],
+        key: Key,
+        going_up: bool,
         payload: int,
+        tsval: int | None,
         tsecr: int | None,
         queue: float | None,
         now: float,
         recovering: bool = False,
     ) -> None:
-        """A data segment of flow key arrived at now: payload bytes, the TSval it echoes,
-        its queueing delay (None: not measured); recovering: the SSH connection lost a
-        segment lately."""
-        flow = self._flows.get(key)
-        if flow is None or flow.shift is None:
+        """A data segment of flow key passed the pump at now, going_up or coming down:
+        payload bytes, its timestamps, and (coming down) its one-way queueing delay (None:
+        not measured); recovering: the SSH connection lost a segment lately."""
+        flow = self._held(key, going_up)
+        if flow is None:
             return
         flow.mss = max(flow.mss, payload)
-        probe = flow.probe
-        if tsecr is not None and probe is not None:
-            ahead = (tsecr - probe[0]) & 0xFFFFFFFF
-            if ahead == 0:  # the data this ACK let go
-                rtt = now - probe[1]
+        if going_up:  # its ACK, coming down, times the round trip
+            if tsval is not None and flow.probe is None:
+                flow.probe = (tsval, now)
+        else:  # it answers an ACK that went up
+            rtt = self._timed(flow, tsecr, now)
+            if rtt is not None:
                 # less the queue this segment met on the way down: a flow held at its
                 # target never drains it, and a smallest round trip that kept it would
                 # keep it too (see _adjust)
                 base = max(rtt - queue, rtt / 4) if queue is not None else rtt
                 flow.rtt = flow.rtts.add(base, now)
-                flow.probe = None
                 if queue is None:  # the clock is not known yet: the round trip's rise
                     queue = rtt - flow.rtt
-            elif ahead < 1 << 31:  # a later ACK's: this one is not timed
-                flow.probe = None
+        self._account(flow, payload, queue, now, recovering)
+
+    def _account(
+        self, flow: _Flow, payload: int, queue: float | None, now: float, recovering: bool
+    ) -> None:
+        """Count payload bytes and a queue sample into the round trip being measured; at its
+        end, adjust the window."""
         if flow.rtt is None:
             return
         if flow.started < 0:
@@ -344,37 +385,40 @@ class WindowClamp:
         ceiling = 2 * rate * (flow.rtt + self.target) + floor
         flow.window = max(floor, min(window, max(ceiling, flow.window)))
 
-    # ---------------------------------------------------------------- going up
-
-    def up(
+    def ack(
         self,
         frame: bytes,
-        key: tuple[bytes, bytes, int, int],
+        key: Key,
+        going_up: bool,
         flags: int,
-        ack: int,
         window: int,
         tsval: int | None,
-        wscale: int | None,
+        tsecr: int | None,
         at: int,
         now: float,
+        recovering: bool = False,
     ) -> bytes:
-        """A segment going up (the local receiver's) of flow key (the direction of the data
-        it answers, down): its SYN teaches the scale, its TSval is remembered, its window is
-        narrowed. The frame to send."""
-        if flags & SYN:
-            opened = self._opened(key, flags)
-            opened.local_syn, opened.local_scale = True, wscale
+        """A segment of flow key's receiver (an ACK of key's data) passed the pump at now,
+        going_up or coming down: it times the round trip, and its window is narrowed. The
+        frame to pass on."""
+        flow = self._held(key, not going_up)
+        if flow is None or not flags & ACK:
             return frame
-        flow = self._flows.get(key)
-        if flow is None:
-            return frame
-        shift = flow.shift
-        if shift is None:
-            return frame
-        if tsval is not None and flow.probe is None:
-            flow.probe = (tsval, now)
-        rtt = flow.rtt
-        if flow.window is None or rtt is None or not flags & ACK or len(frame) > BULK_FRAME:
+        if going_up:  # the data it lets go, coming down, times the round trip
+            if tsval is not None and flow.probe is None:
+                flow.probe = (tsval, now)
+        else:  # it answers data that went up: the round trip, queues and all
+            rtt = self._timed(flow, tsecr, now)
+            if rtt is not None:
+                flow.rtt = flow.rtts.add(rtt, now)
+                self._account(flow, 0, rtt - flow.rtt, now, recovering)
+        return self._narrow(frame, flow, window, at, now)
+
+    def _narrow(self, frame: bytes, flow: _Flow, window: int, at: int, now: float) -> bytes:
+        """frame with its window narrowed to what flow is held at (or during a drain, below
+        it), if that is less than what it says."""
+        rtt, shift = flow.rtt, flow.shift
+        if flow.window is None or rtt is None or shift is None or len(frame) > BULK_FRAME:
             return frame
         held = flow.window
         if now >= flow.drain_until and now - flow.low_at > DRAIN_AFTER:
@@ -390,15 +434,18 @@ class WindowClamp:
         out = rewrite_window(frame, at, raw)
         if out is None:
             return frame
-        flow.narrowed += 1
         self.rewritten += 1
         return out
 
     def summary(self) -> str:
         """One line's part for the log."""
-        windows = sorted(int(f.window) for f in self._flows.values() if f.window is not None)
-        now = f", windows now {windows[len(windows) // 2]} bytes median" if windows else ""
+        held = [f for f in self._flows.values() if f.window is not None]
+        parts = []
+        for name, up in (("down", False), ("up", True)):
+            windows = sorted(int(f.window) for f in held if f.up == up and f.window)
+            if windows:
+                parts.append(f", {name} windows now {windows[len(windows) // 2]} bytes median")
         return (
             f"window target {self.target * 1000:g} ms: {self.narrowed_flows} flows narrowed, "
-            f"{self.rewritten} ACKs rewritten, {self.drains} drains{now}"
+            f"{self.rewritten} ACKs rewritten, {self.drains} drains{''.join(parts)}"
         )

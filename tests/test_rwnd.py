@@ -129,68 +129,91 @@ def test_rewrite_refuses_a_frame_whose_fcs_is_wrong() -> None:
 
 
 class Path:
-    """A download from FAR to LOCAL through a FlowDelay with the clamp, stepped every 0.5 ms:
-    a far sender in slow start (no losses) held only by the window the local receiver
-    advertises as it reaches it through the pump; a bottleneck of rate bytes/s with a FIFO
-    queue; a base round trip rtt, half each way."""
+    """A transfer through a FlowDelay with the clamp, stepped every 0.5 ms: a download (FAR
+    to LOCAL: the pump sits after the bottleneck, at the receiver's end) or an upload
+    (LOCAL to FAR: the pump sits before it, at the sender's end). The sender is in slow
+    start (no losses), held only by the window the receiver advertises as it reaches the
+    sender through the pump; the bottleneck has rate bytes/s and a FIFO queue; the base
+    round trip is rtt, half each way."""
 
-    def __init__(self, fd: FlowDelay, rate: float, rtt: float, wscale: int = 7) -> None:
-        self.fd, self.rate, self.rtt = fd, rate, rtt
+    def __init__(
+        self, fd: FlowDelay, rate: float, rtt: float, wscale: int = 7, up: bool = False
+    ) -> None:
+        self.fd, self.rate, self.rtt, self.up = fd, rate, rtt, up
         self.scale = wscale
-        # what the local receiver would advertise: like Linux's, it grows with what it has
+        # what the receiver would advertise: like Linux's, it grows with what it has
         # received (here by all of it, from 64 KiB) up to far more than the path needs
         self.real = 1 << 22
         self.rewritten = 0
         self.advertised: list[int] = []
+        down = (FAR, LOCAL, 5201, 40000)  # the connection of handshake(), data coming down
+        back = (LOCAL, FAR, 40000, 5201)
+        self.data_way, self.ack_way = (back, down) if up else (down, back)
+
+    def _pump(self, frame: bytes, going_up: bool, t: float) -> bytes:
+        """frame through the pump, as it passes it."""
+        out = self.fd.up_frame(frame, t) if going_up else self.fd.down_frame(frame, t)
+        assert out is not None
+        return out
 
     def handshake(self, local_scale: int | None = 7, far_scale: int | None = 7) -> None:
         """SYN up from the local client, SYN-ACK down from the far server."""
         syn = segment(LOCAL, FAR, 40000, 5201, flags=SYN, window=64240, wscale=local_scale)
         assert self.fd.up_frame(syn, 0.0) == syn
         synack = segment(FAR, LOCAL, 5201, 40000, flags=SYN | ACK, wscale=far_scale)
-        assert not self.fd.down(synack, 0.01)
+        assert self.fd.down_frame(synack, 0.01) == synack
 
     def run(self, seconds: float, mss: int = 1400) -> tuple[float, float]:
         """Send for seconds; the mean queueing delay (s) of the last half's segments, and
         the bytes delivered per second over it."""
-        tick, half = 0.0005, self.rtt / 2
+        tick, half, up = 0.0005, self.rtt / 2, self.up
         cwnd, window, inflight, sent, acked = 10 * mss, 65535, 0, 0, 0
         echo = 0  # TSval of the last ACK the sender saw
-        queue: deque[tuple[float, int, int]] = deque()  # (sent at, seq end, echo)
-        landing: deque[tuple[float, float, int, int]] = deque()  # (arrives, sent, seq, echo)
-        acks: deque[tuple[float, int, int]] = deque()  # (reaches sender, window, TSval)
+        queue: deque[tuple[float, int, int, bytes]] = deque()  # (sent at, seq, TSval, frame)
+        landing: deque[tuple[float, float, int, int, bytes]] = deque()  # (arrives, ...)
+        acks: deque[tuple[float, bytes, int]] = deque()  # (reaches sender, frame, TSval)
         credit, delays, delivered, t = 0.0, [], 0, 0.02
         while t < seconds:
             while acks and acks[0][0] <= t:
-                _, window, echo = acks.popleft()
+                _, ack, echo = acks.popleft()
+                if up:  # reaches the pump, then the sender
+                    out = self._pump(ack, False, t)
+                    self.rewritten += out != ack
+                    ack = out
+                win, ok = _tcp_ok(ack)
+                assert ok
+                window = win << self.scale
+                self.advertised.append(window)
                 inflight -= mss
                 cwnd += mss
             while inflight + mss <= min(cwnd, window):
                 sent += mss
                 inflight += mss
-                queue.append((t, sent, echo))
+                tsval = int(t * 1000) + 100_000  # the sender's clock
+                data = segment(*self.data_way, payload=mss, ts=(tsval, echo))
+                if up:
+                    self._pump(data, True, t)
+                queue.append((t, sent, tsval, data))
             credit = min(credit + self.rate * tick, max(2 * mss, 2 * self.rate * tick))
             while queue and credit >= mss:
-                at, seq, e = queue.popleft()
+                at, seq, tsval, data = queue.popleft()
                 credit -= mss
-                landing.append((t + half, at, seq, e))
+                landing.append((t + half, at, seq, tsval, data))
             while landing and landing[0][0] <= t:
-                _, at, seq, e = landing.popleft()
-                tsval = int(at * 1000) + 100_000  # the far sender's clock
-                self.fd.down(segment(FAR, LOCAL, 5201, 40000, payload=mss, ts=(tsval, e)), t)
+                _, at, seq, tsval, data = landing.popleft()
+                if not up:  # the pump, then the receiver
+                    self._pump(data, False, t)
                 acked = seq
-                mine = int(t * 1000) + 500_000
+                mine = int(t * 1000) + 500_000  # the receiver's clock
                 ack = segment(
-                    LOCAL, FAR, 40000, 5201, ack=acked & 0xFFFFFFFF,
+                    *self.ack_way, ack=acked & 0xFFFFFFFF,
                     window=min(self.real, 65535 + acked) >> self.scale, ts=(mine, tsval),
                 )  # fmt: skip
-                out = self.fd.up_frame(ack, t)
-                assert out is not None
-                win, ok = _tcp_ok(out)
-                assert ok
-                self.rewritten += out != ack
-                self.advertised.append(win << self.scale)
-                acks.append((t + half, win << self.scale, mine))
+                if not up:
+                    out = self._pump(ack, True, t)
+                    self.rewritten += out != ack
+                    ack = out
+                acks.append((t + half, ack, mine))
                 if t > seconds / 2:
                     delays.append(t - at - self.rtt / 2 - mss / self.rate)
                     delivered += mss
@@ -198,18 +221,20 @@ class Path:
         return sum(delays) / max(1, len(delays)), delivered / (seconds / 2)
 
 
+@pytest.mark.parametrize("up", [False, True], ids=["download", "upload"])
 @pytest.mark.parametrize(
     ("rate", "rtt", "bound", "seconds"),
     [(500_000, 0.040, 0.010, 8.0), (3_000_000, 0.010, 0.010, 3.0),
      (10_000_000, 0.002, 0.010, 1.5), (500_000, 0.200, 0.040, 8.0)],
 )  # fmt: skip
-def test_a_download_is_held_near_the_target_without_losing_rate(
-    rate: int, rtt: float, bound: float, seconds: float
+def test_a_transfer_is_held_near_the_target_without_losing_rate(
+    rate: int, rtt: float, bound: float, seconds: float, up: bool
 ) -> None:
     """With a window far larger than the path needs, the queue would be seconds long;
-    narrowed, it settles near the target (4 ms) and the path stays full."""
+    narrowed, it settles near the target (4 ms) and the path stays full, either way: the
+    local receiver's ACKs narrowed going up, the far receiver's coming down."""
     fd = FlowDelay(0.0, window_target=0.004)
-    path = Path(fd, rate=rate, rtt=rtt)
+    path = Path(fd, rate=rate, rtt=rtt, up=up)
     path.handshake()
     queue, got = path.run(seconds)
     assert path.rewritten > 0 and fd.clamp is not None and fd.clamp.narrowed_flows == 1
@@ -251,9 +276,11 @@ def test_without_window_scaling_the_raw_window_is_the_window() -> None:
 
 
 def _handshake(clamp: WindowClamp, key: tuple[bytes, bytes, int, int]) -> None:
-    """The local side's SYN up (scale 7), the far side's SYN-ACK down (with the option)."""
-    clamp.up(b"", key, SYN, 0, 0, None, 7, 24, 0.0)
-    clamp.syn_down(key, 7, SYN | ACK)
+    """For the download key: the local side's SYN up (scale 7), the far side's SYN-ACK down
+    (with the option)."""
+    src, dst, sport, dport = key
+    clamp.syn((dst, src, dport, sport), SYN, 7, going_up=True)
+    clamp.syn(key, SYN | ACK, 7, going_up=False)
     assert clamp._flows[key].shift == 7
 
 
@@ -265,9 +292,9 @@ def test_never_widens_what_the_receiver_said() -> None:
     flow = clamp._flows[key]
     flow.window, flow.rtt, flow.low_at = 100_000.0, 0.040, math.inf
     f = segment(LOCAL, FAR, 40000, 5201, ack=5, window=100)
-    assert clamp.up(f, key, ACK, 5, 100, None, None, 24, 0.1) == f and clamp.rewritten == 0
+    assert clamp.ack(f, key, True, ACK, 100, None, None, 24, 0.1) == f and clamp.rewritten == 0
     big = segment(LOCAL, FAR, 40000, 5201, ack=5, window=5000)
-    out = clamp.up(big, key, ACK, 5, 5000, None, None, 24, 0.2)
+    out = clamp.ack(big, key, True, ACK, 5000, None, None, 24, 0.2)
     assert _tcp_ok(out) == (-(-100_000 // 128), True) and clamp.rewritten == 1
 
 
@@ -289,23 +316,23 @@ def test_a_new_connection_on_the_same_ports_starts_over() -> None:
     """A SYN on a 4-tuple the clamp holds (the ports reused) forgets the old connection's
     window and scale; the SYN-ACK that answers it keeps what the SYN taught."""
     clamp = WindowClamp(0.004)
-    key = (FAR, LOCAL, 5201, 40000)
-    clamp.syn_down(key, 7)
-    clamp.up(b"", key, SYN | ACK, 0, 0, None, 9, 24, 0.0)
+    key, up = (FAR, LOCAL, 5201, 40000), (LOCAL, FAR, 40000, 5201)
+    clamp.syn(key, SYN, 7, going_up=False)  # the far side connects
+    clamp.syn(up, SYN | ACK, 9, going_up=True)
     clamp._flows[key].window = 30_000.0
-    assert clamp._flows[key].shift == 9
-    clamp.up(b"", key, SYN, 0, 0, None, None, 24, 1.0)  # the local side connects anew
+    assert clamp._flows[key].shift == 9 and clamp._flows[up].shift == 7
+    clamp.syn(up, SYN, None, going_up=True)  # the local side connects anew, no option
     flow = clamp._flows[key]
     assert flow.window is None and flow.shift is None
-    clamp.syn_down(key, 5, SYN | ACK)
-    assert clamp._flows[key].shift == 0  # the local SYN had no scale: none either way
+    clamp.syn(key, SYN | ACK, 5, going_up=False)
+    assert clamp._flows[key].shift == 0 and clamp._flows[up].shift == 0  # none either way
 
 
 def test_flows_are_bounded() -> None:
     """SYNs from many ports cannot make the state grow past MAX_FLOWS."""
     clamp = WindowClamp(0.004)
     for port in range(rwnd.MAX_FLOWS + 30):
-        clamp.syn_down((FAR, LOCAL, port, 1), 7)
+        clamp.syn((FAR, LOCAL, port, 1), SYN, 7, going_up=False)
     assert clamp.flows() == rwnd.MAX_FLOWS
 
 
@@ -339,7 +366,7 @@ def test_the_bridge_sends_narrowed_acks_up() -> None:
         ack = segment(LOCAL, FAR, 40000, 5201, ack=99, window=(1 << 21) >> 7)
         other = segment(LOCAL, FAR, 40001, 22, ack=5, window=100, payload=300)
         first = b._frames_up(syn)
-        fd.clamp.syn_down(key, 7, SYN | ACK)
+        fd.clamp.syn(key, SYN | ACK, 7, going_up=False)
         assert fd.clamp._flows[key].shift == 7
         flow = fd.clamp._flows[key]
         flow.window, flow.rtt, flow.low_at = 30_000.0, 0.040, math.inf  # held, not draining
