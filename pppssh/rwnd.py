@@ -17,15 +17,17 @@ Per flow, from what the pump sees:
 - the handshake, both ways: the receiver's window scale (its SYN or SYN-ACK) and whether
   the sender's SYN carried the option at all (else no scaling). A flow whose handshake the
   pump did not see (it began before this link) is left alone;
-- its round trip, one probe at a time (so a flow's state stays small however long its
-  queue), the smallest of the last 10 s. Coming down: from an ACK going up (its TSval) to
-  the first data segment that echoes it (TSecr), less that segment's one-way queueing
-  delay (below). Going up: from a data segment going up to the first ACK that echoes it;
+- its round trip, timed on TSvals that passed, a few per round trip (so a flow's state
+  stays small however long its queue), the smallest of the last 10 s. Coming down: from an ACK
+  going up (its TSval) to the first data segment that echoes it (TSecr), less that
+  segment's one-way queueing delay (below). Going up: from a data segment going up to the
+  first ACK that echoes it;
 - its standing queue, the smallest over each round trip of its queueing delay (without the
   bursts of sshd's packets). Coming down: one way, from pppssh.flowdelay (the far sender's
   TSval against the pump's clock), or before the flow's clock is known to tick in ms (its
   first second), the round trip's rise over its smallest. Going up: the round trip's rise
-  over its smallest;
+  over its smallest (each sample, since a receiver may hold back an ACK for up to 40 ms
+  when it has one segment to acknowledge: the smallest of several is the queue);
 - the payload bytes that passed in that round trip: the flow's rate.
 
 Once the standing queue first exceeds the target (the path is full), the window is the
@@ -78,11 +80,14 @@ __all__ = ["WindowClamp", "fcs16", "rewrite_window"]
 SYN, ACK = 0x02, 0x10
 PPP_FLAG, PPP_ESC = 0x7E, 0x7D
 MAX_FLOWS = 1024
+PROBES = 16  # TSvals of a flow timed per half round trip, at most (4 half ones are kept)
 MIN_SEGMENTS = 2  # the window never goes below this many of the flow's largest segments
 DEFAULT_MSS = 1400  # until a segment is seen
 GROW_FAST = 1 / 8  # the window's growth per round trip while the queue is under half the target
 SHRINK_GAIN = 0.5  # of the bytes queued beyond the target, the share taken off per round trip
 MIN_WINDOW = 10.0  # seconds the smallest round trip is kept (as pppssh.flowdelay's)
+RATE_WINDOW = 2.0  # seconds the largest rate of a round trip is kept: the path's, when full
+MIN_PERIOD = 0.040  # seconds a rate is measured over, at least (one round trip otherwise)
 DRAIN_AFTER = 8.0  # seconds a held flow may go without a near-empty queue before a drain
 DRAIN_SHARE = 0.9  # of the path's bandwidth-delay product, the window while it drains
 GOOD_FCS = 0xF0B8  # RFC 1662: the FCS over a frame and its own FCS
@@ -165,25 +170,28 @@ def rewrite_window(frame: bytes, at: int, raw: int) -> bytes | None:
     return b"~" * lead + _escape(content) + b"~" * max(1, trail)
 
 
-class _RoundTrips:
-    """The smallest round trip of the last MIN_WINDOW seconds, kept in tenths of it."""
+class _Extreme:
+    """The smallest (or largest) sample of the last `window` seconds, kept in tenths of it."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: float, largest: bool = False) -> None:
         """Nothing seen yet."""
-        self._mins: list[tuple[int, float]] = []
+        self.slot = window / 10
+        self.largest = largest
+        self._best: list[tuple[int, float]] = []  # (slot number, best in it), in order
 
     def add(self, value: float, now: float) -> float:
-        """Take value seen at now; the smallest of the window after it."""
-        slot = int(now / (MIN_WINDOW / 10))
-        mins = self._mins
-        if mins and mins[-1][0] == slot:
-            if value < mins[-1][1]:
-                mins[-1] = (slot, value)
+        """Take value seen at now; the best of the window after it."""
+        slot = int(now / self.slot)
+        best = self._best
+        if best and best[-1][0] == slot:
+            if (value > best[-1][1]) if self.largest else (value < best[-1][1]):
+                best[-1] = (slot, value)
         else:
-            mins.append((slot, value))
-            while mins[0][0] <= slot - 10:
-                del mins[0]
-        return min(m for _, m in mins)
+            best.append((slot, value))
+            while best[0][0] <= slot - 10:
+                del best[0]
+        values = (b for _, b in best)
+        return max(values) if self.largest else min(values)
 
 
 Key = tuple[bytes, bytes, int, int]  # source address and port, destination's: a direction
@@ -199,9 +207,10 @@ class _Flow:
     sender_scales: bool = False  # the sender's SYN had the option
     receiver_syn: bool = False
     receiver_scale: int | None = None  # the receiver's SYN: its shift, or None without
-    probe: tuple[int, float] | None = None  # a TSval being timed, and when it passed
-    rtts: _RoundTrips = field(default_factory=_RoundTrips)
+    probes: OrderedDict[int, float] = field(default_factory=OrderedDict)  # TSval: when
+    rtts: _Extreme = field(default_factory=lambda: _Extreme(MIN_WINDOW))
     rtt: float | None = None  # the smallest round trip now
+    rates: _Extreme = field(default_factory=lambda: _Extreme(RATE_WINDOW, largest=True))
     mss: int = 0
     started: float = -1.0  # the round trip being measured began (-1: not yet)
     received: int = 0  # payload bytes in it
@@ -285,18 +294,31 @@ class WindowClamp:
         return flow
 
     def _timed(self, flow: _Flow, echoed: int | None, now: float) -> float | None:
-        """A segment echoing TSval echoed passed at now: the round trip since the probe it
-        answers, or None (it answers none)."""
-        probe = flow.probe
-        if echoed is None or probe is None:
+        """A segment echoing TSval echoed passed at now: the round trip since that TSval
+        passed, or None (not remembered); it and the TSvals before it are forgotten (an echo
+        never goes back)."""
+        probes = flow.probes
+        if echoed is None or echoed not in probes:
             return None
-        ahead = (echoed - probe[0]) & 0xFFFFFFFF
-        if ahead == 0:
-            flow.probe = None
-            return now - probe[1]
-        if ahead < 1 << 31:  # a later TSval's: this one is not timed
-            flow.probe = None
-        return None
+        while True:
+            tsval, when = probes.popitem(last=False)
+            if tsval == echoed:
+                return now - when
+
+    @staticmethod
+    def _remember(flow: _Flow, tsval: int | None, now: float) -> None:
+        """A TSval that passed at now, to be timed by its echo: a new one, at most PROBES
+        per half round trip, so that those remembered span a whole one at any rate."""
+        if tsval is None or tsval in flow.probes:
+            return
+        probes = flow.probes
+        if probes and flow.rtt is not None:
+            last = next(reversed(probes.values()))
+            if now - last < flow.rtt / (2 * PROBES):
+                return
+        probes[tsval] = now
+        if len(probes) > 4 * PROBES:
+            probes.popitem(last=False)
 
     def data(
         self,
@@ -317,8 +339,7 @@ class WindowClamp:
             return
         flow.mss = max(flow.mss, payload)
         if going_up:  # its ACK, coming down, times the round trip
-            if tsval is not None and flow.probe is None:
-                flow.probe = (tsval, now)
+            self._remember(flow, tsval, now)
         else:  # it answers an ACK that went up
             rtt = self._timed(flow, tsecr, now)
             if rtt is not None:
@@ -349,14 +370,15 @@ class WindowClamp:
             flow.started = -1.0
             return
         period = now - flow.started
-        if period < flow.rtt + self.target:
+        if period < max(flow.rtt + self.target, MIN_PERIOD):
             return
-        self._adjust(flow, flow.received / period, flow.queue, recovering)
+        rate = flow.rates.add(flow.received / period, now)
+        self._adjust(flow, rate, flow.queue, recovering)
         flow.started, flow.received, flow.queue = now, 0, math.inf
 
     def _adjust(self, flow: _Flow, rate: float, queue: float, recovering: bool) -> None:
-        """One round trip's decision on flow's window from its rate (bytes/s) and standing
-        queue (seconds; inf: not measured)."""
+        """One round trip's decision on flow's window from its rate (bytes/s: the largest
+        of the last RATE_WINDOW seconds) and standing queue (seconds; inf: not measured)."""
         assert flow.rtt is not None
         if not math.isfinite(queue):
             return
@@ -370,9 +392,10 @@ class WindowClamp:
             return
         window = flow.window
         if queue > self.target:
-            # a queue means the path is full, so rate is the path's: never below its
-            # bandwidth-delay product plus the target (the queue a narrowed window leaves
-            # takes a round trip to drain, and narrowing on it again would starve the flow)
+            # never below the bandwidth-delay product plus the target, with the largest rate
+            # of the last seconds, the path's while it was full: a delay that is not a queue
+            # (ACKs that travel in bunches, a receiver's delayed ACK) must not narrow the
+            # window below what the path carries, then the rate with it, and so on down
             if not recovering:
                 least = min(window, rate * (flow.rtt + self.target))
                 window = max(least, window - SHRINK_GAIN * rate * (queue - self.target))
@@ -405,8 +428,7 @@ class WindowClamp:
         if flow is None or not flags & ACK:
             return frame
         if going_up:  # the data it lets go, coming down, times the round trip
-            if tsval is not None and flow.probe is None:
-                flow.probe = (tsval, now)
+            self._remember(flow, tsval, now)
         else:  # it answers data that went up: the round trip, queues and all
             rtt = self._timed(flow, tsecr, now)
             if rtt is not None:

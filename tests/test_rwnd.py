@@ -163,19 +163,44 @@ class Path:
         synack = segment(FAR, LOCAL, 5201, 40000, flags=SYN | ACK, wscale=far_scale)
         assert self.fd.down_frame(synack, 0.01) == synack
 
-    def run(self, seconds: float, mss: int = 1400) -> tuple[float, float]:
+    def run(
+        self, seconds: float, mss: int = 1400, delack: bool = False, bunch: float = 0.0
+    ) -> tuple[float, float]:
         """Send for seconds; the mean queueing delay (s) of the last half's segments, and
-        the bytes delivered per second over it."""
+        the bytes delivered per second over it. delack: the receiver acknowledges every
+        second segment, a lone one after 40 ms (Linux's delayed ACK at its shortest).
+        bunch: ACKs travel together, released every bunch seconds (as the remote sshd reads
+        its pty)."""
         tick, half, up = 0.0005, self.rtt / 2, self.up
-        cwnd, window, inflight, sent, acked = 10 * mss, 65535, 0, 0, 0
+        cwnd, window, sent, acked, sender_acked = 10 * mss, 65535, 0, 0, 0
         echo = 0  # TSval of the last ACK the sender saw
         queue: deque[tuple[float, int, int, bytes]] = deque()  # (sent at, seq, TSval, frame)
         landing: deque[tuple[float, float, int, int, bytes]] = deque()  # (arrives, ...)
-        acks: deque[tuple[float, bytes, int]] = deque()  # (reaches sender, frame, TSval)
+        acks: deque[tuple[float, bytes, int, int]] = deque()  # (reaches sender, frame, ...)
+        pending: list[int] = []  # TSvals of segments received and not acknowledged yet
+        timer = math.inf
         credit, delays, delivered, t = 0.0, [], 0, 0.02
+
+        def send_ack() -> None:
+            """The receiver's ACK of all it has, echoing the first segment's TSval."""
+            mine = int(t * 1000) + 500_000  # the receiver's clock
+            ack = segment(
+                *self.ack_way, ack=acked & 0xFFFFFFFF,
+                window=min(self.real, 65535 + acked) >> self.scale, ts=(mine, pending[0]),
+            )  # fmt: skip
+            if not up:
+                out = self._pump(ack, True, t)
+                self.rewritten += out != ack
+                ack = out
+            arrive = t + half
+            if bunch:
+                arrive = math.ceil(arrive / bunch) * bunch
+            acks.append((arrive, ack, mine, acked))
+            pending.clear()
+
         while t < seconds:
             while acks and acks[0][0] <= t:
-                _, ack, echo = acks.popleft()
+                _, ack, echo, number = acks.popleft()
                 if up:  # reaches the pump, then the sender
                     out = self._pump(ack, False, t)
                     self.rewritten += out != ack
@@ -184,11 +209,10 @@ class Path:
                 assert ok
                 window = win << self.scale
                 self.advertised.append(window)
-                inflight -= mss
-                cwnd += mss
-            while inflight + mss <= min(cwnd, window):
+                cwnd += number - sender_acked
+                sender_acked = number
+            while sent - sender_acked + mss <= min(cwnd, window):
                 sent += mss
-                inflight += mss
                 tsval = int(t * 1000) + 100_000  # the sender's clock
                 data = segment(*self.data_way, payload=mss, ts=(tsval, echo))
                 if up:
@@ -204,19 +228,18 @@ class Path:
                 if not up:  # the pump, then the receiver
                     self._pump(data, False, t)
                 acked = seq
-                mine = int(t * 1000) + 500_000  # the receiver's clock
-                ack = segment(
-                    *self.ack_way, ack=acked & 0xFFFFFFFF,
-                    window=min(self.real, 65535 + acked) >> self.scale, ts=(mine, tsval),
-                )  # fmt: skip
-                if not up:
-                    out = self._pump(ack, True, t)
-                    self.rewritten += out != ack
-                    ack = out
-                acks.append((t + half, ack, mine))
+                pending.append(tsval)
+                if not delack or len(pending) >= 2:
+                    send_ack()
+                    timer = math.inf
+                elif len(pending) == 1:
+                    timer = t + 0.040
                 if t > seconds / 2:
                     delays.append(t - at - self.rtt / 2 - mss / self.rate)
                     delivered += mss
+            if pending and t >= timer:
+                send_ack()
+                timer = math.inf
             t += tick
         return sum(delays) / max(1, len(delays)), delivered / (seconds / 2)
 
@@ -389,3 +412,17 @@ def test_a_held_flow_loses_no_frames() -> None:
     path.run(8.0)
     assert fd.clamp is not None and fd.clamp.narrowed_flows == 1
     assert fd.dropped_down <= 3  # only before the window was first narrowed
+
+
+@pytest.mark.parametrize("up", [False, True], ids=["download", "upload"])
+def test_acks_in_bunches_and_delayed_do_not_starve_the_flow(up: bool) -> None:
+    """A receiver that delays its ACKs and a path that carries them in bunches (as the
+    remote sshd reads its pty) make round trips look longer than the queue is; the window
+    must not follow them down below what the path carries (it did, to two segments, before
+    the rate was taken as the largest of the last seconds)."""
+    fd = FlowDelay(0.0, window_target=0.003)
+    path = Path(fd, rate=3_000_000, rtt=0.010, up=up)
+    path.handshake()
+    queue, got = path.run(3.0, delack=True, bunch=0.008)
+    assert fd.clamp is not None and fd.clamp.narrowed_flows == 1
+    assert got > 0.9 * 3_000_000 and queue < 0.015, (got, queue)

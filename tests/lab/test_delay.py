@@ -109,7 +109,10 @@ def test_download_queue_is_measured_and_cut(lab: Lab, stop_all: None, shaped: st
     assert no_leftovers(lab) == []
 
 
-CLAMP = re.compile(r"window target 3 ms: (\d+) flows narrowed, (\d+) ACKs rewritten, (\d+) drains")
+CLAMP = re.compile(
+    r"window target 3 ms: (\d+) flows narrowed, (\d+) ACKs rewritten, (\d+) drains, "
+    r"down windows now (\d+) bytes median, up windows now (\d+) bytes median"
+)
 
 
 def checksum_errors(lab: Lab, ns: str) -> int:
@@ -119,21 +122,35 @@ def checksum_errors(lab: Lab, ns: str) -> int:
     return int(found[1]) if found else 0
 
 
-def test_download_window_is_narrowed(lab: Lab, stop_all: None, shaped: str) -> None:
-    """window_target = 3: the download's ACKs going up are rewritten with a narrower window
-    by the pump; ws-b's kernel takes every one of them (no checksum errors: a bad one would
-    be dropped, and the transfer would stall), and the transfer completes."""
-    before = checksum_errors(lab, "ws-b")
+def upload(lab: Lab, seconds: int) -> subprocess.CompletedProcess[str]:
+    """iperf3 ws-a -> ws-b through the link for seconds."""
+    server = lab.spawn("ws-b", ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: ":5201" in lab.run("ws-b", ["ss", "-Htln"]).stdout, timeout=10)
+        return lab.run("ws-a", ["iperf3", "-c", WS_B, "-t", str(seconds)], check=False,
+                       timeout=seconds + 60)  # fmt: skip
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_windows_are_narrowed_both_ways(lab: Lab, stop_all: None, shaped: str) -> None:
+    """window_target = 3: a download's ACKs going up and an upload's coming down are
+    rewritten with a narrower window by the pump; the kernels on both sides take every one
+    of them (no checksum errors: a bad one would be dropped, and the transfer would stall),
+    and both transfers complete."""
+    before = {ns: checksum_errors(lab, ns) for ns in ("ws-a", "ws-b")}
     conf = lab.write_site_conf(SITE, remote_window_target=3)
     started = pppssh(lab, "start", str(conf))
     assert started.returncode == 0, show(started)
     assert " novj " in f" {local_pppd_args(lab)} "
-    got = download(lab, 8)
-    assert got.returncode == 0 and "receiver" in got.stdout, show(got)
+    for transfer in (download, upload):
+        got = transfer(lab, 8)
+        assert got.returncode == 0 and "receiver" in got.stdout, show(got)
     said = stop_reading_log(lab)
     found = CLAMP.search(said)
     assert found, said[-2000:]
     narrowed, rewritten = int(found[1]), int(found[2])
-    assert narrowed >= 1 and rewritten > 100, found[0]
-    assert checksum_errors(lab, "ws-b") == before
+    assert narrowed >= 2 and rewritten > 200, found[0]
+    assert {ns: checksum_errors(lab, ns) for ns in ("ws-a", "ws-b")} == before
     assert no_leftovers(lab) == []
