@@ -208,22 +208,28 @@ class Bridge(asyncssh.SSHClientSession[bytes]):
             self.chan.set_write_buffer_limits(high=high, low=high // 2)
 
     def delay_control(
-        self, target: float, target_up: float = 0.0, sock_fd: int = -1, window_target: float = 0.0
+        self,
+        target: float,
+        target_up: float = 0.0,
+        sock_fd: int = -1,
+        window_target: float = 0.0,
+        window_target_up: float = 0.0,
     ) -> None:
         """Measure each TCP flow's queueing delay through the tunnel from its timestamps
         and drop its data frames CoDel's way while that stays above target seconds (flows
         coming down), target_up (flows going up) (pppssh.flowdelay), none while the SSH
-        socket sock_fd (-1: unknown) recovers a loss; with window_target, narrow the windows
-        the local receivers advertise to flows coming down (pppssh.rwnd). Call before
-        attach(); 0 leaves that alone."""
-        if target > 0 or target_up > 0 or window_target > 0:
+        socket sock_fd (-1: unknown) recovers a loss; with window_target (flows coming down)
+        and window_target_up (going up), narrow the windows their receivers advertise
+        (pppssh.rwnd). Call before attach(); 0 leaves that alone."""
+        if target > 0 or target_up > 0 or window_target > 0 or window_target_up > 0:
             losses = None
             if sock_fd >= 0:  # the SSH connection's TCP socket: its losses tell HOL from queue
                 sock = self._loss_sock = socket.socket(fileno=os.dup(sock_fd))
                 losses = functools.partial(tcp_losses, sock)
             self._flowdelay = FlowDelay(
-                target, target_up, losses=losses, window_target=window_target
-            )
+                target, target_up, losses=losses, window_target=window_target,
+                window_target_up=window_target_up,
+            )  # fmt: skip
 
     def frames_dropped(self) -> int:
         """Frames the pump dropped: bulk ones its queue dropped, and those the delay control

@@ -236,15 +236,18 @@ class FlowDelay:
         interval: float = CODEL_INTERVAL,
         losses: Callable[[], int | None] | None = None,
         window_target: float = 0.0,
+        window_target_up: float | None = None,
     ) -> None:
         """Drop a flow's data frames once its queueing delay stays above target seconds
         (flows sending down; 0: never), target_up seconds (flows sending up; 0: never).
         losses: a counter of the segments the SSH connection itself lost (its TCP socket's
         retransmissions and out-of-order arrivals), None when unknown. window_target: narrow
-        the windows local receivers advertise to flows coming down so that their queue stays
-        near it (pppssh.rwnd; 0: never)."""
+        the windows receivers advertise to flows coming down so that their queue stays near
+        it, window_target_up for flows going up (pppssh.rwnd; 0: never; None: as
+        window_target)."""
         self.target = target
-        self.clamp = WindowClamp(window_target) if window_target > 0 else None
+        up = window_target if window_target_up is None else window_target_up
+        self.clamp = WindowClamp(window_target, up) if window_target > 0 or up > 0 else None
         self.target_up = target_up
         self.interval = interval
         self._losses = losses

@@ -116,7 +116,7 @@ def _frame_options(cfg: SiteConfig) -> list[str]:
     or reorder frames (a compressed header is a delta from the frame before it) or rewrite
     ACKs' windows (it must read their headers)."""
     dropping = cfg.delay_target or cfg.delay_target_up or cfg.tcp_notsent_lowat
-    return ["novj"] if dropping or cfg.window_target else []
+    return ["novj"] if dropping or cfg.window_target or cfg.window_target_up else []
 
 
 def local_pppd_argv(

@@ -240,9 +240,11 @@ class WindowClamp:
     delay; narrow the windows its receiver advertises (see the module). going_up says on
     which way the pump saw a segment."""
 
-    def __init__(self, target: float) -> None:
-        """Keep each flow's standing queue near target seconds."""
+    def __init__(self, target: float, target_up: float | None = None) -> None:
+        """Keep each flow's standing queue near target seconds (flows coming down; 0: leave
+        them alone), target_up (flows going up; 0: leave them alone; None: as target)."""
         self.target = target
+        self.target_up = target if target_up is None else target_up
         self._flows: OrderedDict[Key, _Flow] = OrderedDict()
         self.rewritten = 0
         self.narrowed_flows = 0
@@ -286,12 +288,17 @@ class WindowClamp:
         receiving = self._opened(_reverse(key), flags)
         receiving.up, receiving.receiver_syn, receiving.receiver_scale = not going_up, True, wscale
 
+    def _target(self, flow: _Flow) -> float:
+        """The queue flow is held at."""
+        return self.target_up if flow.up else self.target
+
     def _held(self, key: Key, data_up: bool) -> _Flow | None:
-        """The flow key, if its handshake was seen and its data goes the way data_up says."""
+        """The flow key, if its handshake was seen, its data goes the way data_up says and
+        that way has a target."""
         flow = self._flows.get(key)
         if flow is None or flow.shift is None or flow.up != data_up:
             return None
-        return flow
+        return flow if self._target(flow) > 0 else None
 
     def _timed(self, flow: _Flow, echoed: int | None, now: float) -> float | None:
         """A segment echoing TSval echoed passed at now: the round trip since that TSval
@@ -364,13 +371,13 @@ class WindowClamp:
         flow.received += payload
         if queue is not None:
             flow.queue = min(flow.queue, queue)
-            if queue <= self.target / 4:
+            if queue <= self._target(flow) / 4:
                 flow.low_at = now
         if now < flow.drain_until + flow.rtt:  # what a drain let through: not the flow's rate
             flow.started = -1.0
             return
         period = now - flow.started
-        if period < max(flow.rtt + self.target, MIN_PERIOD):
+        if period < max(flow.rtt + self._target(flow), MIN_PERIOD):
             return
         rate = flow.rates.add(flow.received / period, now)
         self._adjust(flow, rate, flow.queue, recovering)
@@ -382,30 +389,31 @@ class WindowClamp:
         assert flow.rtt is not None
         if not math.isfinite(queue):
             return
+        target = self._target(flow)
         mss = flow.mss or DEFAULT_MSS
         floor = MIN_SEGMENTS * mss
         if flow.window is None:
-            if queue > self.target:  # the path is full: from now on, hold it there
-                flow.window = max(floor, rate * (flow.rtt + self.target))
+            if queue > target:  # the path is full: from now on, hold it there
+                flow.window = max(floor, rate * (flow.rtt + target))
                 self.narrowed_flows += 1
                 flow.low_at = flow.started
             return
         window = flow.window
-        if queue > self.target:
+        if queue > target:
             # never below the bandwidth-delay product plus the target, with the largest rate
             # of the last seconds, the path's while it was full: a delay that is not a queue
             # (ACKs that travel in bunches, a receiver's delayed ACK) must not narrow the
             # window below what the path carries, then the rate with it, and so on down
             if not recovering:
-                least = min(window, rate * (flow.rtt + self.target))
-                window = max(least, window - SHRINK_GAIN * rate * (queue - self.target))
-        elif queue < self.target / 2:
+                least = min(window, rate * (flow.rtt + target))
+                window = max(least, window - SHRINK_GAIN * rate * (queue - target))
+        elif queue < target / 2:
             window += max(mss, window * GROW_FAST)
         else:
             window += mss
         # a sender slower than its window (its own cwnd, or the application): the window
         # need not run away above what it uses
-        ceiling = 2 * rate * (flow.rtt + self.target) + floor
+        ceiling = 2 * rate * (flow.rtt + target) + floor
         flow.window = max(floor, min(window, max(ceiling, flow.window)))
 
     def ack(
@@ -444,11 +452,11 @@ class WindowClamp:
             return frame
         held = flow.window
         if now >= flow.drain_until and now - flow.low_at > DRAIN_AFTER:
-            flow.drain_until = now + rtt + self.target
+            flow.drain_until = now + rtt + self._target(flow)
             flow.low_at = flow.drain_until
             self.drains += 1
         if now < flow.drain_until:
-            held = DRAIN_SHARE * held * rtt / (rtt + self.target)
+            held = DRAIN_SHARE * held * rtt / (rtt + self._target(flow))
         held = max(held, MIN_SEGMENTS * (flow.mss or DEFAULT_MSS))
         raw = max(1, -(-int(held) >> shift))  # in the scale's units, rounded up
         if raw >= window:
@@ -468,6 +476,7 @@ class WindowClamp:
             if windows:
                 parts.append(f", {name} windows now {windows[len(windows) // 2]} bytes median")
         return (
-            f"window target {self.target * 1000:g} ms: {self.narrowed_flows} flows narrowed, "
+            f"window target {self.target * 1000:g} ms down, {self.target_up * 1000:g} ms up: "
+            f"{self.narrowed_flows} flows narrowed, "
             f"{self.rewritten} ACKs rewritten, {self.drains} drains{''.join(parts)}"
         )

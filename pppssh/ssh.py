@@ -1078,7 +1078,7 @@ async def open_bridge(
             session.send_limit(cfg.tcp_notsent_lowat, tuning.sock_fd, codel=cfg.pump_codel)
         session.delay_control(
             cfg.delay_target / 1000, cfg.delay_target_up / 1000, tuning.sock_fd,
-            cfg.window_target / 1000,
+            cfg.window_target / 1000, cfg.window_target_up / 1000,
         )  # fmt: skip
     return session
 

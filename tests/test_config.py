@@ -67,6 +67,7 @@ pace = yes
 delay_target = 8
 delay_target_up = 20
 window_target = 3
+window_target_up = 6
 
 [ppp]
 local_address = 192.168.50.250
@@ -200,7 +201,8 @@ def test_full_file_every_key() -> None:
     assert cfg.connect_timeout == 7.5
     assert (cfg.keepalive_interval, cfg.keepalive_count_max) == (30, 3)
     assert (cfg.tcp_congestion, cfg.tcp_notsent_lowat, cfg.bandwidth) == ("cubic", 16384, 4.5)
-    assert (cfg.delay_target, cfg.delay_target_up, cfg.window_target) == (8, 20, 3)
+    assert (cfg.delay_target, cfg.delay_target_up) == (8, 20)
+    assert (cfg.window_target, cfg.window_target_up) == (3, 6)
     assert cfg.pump_codel is False and cfg.pace is True
     assert cfg.qdisc == "fq_codel"
     assert cfg.local_address == IP("192.168.50.250")

@@ -426,3 +426,17 @@ def test_acks_in_bunches_and_delayed_do_not_starve_the_flow(up: bool) -> None:
     queue, got = path.run(3.0, delack=True, bunch=0.008)
     assert fd.clamp is not None and fd.clamp.narrowed_flows == 1
     assert got > 0.9 * 3_000_000 and queue < 0.015, (got, queue)
+
+
+def test_each_way_has_its_own_target() -> None:
+    """window_target_up alone: an upload is held, a download is not (and the reverse)."""
+    for down_ms, up_ms in ((0.0, 0.004), (0.004, 0.0)):
+        for up in (False, True):
+            fd = FlowDelay(0.0, window_target=down_ms, window_target_up=up_ms)
+            path = Path(fd, rate=500_000, rtt=0.040, up=up)
+            path.handshake()
+            path.run(3.0)
+            assert fd.clamp is not None
+            held = (up_ms if up else down_ms) > 0
+            assert (fd.clamp.narrowed_flows == 1) == held, (down_ms, up_ms, up)
+            assert (path.rewritten > 0) == held

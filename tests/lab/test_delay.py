@@ -110,7 +110,8 @@ def test_download_queue_is_measured_and_cut(lab: Lab, stop_all: None, shaped: st
 
 
 CLAMP = re.compile(
-    r"window target 3 ms: (\d+) flows narrowed, (\d+) ACKs rewritten, (\d+) drains, "
+    r"window target 3 ms down, 5 ms up: (\d+) flows narrowed, (\d+) ACKs rewritten, "
+    r"(\d+) drains, "
     r"down windows now (\d+) bytes median, up windows now (\d+) bytes median"
 )
 
@@ -135,12 +136,12 @@ def upload(lab: Lab, seconds: int) -> subprocess.CompletedProcess[str]:
 
 
 def test_windows_are_narrowed_both_ways(lab: Lab, stop_all: None, shaped: str) -> None:
-    """window_target = 3: a download's ACKs going up and an upload's coming down are
-    rewritten with a narrower window by the pump; the kernels on both sides take every one
-    of them (no checksum errors: a bad one would be dropped, and the transfer would stall),
-    and both transfers complete."""
+    """window_target = 3, window_target_up = 5: a download's ACKs going up and an upload's
+    coming down are rewritten with a narrower window by the pump; the kernels on both sides
+    take every one of them (no checksum errors: a bad one would be dropped, and the
+    transfer would stall), and both transfers complete."""
     before = {ns: checksum_errors(lab, ns) for ns in ("ws-a", "ws-b")}
-    conf = lab.write_site_conf(SITE, remote_window_target=3)
+    conf = lab.write_site_conf(SITE, remote_window_target=3, remote_window_target_up=5)
     started = pppssh(lab, "start", str(conf))
     assert started.returncode == 0, show(started)
     assert " novj " in f" {local_pppd_args(lab)} "
