@@ -176,8 +176,8 @@ class SiteConfig:
     pace: bool = False
     delay_target: int = 12  # ms, flows sending down; 0: the pump leaves them alone
     delay_target_up: int = 0  # ms, flows sending up; 0: left alone
-    window_target: int = 0  # ms, flows sending down: their windows narrowed; 0: never
-    window_target_up: int = 0  # ms, flows sending up
+    window_target: int = 3  # ms, flows sending down: their windows narrowed; 0: never
+    window_target_up: int = 5  # ms, flows sending up
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -886,7 +886,7 @@ SCHEMA: tuple[Key, ...] = (
         "the ACK that echoes it). 0: off, the default: the far receiver's delayed ACKs "
         "lengthen those round trips, and measured, the drops cost the way up throughput "
         "(see Benchmark)."),
-    Key("remote", "window_target", "window_target", "0", _as_int(0, 1000),
+    Key("remote", "window_target", "window_target", "3", _as_int(0, 1000),
         "Milliseconds of queue each TCP flow coming down the tunnel may keep (measured as for "
         "`delay_target`) before pppssh narrows the window the local receiver advertises in "
         "its ACKs going up: the window becomes the flow's rate times its round trip plus "
@@ -894,9 +894,11 @@ SCHEMA: tuple[Key, ...] = (
         "drops (and `delay_target` drops none of the flow's frames). Only flows whose "
         "handshake and timestamps the pump saw. 0: off. Not 0, VJ header compression is off "
         "(novj)."),
-    Key("remote", "window_target_up", "window_target_up", "0", _as_int(0, 1000),
+    Key("remote", "window_target_up", "window_target_up", "5", _as_int(0, 1000),
         "The same for TCP flows going up, through the far receiver's ACKs coming down; their "
-        "queue is measured by their round trip (a TSval going up to the ACK that echoes it)."),
+        "queue is measured by their round trip (a TSval going up to the ACK that echoes it). "
+        "The defaults were measured (see Benchmark): on a 4 Mbit/s WAN the RTT under load "
+        "fell to 0.36x (up) and 0.47-0.49x (down) the HOWTO path's, its throughput kept."),
     Key("remote", "codel", "pump_codel", "yes", _yes_no,
         "With `tcp_notsent_lowat`: drop large frames that waited in pppssh's queue longer "
         "than 5 ms for 100 ms (CoDel), so the inner TCP slows down rather than queueing."),

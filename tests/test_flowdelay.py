@@ -223,13 +223,18 @@ def _parse(extra: str) -> SiteConfig:
 
 
 def test_delay_target_key_turns_vj_off() -> None:
-    """delay_target (and the pump's queue) mean novj on the local pppd; without, no novj."""
-    off, on = _parse("delay_target = 0\ntcp_notsent_lowat = 0\n"), _parse("")
+    """delay_target, the window targets and the pump's queue each mean novj on the local
+    pppd; without any, no novj."""
+    nothing = "delay_target = 0\ntcp_notsent_lowat = 0\nwindow_target = 0\nwindow_target_up = 0\n"
+    off, on = _parse(nothing), _parse("")
     assert (off.delay_target, on.delay_target, on.delay_target_up) == (0, 12, 0)
+    assert (on.window_target, on.window_target_up) == (3, 5)
     assert "novj" not in plan.local_pppd_argv(off, 3)
     assert "novj" in plan.local_pppd_argv(on, 3)
-    for extra in ("tcp_notsent_lowat = 16384\n", "delay_target_up = 20\n"):
-        assert "novj" in plan.local_pppd_argv(_parse("delay_target = 0\n" + extra), 3)
+    for extra in ("tcp_notsent_lowat = 16384\n", "delay_target_up = 20\n", "window_target = 3\n",
+                  "window_target_up = 5\n"):  # fmt: skip
+        quiet = nothing.replace(extra.split()[0] + " = 0\n", "")
+        assert "novj" in plan.local_pppd_argv(_parse(quiet + extra), 3)
     assert "novj" in plan.local_pppd_argv(_parse("delay_target = 0\n"), 3)  # the pump's queue
 
 

@@ -3,9 +3,10 @@
 pty, sshd and the WAN queue; with the default delay_target the pump measures that queue from
 the flow's own TCP timestamps in real pppd frames (escaped, with the address and protocol
 fields as pppd negotiated them, a Linux sender's clock) and drops frames of that flow, and the
-transfer still completes. With delay_target = 0 (and the pump's queue off) the control is
-off: no summary, no novj. gw-a's ppp interface has fq_codel when asked, else the kernel's
-pfifo_fast.
+transfer still completes. With delay_target = 0 (and the pump's queue and the window clamp
+off) the control is off: no summary, no novj. gw-a's ppp interface has fq_codel when asked,
+else the kernel's pfifo_fast. The window clamp (the default) narrows the windows of a
+download's ACKs going up and an upload's coming down, and both kernels take them.
 Counts, never times, are asserted.
 """
 
@@ -79,10 +80,12 @@ def stop_reading_log(lab: Lab) -> str:
 
 
 def test_download_queue_is_measured_and_cut(lab: Lab, stop_all: None, shaped: str) -> None:
-    """Default (plus qdisc = fq_codel): frames of the download are dropped, the transfer
-    completes, novj is on, the ppp interface has fq_codel; delay_target = 0 without the pump's
-    queue, qdisc left to the kernel: none of it."""
-    conf = lab.write_site_conf(SITE, ppp_qdisc="fq_codel")
+    """Default delay_target without the window clamp (plus qdisc = fq_codel): frames of the
+    download are dropped, the transfer completes, novj is on, the ppp interface has
+    fq_codel; delay_target = 0 without the pump's queue and the clamp, qdisc left to the
+    kernel: none of it."""
+    no_clamp = {"remote_window_target": 0, "remote_window_target_up": 0}
+    conf = lab.write_site_conf(SITE, ppp_qdisc="fq_codel", **no_clamp)
     started = pppssh(lab, "start", str(conf))
     assert started.returncode == 0, show(started)
     assert " novj " in f" {local_pppd_args(lab)} "
@@ -97,7 +100,7 @@ def test_download_queue_is_measured_and_cut(lab: Lab, stop_all: None, shaped: st
     assert float(found[2]) > 0, found[0]  # a queue was seen
 
     conf = lab.write_site_conf(SITE, setup=False, remote_delay_target=0,
-                               remote_tcp_notsent_lowat=0)  # fmt: skip
+                               remote_tcp_notsent_lowat=0, **no_clamp)  # fmt: skip
     started = pppssh(lab, "start", str(conf))
     assert started.returncode == 0, show(started)
     assert " novj " not in f" {local_pppd_args(lab)} "  # nothing in the pump drops or reorders
