@@ -62,8 +62,11 @@ What a hostile peer (or a local host) can do with it: send a SYN without the win
 option, or with one, for its own flows (so pppssh reads the other side's windows with the
 wrong scale, narrowing them: that slows only its own flows), send ACKs and timestamps that
 make its own flows' windows narrow, or open many flows: at most MAX_FLOWS directions are
-tracked, the least recently seen forgotten first. The window is only ever narrowed,
-never widened beyond what the receiver said.
+tracked, the least recently seen forgotten first. A host that forges someone else's
+addresses and ports can send a SYN on their connection, which makes pppssh forget it (it
+is then left to the delay control, as a flow whose handshake was not seen); a forged
+SYN-ACK changes nothing, since only a connection's first one counts. The window is only
+ever narrowed, never widened beyond what the receiver said.
 """
 
 from __future__ import annotations
@@ -282,11 +285,17 @@ class WindowClamp:
 
     def syn(self, key: Key, flags: int, wscale: int | None, going_up: bool) -> None:
         """A SYN or SYN-ACK from key's source: the sender's of data going key's way, the
-        receiver's of data coming back."""
+        receiver's of data coming back. The first SYN-ACK of a connection counts: a later
+        one (a retransmission says the same; anything else was forged, to make pppssh read
+        the windows of someone else's connection with another scale) is left alone."""
         sending = self._opened(key, flags)
-        sending.up, sending.sender_syn, sending.sender_scales = going_up, True, wscale is not None
+        if not sending.sender_syn:
+            sending.up, sending.sender_syn = going_up, True
+            sending.sender_scales = wscale is not None
         receiving = self._opened(_reverse(key), flags)
-        receiving.up, receiving.receiver_syn, receiving.receiver_scale = not going_up, True, wscale
+        if not receiving.receiver_syn:
+            receiving.up, receiving.receiver_syn = not going_up, True
+            receiving.receiver_scale = wscale
 
     def _target(self, flow: _Flow) -> float:
         """The queue flow is held at."""

@@ -440,3 +440,20 @@ def test_each_way_has_its_own_target() -> None:
             held = (up_ms if up else down_ms) > 0
             assert (fd.clamp.narrowed_flows == 1) == held, (down_ms, up_ms, up)
             assert (path.rewritten > 0) == held
+
+
+def test_a_forged_syn_ack_cannot_change_the_scale() -> None:
+    """A SYN-ACK on a connection whose handshake was seen (forged by a host that spoofs its
+    addresses, with a larger scale so that the windows would be narrowed 128 times) changes
+    nothing; the windows of the held flow stay as they were."""
+    clamp = WindowClamp(0.004)
+    key = (FAR, LOCAL, 5201, 40000)
+    _handshake(clamp, key)
+    flow = clamp._flows[key]
+    flow.window, flow.rtt, flow.low_at = 100_000.0, 0.040, math.inf
+    clamp.syn((LOCAL, FAR, 40000, 5201), SYN | ACK, 14, going_up=True)
+    clamp.syn(key, SYN | ACK, 14, going_up=False)
+    assert clamp._flows[key].shift == 7
+    big = segment(LOCAL, FAR, 40000, 5201, ack=5, window=5000)
+    out = clamp.ack(big, key, True, ACK, 5000, None, None, 24, 0.2)
+    assert _tcp_ok(out) == (-(-100_000 // 128), True)
