@@ -71,6 +71,7 @@ ever narrowed, never widened beyond what the receiver said.
 
 from __future__ import annotations
 
+import binascii
 import math
 import struct
 from collections import OrderedDict
@@ -96,54 +97,43 @@ DRAIN_SHARE = 0.9  # of the path's bandwidth-delay product, the window while it 
 GOOD_FCS = 0xF0B8  # RFC 1662: the FCS over a frame and its own FCS
 
 
-def _fcs_table() -> list[int]:
-    """RFC 1662's table for the 16-bit FCS."""
-    table = []
-    for b in range(256):
-        v = b
-        for _ in range(8):
-            v = (v >> 1) ^ 0x8408 if v & 1 else v >> 1
-        table.append(v)
-    return table
-
-
-_FCS = _fcs_table()
+_REFLECT = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))  # each byte's bits reversed
 
 
 def fcs16(data: bytes | bytearray, fcs: int = 0xFFFF) -> int:
-    """RFC 1662's 16-bit FCS of data (unescaped)."""
-    table = _FCS
-    for b in data:
-        fcs = (fcs >> 8) ^ table[(fcs ^ b) & 0xFF]
-    return fcs
+    """RFC 1662's 16-bit FCS of data (unescaped), before its final complement: the CCITT
+    CRC (binascii's, in C) of the bit-reversed bytes, bit-reversed (RFC 1662 sends the
+    least significant bit first); fcs is the register's starting value."""
+    reg = binascii.crc_hqx(bytes(data).translate(_REFLECT), _reflect16(fcs))
+    return _reflect16(reg)
+
+
+def _reflect16(value: int) -> int:
+    """value's 16 bits in reverse order."""
+    return (_REFLECT[value & 0xFF] << 8) | _REFLECT[value >> 8]
 
 
 def _unescape_all(body: bytes) -> bytes | None:
     """A frame's contents between its flags, escapes undone; None if an escape is cut off."""
-    out = bytearray()
-    i, n = 0, len(body)
-    while i < n:
-        b = body[i]
-        if b == PPP_ESC:
-            if i + 1 >= n:
-                return None
-            out.append(body[i + 1] ^ 0x20)
-            i += 2
-            continue
-        out.append(b)
-        i += 1
-    return bytes(out)
+    if PPP_ESC not in body:
+        return body
+    first, *rest = body.split(b"\x7d")
+    out = [first]
+    for part in rest:
+        if not part:  # an escape at the end, or two in a row
+            return None
+        out.append(bytes((part[0] ^ 0x20,)))
+        out.append(part[1:])
+    return b"".join(out)
+
+
+_ESCAPED = [bytes((PPP_ESC, b ^ 0x20)) if b < 0x20 or b in (PPP_FLAG, PPP_ESC) else bytes((b,))
+            for b in range(256)]  # fmt: skip
 
 
 def _escape(data: bytes | bytearray) -> bytes:
     """Contents escaped for the line: flag, escape and every control character."""
-    out = bytearray()
-    for b in data:
-        if b < 0x20 or b in (PPP_FLAG, PPP_ESC):
-            out += bytes((PPP_ESC, b ^ 0x20))
-        else:
-            out.append(b)
-    return bytes(out)
+    return b"".join(map(_ESCAPED.__getitem__, data))
 
 
 def _csum_update(check: int, old: int, new: int) -> int:

@@ -120,6 +120,23 @@ def test_rewrite_keeps_checksum_and_fcs_right() -> None:
         assert back is not None and (back.ack, back.tsval, back.tsecr) == (ack, 0x7D7E, 0x1F)
 
 
+def _fcs_by_the_rfc(data: bytes, fcs: int = 0xFFFF) -> int:
+    """RFC 1662's FCS, computed as its section C.2 does, one byte at a time."""
+    for b in data:
+        fcs ^= b
+        for _ in range(8):
+            fcs = (fcs >> 1) ^ 0x8408 if fcs & 1 else fcs >> 1
+    return fcs
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(0, 0xFFFF))
+def test_fcs_is_the_rfcs(data: bytes, start: int) -> None:
+    """The C-speed FCS (binascii's CRC on reflected bytes) is RFC 1662's."""
+    assert fcs16(data, start) == _fcs_by_the_rfc(data, start)
+    assert fcs16(data + struct.pack("<H", fcs16(data) ^ 0xFFFF)) == GOOD_FCS
+
+
 def test_rewrite_refuses_a_frame_whose_fcs_is_wrong() -> None:
     """A corrupt frame passes as it is (the receiving pppd drops it)."""
     f = bytearray(segment(LOCAL, FAR, 40000, 5201))
