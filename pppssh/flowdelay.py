@@ -339,7 +339,7 @@ class FlowDelay:
         if seg.flags & ACK:
             frame = clamp.ack(
                 frame, seg.reverse(), going_up, seg.flags, seg.window, seg.tsval, seg.tsecr,
-                seg.at, now, recovering,
+                seg.at, now, recovering, seg.ack,
             )  # fmt: skip
         return frame
 

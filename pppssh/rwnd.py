@@ -28,12 +28,14 @@ Per flow, from what the pump sees:
   first second), the round trip's rise over its smallest. Going up: the round trip's rise
   over its smallest (each sample, since a receiver may hold back an ACK for up to 40 ms
   when it has one segment to acknowledge: the smallest of several is the queue);
-- the payload bytes that passed in that round trip: the flow's rate.
+- the payload bytes that passed in that round trip (going up, the bytes the ACKs coming
+  back acknowledged: data going up passes the pump before the path's queue, in its
+  sender's bursts): the flow's rate.
 
 Once the standing queue first exceeds the target (the path is full), the window is the
-rate times the round trip plus the target; then, each round trip, it loses half the bytes
-the queue holds beyond the target (never going below that rate times the round trip plus
-the target: with a queue, the rate is the path's), or grows (by an eighth while the queue
+rate times the round trip plus the target (at least MIN_HOLD of the rate); then, each round
+trip, it loses half the bytes the queue holds beyond the target (never going below that),
+or grows (by an eighth while the queue
 is under half the target, by a segment while under the target). It never shrinks while the
 SSH connection recovers a lost segment (that delay is head-of-line blocking, not a queue).
 
@@ -92,6 +94,8 @@ SHRINK_GAIN = 0.5  # of the bytes queued beyond the target, the share taken off 
 MIN_WINDOW = 10.0  # seconds the smallest round trip is kept (as pppssh.flowdelay's)
 RATE_WINDOW = 2.0  # seconds the largest rate of a round trip is kept: the path's, when full
 MIN_PERIOD = 0.040  # seconds a rate is measured over, at least (one round trip otherwise)
+MIN_HOLD = 0.020  # seconds of the rate a window holds at least: a fast path's round trip is
+# shorter than the pauses a busy gateway's scheduler makes in the pump
 DRAIN_AFTER = 8.0  # seconds a held flow may go without a near-empty queue before a drain
 DRAIN_SHARE = 0.9  # of the path's bandwidth-delay product, the window while it drains
 GOOD_FCS = 0xF0B8  # RFC 1662: the FCS over a frame and its own FCS
@@ -206,7 +210,8 @@ class _Flow:
     rates: _Extreme = field(default_factory=lambda: _Extreme(RATE_WINDOW, largest=True))
     mss: int = 0
     started: float = -1.0  # the round trip being measured began (-1: not yet)
-    received: int = 0  # payload bytes in it
+    received: int = 0  # payload bytes in it (going up: the bytes acknowledged)
+    acked: int | None = None  # going up: the highest ACK number seen
     queue: float = math.inf  # the smallest queueing delay in it
     window: float | None = None  # bytes; None: not narrowed (yet)
     low_at: float = 0.0  # when its queue was last near empty
@@ -356,7 +361,8 @@ class WindowClamp:
                 flow.rtt = flow.rtts.add(base, now)
                 if queue is None:  # the clock is not known yet: the round trip's rise
                     queue = rtt - flow.rtt
-        self._account(flow, payload, queue, now, recovering)
+        if not going_up:  # going up, the bytes are counted as the ACKs coming back say (ack())
+            self._account(flow, payload, queue, now, recovering)
 
     def _account(
         self, flow: _Flow, payload: int, queue: float | None, now: float, recovering: bool
@@ -393,7 +399,7 @@ class WindowClamp:
         floor = MIN_SEGMENTS * mss
         if flow.window is None:
             if queue > target:  # the path is full: from now on, hold it there
-                flow.window = max(floor, rate * (flow.rtt + target))
+                flow.window = max(floor, rate * max(flow.rtt + target, MIN_HOLD))
                 self.narrowed_flows += 1
                 flow.low_at = flow.started
             return
@@ -404,7 +410,7 @@ class WindowClamp:
             # (ACKs that travel in bunches, a receiver's delayed ACK) must not narrow the
             # window below what the path carries, then the rate with it, and so on down
             if not recovering:
-                least = min(window, rate * (flow.rtt + target))
+                least = min(window, rate * max(flow.rtt + target, MIN_HOLD))
                 window = max(least, window - SHRINK_GAIN * rate * (queue - target))
         elif queue < target / 2:
             window += max(mss, window * GROW_FAST)
@@ -427,20 +433,31 @@ class WindowClamp:
         at: int,
         now: float,
         recovering: bool = False,
+        ack: int | None = None,
     ) -> bytes:
-        """A segment of flow key's receiver (an ACK of key's data) passed the pump at now,
-        going_up or coming down: it times the round trip, and its window is narrowed. The
-        frame to pass on."""
+        """A segment of flow key's receiver (an ACK of key's data, ack its number) passed
+        the pump at now, going_up or coming down: it times the round trip, and its window
+        is narrowed. The frame to pass on."""
         flow = self._held(key, not going_up)
         if flow is None or not flags & ACK:
             return frame
         if going_up:  # the data it lets go, coming down, times the round trip
             self._remember(flow, tsval, now)
         else:  # it answers data that went up: the round trip, queues and all
+            acked = 0  # the bytes it acknowledges: the rate the path delivers (data going up
+            # passes the pump before the path's queue, in the sender's bursts)
+            if ack is not None:
+                if flow.acked is not None:
+                    acked = (ack - flow.acked) & 0xFFFFFFFF
+                    acked = acked if acked < 1 << 30 else 0  # an older ACK, reordered
+                if flow.acked is None or acked:
+                    flow.acked = ack
             rtt = self._timed(flow, tsecr, now)
+            queue = None
             if rtt is not None:
                 flow.rtt = flow.rtts.add(rtt, now)
-                self._account(flow, 0, rtt - flow.rtt, now, recovering)
+                queue = rtt - flow.rtt
+            self._account(flow, acked, queue, now, recovering)
         return self._narrow(frame, flow, window, at, now)
 
     def _narrow(self, frame: bytes, flow: _Flow, window: int, at: int, now: float) -> bytes:
