@@ -36,8 +36,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .queues import CoDel
-from .rwnd import ACK, SYN, WindowClamp
+from .queues import CoDel, WindowExtreme
+from .rwnd import ACK, MIN_WINDOW, SYN, WindowClamp
 
 __all__ = [
     "FlowDelay",
@@ -49,7 +49,6 @@ __all__ = [
 PPP_FLAG, PPP_ESC = 0x7E, 0x7D
 PROTO_IP, PROTO_VJ_UNCOMPRESSED, PROTO_IPV6 = 0x0021, 0x002F, 0x0057
 HEAD = 4 + 40 + 60  # address/control and protocol, the largest IP header we read, TCP's
-MIN_WINDOW = 10.0  # seconds a flow's smallest delay is remembered (BBR's min_rtt window)
 CLOCK_CHECK = 1.0  # seconds of a flow's first packets that tell whether its clock is in ms
 CLOCK_RANGE = (0.5, 2.0)  # ticks per ms a ms clock may seem to have over that second: a
 # queue that grows or drains by up to half a second in it moves the ratio that far; the
@@ -187,26 +186,12 @@ def _parse(head: bytes) -> Segment | None:
     return None
 
 
-class WindowMin:
-    """The smallest sample of the last `window` seconds, kept in tenths of it."""
+class WindowMin(WindowExtreme):
+    """The smallest sample of the last `window` seconds (MIN_WINDOW unless told)."""
 
     def __init__(self, window: float = MIN_WINDOW) -> None:
         """Nothing seen yet."""
-        self.slot = window / 10
-        self._mins: list[tuple[int, float]] = []  # (slot number, smallest in it), in order
-
-    def add(self, value: float, now: float) -> float:
-        """Take value seen at now; the smallest of the window after it."""
-        slot = int(now / self.slot)
-        mins = self._mins
-        if mins and mins[-1][0] == slot:
-            if value < mins[-1][1]:
-                mins[-1] = (slot, value)
-        else:
-            mins.append((slot, value))
-            while mins[0][0] <= slot - 10:
-                del mins[0]
-        return min(m for _, m in mins)
+        super().__init__(window)
 
 
 @dataclass
@@ -308,12 +293,14 @@ class FlowDelay:
     def up_frame(self, frame: bytes, now: float) -> bytes | None:
         """A frame on its way up: None to drop it (up()), else the frame to send, its
         window narrowed when it is an ACK of a flow the clamp holds."""
-        if self.target_up and self.up(frame, now):
-            return None
-        if self.clamp is None:
+        if not (self.target_up or self.clamp):
             return frame
         seg = parse_frame(frame)
         if seg is None:
+            return frame
+        if self.target_up and self._up(seg, now):
+            return None
+        if self.clamp is None:
             return frame
         return self._clamp(self.clamp, frame, seg, True, None, now)
 
@@ -349,7 +336,11 @@ class FlowDelay:
         if not self.target_up:
             return False
         seg = parse_frame(frame)
-        if seg is None or seg.tsval is None or seg.payload == 0:
+        return seg is not None and self._up(seg, now)
+
+    def _up(self, seg: Segment, now: float) -> bool:
+        """up() on the segment a frame carries."""
+        if seg.tsval is None or seg.payload == 0:
             return False
         flow = self._flow(seg.flow, now, self.target_up)
         assert flow is not None

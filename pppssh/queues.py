@@ -25,6 +25,7 @@ __all__ = [
     "CoDel",
     "FrameQueue",
     "FrameSplitter",
+    "WindowExtreme",
     "available_congestion",
     "channel_window",
     "congestion_note",
@@ -214,6 +215,31 @@ class FrameSplitter:
         data = bytes(self._rest)
         self._rest.clear()
         return data
+
+
+class WindowExtreme:
+    """The smallest (or, largest: the largest) sample of the last `window` seconds, kept in
+    tenths of it."""
+
+    def __init__(self, window: float, largest: bool = False) -> None:
+        """Nothing seen yet."""
+        self.slot = window / 10
+        self.largest = largest
+        self._best: list[tuple[int, float]] = []  # (slot number, best in it), in order
+
+    def add(self, value: float, now: float) -> float:
+        """Take value seen at now; the best of the window after it."""
+        slot = int(now / self.slot)
+        best = self._best
+        if best and best[-1][0] == slot:
+            if (value > best[-1][1]) if self.largest else (value < best[-1][1]):
+                best[-1] = (slot, value)
+        else:
+            best.append((slot, value))
+            while best[0][0] <= slot - 10:
+                del best[0]
+        values = (b for _, b in best)
+        return max(values) if self.largest else min(values)
 
 
 def is_bulk(frame: bytes) -> bool:

@@ -79,19 +79,19 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from .queues import BULK_FRAME
+from .queues import BULK_FRAME, PPP_FLAG, WindowExtreme
 
 __all__ = ["WindowClamp", "fcs16", "rewrite_window"]
 
 SYN, ACK = 0x02, 0x10
-PPP_FLAG, PPP_ESC = 0x7E, 0x7D
+PPP_ESC = 0x7D
 MAX_FLOWS = 1024
 PROBES = 16  # TSvals of a flow timed per half round trip, at most (4 half ones are kept)
 MIN_SEGMENTS = 2  # the window never goes below this many of the flow's largest segments
 DEFAULT_MSS = 1400  # until a segment is seen
 GROW_FAST = 1 / 8  # the window's growth per round trip while the queue is under half the target
 SHRINK_GAIN = 0.5  # of the bytes queued beyond the target, the share taken off per round trip
-MIN_WINDOW = 10.0  # seconds the smallest round trip is kept (as pppssh.flowdelay's)
+MIN_WINDOW = 10.0  # seconds a smallest delay is remembered (BBR's min_rtt window)
 RATE_WINDOW = 2.0  # seconds the largest rate of a round trip is kept: the path's, when full
 MIN_PERIOD = 0.040  # seconds a rate is measured over, at least (one round trip otherwise)
 MIN_HOLD = 0.020  # seconds of the rate a window holds at least: a fast path's round trip is
@@ -167,30 +167,6 @@ def rewrite_window(frame: bytes, at: int, raw: int) -> bytes | None:
     return b"~" * lead + _escape(content) + b"~" * max(1, trail)
 
 
-class _Extreme:
-    """The smallest (or largest) sample of the last `window` seconds, kept in tenths of it."""
-
-    def __init__(self, window: float, largest: bool = False) -> None:
-        """Nothing seen yet."""
-        self.slot = window / 10
-        self.largest = largest
-        self._best: list[tuple[int, float]] = []  # (slot number, best in it), in order
-
-    def add(self, value: float, now: float) -> float:
-        """Take value seen at now; the best of the window after it."""
-        slot = int(now / self.slot)
-        best = self._best
-        if best and best[-1][0] == slot:
-            if (value > best[-1][1]) if self.largest else (value < best[-1][1]):
-                best[-1] = (slot, value)
-        else:
-            best.append((slot, value))
-            while best[0][0] <= slot - 10:
-                del best[0]
-        values = (b for _, b in best)
-        return max(values) if self.largest else min(values)
-
-
 Key = tuple[bytes, bytes, int, int]  # source address and port, destination's: a direction
 
 
@@ -205,9 +181,9 @@ class _Flow:
     receiver_syn: bool = False
     receiver_scale: int | None = None  # the receiver's SYN: its shift, or None without
     probes: OrderedDict[int, float] = field(default_factory=OrderedDict)  # TSval: when
-    rtts: _Extreme = field(default_factory=lambda: _Extreme(MIN_WINDOW))
+    rtts: WindowExtreme = field(default_factory=lambda: WindowExtreme(MIN_WINDOW))
     rtt: float | None = None  # the smallest round trip now
-    rates: _Extreme = field(default_factory=lambda: _Extreme(RATE_WINDOW, largest=True))
+    rates: WindowExtreme = field(default_factory=lambda: WindowExtreme(RATE_WINDOW, largest=True))
     mss: int = 0
     started: float = -1.0  # the round trip being measured began (-1: not yet)
     received: int = 0  # payload bytes in it (going up: the bytes acknowledged)

@@ -44,16 +44,26 @@ def shaped(lab: Lab) -> Iterator[str]:
         yield router
 
 
-def download(lab: Lab, seconds: int) -> subprocess.CompletedProcess[str]:
-    """iperf3 ws-b -> ws-a through the link for seconds."""
+def iperf(lab: Lab, seconds: int, *options: str) -> subprocess.CompletedProcess[str]:
+    """iperf3 from ws-a to its server on ws-b through the link for seconds, with options."""
     server = lab.spawn("ws-b", ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: ":5201" in lab.run("ws-b", ["ss", "-Htln"]).stdout, timeout=10)
-        return lab.run("ws-a", ["iperf3", "-c", WS_B, "-R", "-t", str(seconds)], check=False,
-                       timeout=seconds + 60)  # fmt: skip
+        return lab.run("ws-a", ["iperf3", "-c", WS_B, *options, "-t", str(seconds)],
+                       check=False, timeout=seconds + 60)  # fmt: skip
     finally:
         server.kill()
         server.wait()
+
+
+def download(lab: Lab, seconds: int) -> subprocess.CompletedProcess[str]:
+    """iperf3 ws-b -> ws-a through the link for seconds."""
+    return iperf(lab, seconds, "-R")
+
+
+def upload(lab: Lab, seconds: int) -> subprocess.CompletedProcess[str]:
+    """iperf3 ws-a -> ws-b through the link for seconds."""
+    return iperf(lab, seconds)
 
 
 def local_pppd_args(lab: Lab) -> str:
@@ -124,18 +134,6 @@ def checksum_errors(lab: Lab, ns: str) -> int:
     shown = lab.run(ns, ["nstat", "-asz", "TcpInCsumErrors"]).stdout
     found = re.search(r"TcpInCsumErrors\s+(\d+)", shown)
     return int(found[1]) if found else 0
-
-
-def upload(lab: Lab, seconds: int) -> subprocess.CompletedProcess[str]:
-    """iperf3 ws-a -> ws-b through the link for seconds."""
-    server = lab.spawn("ws-b", ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
-    try:
-        assert wait_for(lambda: ":5201" in lab.run("ws-b", ["ss", "-Htln"]).stdout, timeout=10)
-        return lab.run("ws-a", ["iperf3", "-c", WS_B, "-t", str(seconds)], check=False,
-                       timeout=seconds + 60)  # fmt: skip
-    finally:
-        server.kill()
-        server.wait()
 
 
 def test_windows_are_narrowed_both_ways(lab: Lab, stop_all: None, shaped: str) -> None:
