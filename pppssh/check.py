@@ -414,14 +414,17 @@ def rp_filter(value: str) -> Check:
 
 def _sudo_checks(cfg: SiteConfig, verdicts: list[bool]) -> list[Check]:
     """Whether sudo there allows each operation of commands.root_ops (in its order): one line
-    for pppd (start and stop), one for the routes; the fix names the exact missing rules."""
+    for pppd (start and stop), one for the routes, one for the way down's congestion control
+    (when set); the fix names the exact missing rules."""
     ops, rules = root_ops(cfg), sudoers_rules(cfg)
     where = f"{SUDOERS_DIR}/{sudoers_name(cfg)}"
     fix_all = f"pppssh remote-setup {cfg.path} writes the exact rules to {where}"
     groups = (
-        ("pppd", [i for i, op in enumerate(ops) if op.request[0] != "route"]),
+        ("pppd", [i for i, op in enumerate(ops) if op.request[0] not in ("route", "congestion")]),
         ("the routes", [i for i, op in enumerate(ops) if op.request[0] == "route"]),
-    )
+        ("the way down's congestion control",
+         [i for i, op in enumerate(ops) if op.request[0] == "congestion"]),
+    )  # fmt: skip
     lines = []
     for what, picked in groups:
         if not picked:

@@ -8,8 +8,8 @@ runs for it there (as root when it is privileged). Everything else is derived fr
 - `root_ops` / `sudoers_rules`: the exact sudoers lines (remote-setup writes them, `check`
   asks `sudo -l` for each and names the missing ones);
 - `helper_requests` / `policy_text`: the helper's allow-list for the site (`pppd`,
-  `cleanup`, `interface`, `check`, and `route add|del NETWORK via PEER` for exactly the
-  networks and the peer its policy lists);
+  `cleanup`, `interface`, `check`, `congestion` when the policy names one, and
+  `route add|del NETWORK via PEER` for exactly the networks and the peer its policy lists);
 - `helper_constants`: the paths the helper script runs and reads (remote-setup renders them);
 - `routes_there` / `routes_here`: the network-via-address facts of the routes on the remote
   gateway and on this one, which plan.py turns into argv and workstations.py into the
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from .config import Address, Network, SiteConfig, lan_gateway
 
 __all__ = [
+    "CONGESTION_PATH",
     "ECHO_ADAPTIVE_FIXED_IN",
     "HELPER_PATH",
     "OLD_POLICY_DIR",
@@ -39,6 +40,7 @@ __all__ = [
     "RemoteOp",
     "RouteFact",
     "check",
+    "congestion",
     "echo_adaptive_safe",
     "echo_adaptive_shell",
     "helper_constants",
@@ -61,6 +63,8 @@ __all__ = [
 ]
 
 HELPER_PATH = "/usr/local/libexec/pppssh-helper"
+# Sets the congestion control of the session's own sshd socket (the way down), run as root.
+CONGESTION_PATH = "/usr/local/libexec/pppssh-congestion"
 # The helper runs as the link account and must read its policy; /etc/pppssh may well be 0700
 # (pppssh's own site files on a gateway that also runs pppssh), so the policies live apart.
 POLICY_DIR = "/etc/pppssh-helper"
@@ -186,10 +190,21 @@ def check(cfg: SiteConfig) -> RemoteOp:
     return RemoteOp(("check",), (), privileged=False)
 
 
+def congestion(cfg: SiteConfig) -> RemoteOp | None:
+    """Set the congestion control of the remote sshd's socket of this connection (the way
+    down) to tcp_congestion_down; None when that is left as it is. The helper takes the
+    name from its policy, never from the request."""
+    if not cfg.tcp_congestion_down:
+        return None
+    return RemoteOp(("congestion",), (CONGESTION_PATH, cfg.tcp_congestion_down))
+
+
 def helper_requests(cfg: SiteConfig) -> list[tuple[str, ...]]:
     """Every request pppssh sends to the helper for this site: the helper's allow-list is
     exactly these (its routes checked against the policy's networks and peer)."""
     ops = [start_pppd(cfg), stop_pppd(cfg), interface(cfg), check(cfg)]
+    if (op := congestion(cfg)) is not None:
+        ops.append(op)
     for fact in routes_there(cfg):
         ops += [route(cfg, "add", fact), route(cfg, "del", fact)]
     return [op.request for op in ops]
@@ -207,10 +222,13 @@ def routes_here(cfg: SiteConfig) -> list[RouteFact]:
 
 def root_ops(cfg: SiteConfig) -> list[RemoteOp]:
     """Every operation that runs as root on the remote gateway, in a fixed order: start pppd,
-    stop it (each signal), then add and delete each route there."""
+    stop it (each signal), add and delete each route there, then (when set) the way down's
+    congestion control."""
     ops = [start_pppd(cfg), *(stop_pppd(cfg, sig) for sig in STOP_SIGNALS)]
     for fact in routes_there(cfg):
         ops += [route(cfg, "add", fact), route(cfg, "del", fact)]
+    if (op := congestion(cfg)) is not None:
+        ops.append(op)
     return ops
 
 
@@ -249,10 +267,17 @@ def policy_text(cfg: SiteConfig) -> str:
         f"local {cfg.remote_address}",
         f"peer {cfg.local_address}",
         *(f"network {fact.network}" for fact in facts),
+        *([f"congestion {cfg.tcp_congestion_down}"] if cfg.tcp_congestion_down else []),
     ]
     return "\n".join(lines) + "\n"
 
 
 def helper_constants() -> dict[str, str]:
     """The helper script's own settings, as `NAME=value` lines it starts with."""
-    return {"POLICY_DIR": POLICY_DIR, "SUDO": SUDO, "PKILL": PKILL, "RUN": RUN_DIR}
+    return {
+        "POLICY_DIR": POLICY_DIR,
+        "SUDO": SUDO,
+        "PKILL": PKILL,
+        "RUN": RUN_DIR,
+        "CONGESTION": CONGESTION_PATH,
+    }

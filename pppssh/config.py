@@ -170,6 +170,7 @@ class SiteConfig:
     secondaries: tuple[tuple[str, int], ...] = ()  # host's gateways after the first, in order
     failback: float = 300.0
     tcp_congestion: str = "bbr"  # "": the system's
+    tcp_congestion_down: str = "bbr"  # the remote sshd's socket; "": left as it is
     tcp_notsent_lowat: int = -1  # bytes; -1: auto (queues.NOTSENT_AUTO); 0: straight through
     bandwidth: float = 0.0
     pump_codel: bool = True
@@ -826,11 +827,12 @@ SCHEMA: tuple[Key, ...] = (
         "How the remote account gains root for pppd and routes (`-n`: fail, never prompt)."),
     Key("remote", "helper", "helper", "yes", _yes_no,
         "yes: the account's key may only run pppssh-helper (`pppssh remote-setup` installs "
-        "it), which accepts `pppd`, `route add|del`, `interface`, `cleanup` and `check`; the "
-        "remote pppd options and allowed networks are fixed on the remote side. no: the key "
-        "gives a login shell as the account plus exactly the sudo commands remote-setup "
-        "writes (`pppd call pppssh-SITE`, `ip route add|del NET via PEER`, `pkill` of its pid "
-        "file)."),
+        "it), which accepts `pppd`, `route add|del`, `interface`, `cleanup`, `check` and "
+        "`congestion`; the remote pppd options, allowed networks and the way down's "
+        "congestion control are fixed on the remote side. no: the key gives a login shell as "
+        "the account plus exactly the sudo commands remote-setup writes (`pppd call "
+        "pppssh-SITE`, `ip route add|del NET via PEER`, `pkill` of its pid file, "
+        "`pppssh-congestion NAME`)."),
     Key("remote", "from", "key_from", "", _from_patterns,
         "Where the key may be used from (sshd `from=` patterns: this gateway's public "
         "address, a network, a host name); `pppssh remote-setup` writes it into the key line."),
@@ -855,6 +857,13 @@ SCHEMA: tuple[Key, ...] = (
         "(see Benchmark): with 1% loss on the WAN the way up carried 1.13x the HOWTO "
         "path's, where cubic carried 0.84x, its loaded RTT at the idle one; elsewhere on a "
         "par with cubic."),
+    Key("remote", "tcp_congestion_down", "tcp_congestion_down", "bbr", _congestion,
+        "Congestion control of the remote sshd's socket of this connection, so of the way "
+        "down: set once per connection by pppssh-congestion, run as root through an exact "
+        "sudoers line that `pppssh remote-setup` writes with this name (run it again after "
+        "a change). Where it cannot (a gateway set up before, a kernel without it) the link "
+        "comes up all the same and the log says why. `default`: left as it is (the remote "
+        "system's). bbr was measured (see Benchmark)."),
     Key("remote", "tcp_notsent_lowat", "tcp_notsent_lowat", "auto", _notsent,
         "Bytes the SSH socket may hold not yet sent (TCP_NOTSENT_LOWAT); beyond them the "
         "frames from the local pppd wait in pppssh's own queue, small ones first, bulk ones "

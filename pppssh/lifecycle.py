@@ -47,6 +47,7 @@ from .plan import (
     full_tunnel_routes,
     local_routes,
     qdisc_argv,
+    remote_congestion_command,
     remote_interface_command,
     remote_leftover_check,
     remote_leftover_kill,
@@ -182,6 +183,7 @@ class Attempt:
         self._refuse_server_address()  # before anything changes
 
         await self._until("cleaning up after an earlier session", self._cleanup_remote())
+        await self._until("setting the way down's congestion control", self._congestion())
 
         command = shell_join(remote_pppd_argv(cfg))
         self.emit(CommandRun("remote", command, self.remote_prefix))
@@ -227,6 +229,23 @@ class Attempt:
             await self._run_up()
         self.came_up = True
         self.emit(Up(clock.time()))
+
+    async def _congestion(self) -> None:
+        """Have the remote sshd send the way down with tcp_congestion_down (pppssh-congestion
+        sets it on this connection's socket there). Where it cannot (a gateway set up before
+        the key, a kernel without the algorithm) that is a note: the link comes up all the
+        same, with the remote system's congestion control."""
+        command = remote_congestion_command(self.cfg)
+        if command is None:
+            return
+        self.emit(CommandRun("remote", command.shown, self.remote_prefix))
+        try:
+            said = await self._remote(command, timeout=30)
+        except RemoteFailed as exc:
+            self.emit(Note(f"note: the way down keeps the remote's congestion control: {exc}"))
+            return
+        if said.strip():
+            self.emit(Note(printable(said.strip().splitlines()[0])[:200]))
 
     async def _cleanup_remote(self) -> None:
         """Stop a pppd an earlier, lost session of this site left on the remote gateway.

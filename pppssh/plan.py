@@ -19,6 +19,7 @@ __all__ = [
     "local_pppd_argv",
     "local_routes",
     "qdisc_argv",
+    "remote_congestion_command",
     "remote_interface_command",
     "remote_leftover_check",
     "remote_leftover_kill",
@@ -174,6 +175,13 @@ def remote_pppd_argv(cfg: SiteConfig) -> list[str]:
 def remote_interface_command(cfg: SiteConfig) -> Command:
     """Ask the remote gateway for its addresses, or the helper for the link's interface."""
     return Command(commands.interface(cfg).sent(cfg))
+
+
+def remote_congestion_command(cfg: SiteConfig) -> Command | None:
+    """Set the way down's congestion control (the remote sshd's socket of this connection):
+    the helper's `congestion` request, or sudo pppssh-congestion NAME; None: left alone."""
+    op = commands.congestion(cfg)
+    return None if op is None else Command(op.sent(cfg))
 
 
 def remote_pidfile(cfg: SiteConfig) -> str:

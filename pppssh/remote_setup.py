@@ -22,6 +22,7 @@ from pathlib import Path
 from . import trust
 from .asyncssh_compat import asyncssh
 from .commands import (
+    CONGESTION_PATH,
     HELPER_PATH,
     OLD_POLICY_DIR,
     PKILL,
@@ -96,6 +97,11 @@ def helper_text() -> str:
         rest = tail.partition("\n")[2]  # the file's own value is replaced
         text = f"{head}\n{name}={value}\n{rest}"
     return text
+
+
+def congestion_text() -> str:
+    """pppssh-congestion as shipped with pppssh (run as root there, through sudo)."""
+    return (resources.files("pppssh") / "data" / "pppssh-congestion").read_text(encoding="utf-8")
 
 
 def public_key(cfg: SiteConfig) -> str:
@@ -476,6 +482,16 @@ def setup_script(cfg: SiteConfig, pubkey: str) -> str:
             "\n# 2. no helper (helper = no): the key gives a login shell as the account, which\n"
             "#    may run exactly the sudo commands below as root\n"
         )
+    if cfg.tcp_congestion_down:
+        out.append(
+            f"\n#    the way down's congestion control, {cfg.tcp_congestion_down}: a program\n"
+            f"#    that sets it on the session's own sshd socket, as root, by the sudo line\n"
+            f"mkdir -p '{CONGESTION_PATH.rsplit('/', 1)[0]}'\n"
+            f"{_install(CONGESTION_PATH, congestion_text(), '755')}"
+            f'[ -x /usr/bin/python3 ] || say "warning: no /usr/bin/python3, which '
+            f"{CONGESTION_PATH} needs: the way down keeps the system's congestion control "
+            f'(apt-get install python3-minimal)"\n'
+        )
     peers = f"{PEERS_DIR}/{peers_name(cfg)}"
     if peers_text(cfg, True) == peers_text(cfg, False):  # lcp_echo_interval = 0: no echoes
         write_peers = _install(peers, peers_text(cfg), "644")
@@ -618,6 +634,9 @@ def removal_script(cfg: SiteConfig, pubkey: str) -> str:
         f"if ! ls '{POLICY_DIR}'/*.policy >/dev/null 2>&1; then\n"
         f"\trm -f '{HELPER_PATH}'\n"
         f"\trmdir '{POLICY_DIR}' 2>/dev/null || :\n"
+        f"fi\n"
+        f"if ! grep -qsF '{CONGESTION_PATH}' '{SUDOERS_DIR}'/*; then  # no site runs it\n"
+        f"\trm -f '{CONGESTION_PATH}'\n"
         f"fi\n"
         f'if [ -n "$home" ] && [ "$(getent passwd {user} | cut -d: -f5)" = "pppssh link" ] &&\n'
         f'\t! grep -q . "$home/.ssh/authorized_keys" 2>/dev/null; then\n'

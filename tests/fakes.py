@@ -165,6 +165,8 @@ class FakeTransport:
             return ""
         if argv == ("cleanup",):
             return ""
+        if argv == ("congestion",) or "pppssh-congestion" in shown:
+            return "the SSH connection sends with bbr (was cubic)\n"
         if argv == ("interface",):
             return f"{REMOTE_IF}\n"
         if "addr" in argv:

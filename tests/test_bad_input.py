@@ -670,7 +670,7 @@ def _assert_no_shell_syntax(cfg: SiteConfig) -> None:
     ), texts[0]
     for line in texts[1].splitlines():
         assert line.startswith("#") or re.fullmatch(
-            r"(pppd|ip|local|peer|network) [A-Za-z0-9_./:+-]+", line
+            r"(pppd|ip|local|peer|network|congestion) [A-Za-z0-9_./:+-]+", line
         )
     for line in texts[2].splitlines():
         assert line.startswith("#") or all(SAFE_WORD.match(w) for w in line.split(" ")), line

@@ -144,6 +144,7 @@ PLAIN_OK = {
     "sudo -n -l /usr/sbin/pppd call pppssh-lab": (0, "/usr/sbin/pppd call pppssh-lab\n"),
     "sudo -n -l /usr/bin/pkill ": (0, "/usr/bin/pkill\n"),
     "sudo -n -l /usr/sbin/ip route ": (0, "/usr/sbin/ip route\n"),
+    "sudo -n -l /usr/local/libexec/pppssh-congestion bbr": (0, "/usr/local/libexec/pp\n"),
     "cat /proc/sys/net/ipv4/ip_forward": (0, "1\n"),
     "cat /proc/sys/net/ipv4/conf/all/rp_filter": (0, "0\n"),
     "/usr/sbin/ip -4 route show": (0, "default via 192.0.2.1 dev eth0\n"),
@@ -158,7 +159,8 @@ def test_remote_checks_all_pass_and_run_nothing_privileged(tmp_path: Path) -> No
             assert [c.what for c in checks if not c.ok] == []
             assert [c.what for c in checks] == [
                 "SSH reachable", "host key known", "key accepted", "remote pppd",
-                "remote sudo allows pppd", "remote sudo allows the routes", "remote link filter",
+                "remote sudo allows pppd", "remote sudo allows the routes",
+                "remote sudo allows the way down's congestion control", "remote link filter",
                 "IP forwarding on the remote gateway", "reverse-path filter on the remote gateway",
                 "networks free on the remote gateway",
             ]  # fmt: skip
@@ -212,7 +214,9 @@ def test_no_fix_suggests_more_than_pppssh_runs(tmp_path: Path) -> None:
             cfg = srv.cfg()
             checks = {c.what: c for c in await check._remote_checks(cfg)}
             fixes = (
-                checks["remote sudo allows pppd"].fix + checks["remote sudo allows the routes"].fix
+                checks["remote sudo allows pppd"].fix
+                + checks["remote sudo allows the routes"].fix
+                + checks["remote sudo allows the way down's congestion control"].fix
             )
             assert "*" not in fixes and "NOPASSWD: /usr/sbin/pppd," not in fixes
             for rule in sudoers_rules(cfg):

@@ -5,6 +5,7 @@ sends is allowed by the sudoers lines resp. the helper, and nothing near it is."
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -20,6 +21,7 @@ import pytest
 
 from pppssh import check
 from pppssh.commands import (
+    CONGESTION_PATH,
     PKILL,
     RUN_DIR,
     helper_constants,
@@ -246,7 +248,8 @@ def test_every_root_operation_has_exactly_its_sudoers_line(case: str) -> None:
     cfg = site(case)
     ops = root_ops(cfg)
     assert rule_argvs(cfg) == {op.argv for op in ops} == set(sudo_commands(cfg))
-    assert len(ops) == 3 + 2 * len(cfg.local_networks)
+    assert len(ops) == 3 + 2 * len(cfg.local_networks) + 1  # + the way down's congestion
+    assert ops[-1].argv == (CONGESTION_PATH, cfg.tcp_congestion_down)
     assert sudoers_rules(cfg) == [
         line for line in sudoers_text(cfg).splitlines() if "NOPASSWD" in line
     ]
@@ -291,7 +294,8 @@ def test_policy_lists_the_networks_and_peer_of_the_remote_routes() -> None:
         keys = dict(line for line in lines if line[0] != "network")
         networks = [line[1] for line in lines if line[0] == "network"]
         assert keys == {"pppd": cfg.remote_pppd, "ip": cfg.remote_ip,
-                        "local": str(cfg.remote_address), "peer": str(cfg.local_address)}  # fmt: skip
+                        "local": str(cfg.remote_address), "peer": str(cfg.local_address),
+                        "congestion": cfg.tcp_congestion_down}  # fmt: skip
         assert networks == [str(r.network) for r in remote_routes(cfg, "-")]
 
 
@@ -450,8 +454,28 @@ def test_helper_script_knows_exactly_the_models_requests() -> None:
         firsts = {request[0] for request in helper_requests(site(case))}
         routes = {"route"} if site(case).local_networks else set()
         assert firsts | {"route"} == set(arms) and firsts & {"route"} == routes
-    assert sorted(arms) == ["check", "cleanup", "interface", "pppd", "route"]
-    assert "(those are: pppd, route add|del, interface, cleanup, check)" in body
+    assert sorted(arms) == ["check", "cleanup", "congestion", "interface", "pppd", "route"]
+    assert "(those are: pppd, route add|del, interface, cleanup, check, congestion)" in body
+
+
+def test_helper_congestion_takes_the_name_from_the_policy_only(helper: Helper) -> None:
+    """`congestion` runs sudo with the name the policy holds; words after it, or a policy
+    without a congestion line (tcp_congestion_down = default), are refused."""
+    cfg = site(HELPED[0])
+    status, _, err, ran = helper.ask(cfg, "congestion")
+    assert (status, err) == (0, "")
+    assert ran == [("-n", CONGESTION_PATH, cfg.tcp_congestion_down)]
+    for request in ("congestion cubic", "congestion bbr extra", "congestion /tmp/x"):
+        status, _, err, ran = helper.ask(cfg, request)
+        assert status == 126 and "congestion takes no arguments" in err and ran == [], request
+    off = dataclasses.replace(cfg, tcp_congestion_down="")
+    policy = helper.path.parent / "policies" / f"{peers_name(cfg)}.policy"
+    policy.write_text(policy_text(off))
+    status, _, err, ran = helper.ask(off, "congestion")
+    assert status == 126 and "names no congestion control" in err and ran == []
+    policy.write_text(policy_text(cfg).replace("congestion bbr", "congestion bbr;id"))
+    status, _, err, ran = helper.ask(cfg, "congestion")
+    assert status == 1 and "is not a congestion control name" in err and ran == []
 
 
 @pytest.mark.parametrize("case", HELPED)

@@ -60,6 +60,7 @@ connect_timeout = 7.5
 keepalive_interval = 30
 keepalive_count_max = 3
 tcp_congestion = cubic
+tcp_congestion_down = reno
 tcp_notsent_lowat = 16384
 bandwidth = 4.5
 codel = no
@@ -201,6 +202,7 @@ def test_full_file_every_key() -> None:
     assert cfg.connect_timeout == 7.5
     assert (cfg.keepalive_interval, cfg.keepalive_count_max) == (30, 3)
     assert (cfg.tcp_congestion, cfg.tcp_notsent_lowat, cfg.bandwidth) == ("cubic", 16384, 4.5)
+    assert cfg.tcp_congestion_down == "reno"
     assert (cfg.delay_target, cfg.delay_target_up) == (8, 20)
     assert (cfg.window_target, cfg.window_target_up) == (3, 6)
     assert cfg.pump_codel is False and cfg.pace is True

@@ -198,6 +198,7 @@ def test_up_and_stop_exact_commands_lines_and_undo_order() -> None:
     assert h.world.calls == [
         ("ssh", "connect"),
         ("remote", "cleanup"),
+        ("remote", "congestion"),
         ("ssh", "open pppd channel"),
         ("pppd", "start"),
         ("local", "sysctl -q -w net.ipv4.conf.ppp0.rp_filter=1"),
@@ -221,6 +222,8 @@ def test_up_and_stop_exact_commands_lines_and_undo_order() -> None:
         "connecting to vpn@gw.example.net:22 (host key checked against /etc/pppssh/kh)",
         "connected; server SSH-2.0-OpenSSH_9.2p1\\x1b[2J",
         f"{REMOTE} cleanup",
+        f"{REMOTE} congestion",
+        "the SSH connection sends with bbr (was cubic)",
         f"{REMOTE} pppd",
         "remote pppd started (first PPP frame received)",
         f"[#] {PPPD}",
@@ -281,10 +284,11 @@ def test_remote_cleanup_without_helper_stops_a_leftover_pppd() -> None:
     h.world.remote_leftover = True
     assert h.run() == 0
     pidfile = "/run/ppp-pppssh-site-b-10.99.0.1.pid"
-    assert h.world.calls[1:5] == [
+    assert h.world.calls[1:6] == [
         ("remote", f"pgrep -x -F {pidfile} pppd"),
         ("remote", f"sudo -n /usr/bin/pkill -TERM -x -F {pidfile} pppd"),
         ("remote", f"pgrep -x -F {pidfile} pppd"),
+        ("remote", "sudo -n /usr/local/libexec/pppssh-congestion bbr"),
         ("ssh", "open pppd channel"),
     ]
     lines = h.lines()
@@ -1196,3 +1200,32 @@ def test_qdisc_that_cannot_be_set_is_a_warning_and_the_link_comes_up() -> None:
     assert h.state.last_error == warning
     added, _ = history(h)
     assert all("tc" not in " ".join(e.apply) for e in added)
+
+
+# ---------------------------------------------------------------------------- way down's congestion
+
+
+@pytest.mark.parametrize("helper", [True, False])
+def test_a_refused_congestion_request_is_a_note_and_the_link_comes_up(helper: bool) -> None:
+    """A gateway set up before tcp_congestion_down (its helper refuses the request, or sudo
+    has no line for it) or a kernel without the algorithm: one note, the link comes up."""
+    h = harness(helper=helper)
+    why = "pppssh-congestion: this kernel has no bbr (no tcp_bbr module); cubic stays"
+    h.world.refuse_remote["congestion"] = why
+    assert h.run() == 0
+    sent = [c for kind, c in h.world.calls if kind == "remote" and "congestion" in c]
+    assert sent == (["congestion"] if helper else
+                    ["sudo -n /usr/local/libexec/pppssh-congestion bbr"])  # fmt: skip
+    notes = [line for line in h.lines() if "congestion control" in line]
+    assert notes == [f"note: the way down keeps the remote's congestion control: remote "
+                     f"`{sent[0]}` failed: {why}"]  # fmt: skip
+    assert h.world.calls.index(("remote", sent[0])) < h.world.calls.index(
+        ("ssh", "open pppd channel")
+    )
+
+
+def test_no_congestion_request_when_left_to_the_remote() -> None:
+    """tcp_congestion_down = default: nothing is asked of the remote gateway for it."""
+    h = harness(tcp_congestion_down="")
+    assert h.run() == 0
+    assert not [c for kind, c in h.world.calls if "congestion" in c]

@@ -88,7 +88,11 @@ def test_policy_lists_exactly_the_local_networks_and_the_peer() -> None:
         "peer 192.168.77.1",
         "network 10.1.0.0/24",
         "network 10.3.0.0/16",
+        "congestion bbr",
     ]
+    # `tcp_congestion_down = default`: no such line, so the helper refuses the request
+    off = cfg_of(SITE.replace("[ppp]", "tcp_congestion_down = default\n[ppp]"))
+    assert not any(x.startswith("congestion") for x in policy_text(off).splitlines())
 
 
 def test_peers_file_holds_the_remote_pppd_options() -> None:
@@ -159,6 +163,7 @@ def test_sudoers_allows_exact_commands_and_visudo_accepts_it(tmp_path: Path) -> 
         "tunnel ALL=(root) NOPASSWD: /usr/sbin/ip route del 10.1.0.0/24 via 192.168.77.1",
         "tunnel ALL=(root) NOPASSWD: /usr/sbin/ip route add 10.3.0.0/16 via 192.168.77.1",
         "tunnel ALL=(root) NOPASSWD: /usr/sbin/ip route del 10.3.0.0/16 via 192.168.77.1",
+        "tunnel ALL=(root) NOPASSWD: /usr/local/libexec/pppssh-congestion bbr",
     ]
     assert "*" not in text and "ALL:" not in text and "NOPASSWD: ALL" not in text
     visudo = shutil.which("visudo") or "/usr/sbin/visudo"
@@ -320,7 +325,7 @@ def test_sudoers_text_has_no_pattern_and_escapes_specials() -> None:
         text = sudoers_text(cfg)
         assert not set("*?[]") & set(text), text
         rules = sudoers_rules(cfg)
-        assert len(rules) == 3 + 2 * len(cfg.local_networks)
+        assert len(rules) == 3 + 2 * len(cfg.local_networks) + 1  # + congestion
         for net in cfg.local_networks:
             for verb in ("add", "del"):
                 line = (

@@ -811,6 +811,10 @@ def test_tunnel_starts_remote_pppd_on_a_raw_pty(
         if process.command.startswith("pgrep "):
             process.exit(1)  # no pppd of an earlier session
             return
+        if "pppssh-congestion" in process.command:
+            process.stdout.write(b"the SSH connection sends with bbr (was cubic)\n")
+            process.exit(0)
+            return
         process.stdout.write(b"\x7e\xff\x7d\x23\xc0\x21\x7d\x21\x7e")  # an LCP frame
         await release.wait()
         process.exit(0)
@@ -829,9 +833,11 @@ def test_tunnel_starts_remote_pppd_on_a_raw_pty(
     assert isinstance(tunnel.ssh, AsyncsshTransport)
     cfg = srv.cfg()
     assert shell_join(remote_pppd_argv(cfg)) == LAB_REMOTE_COMMAND
-    check, session = srv.rec.sessions
+    check, congestion, session = srv.rec.sessions
     assert check.command == "pgrep -x -F /run/ppp-pppssh-lab-10.99.0.1.pid pppd"
     assert check.term_type is None, "only pppd gets a pty"
+    assert congestion.command == "sudo -n /usr/local/libexec/pppssh-congestion bbr"
+    assert congestion.term_type is None, "only pppd gets a pty"
     assert session.command == LAB_REMOTE_COMMAND
     assert session.username == USER
     assert session.term_type == "dumb"  # a pty was requested
@@ -883,11 +889,12 @@ def test_tunnel_stops_a_remote_pppd_left_by_an_earlier_session(
                 await tunnel.run(lambda attempt: None)
             commands = [s.command for s in srv.rec.sessions]
             if helper:
-                assert commands == ["cleanup", "pppd"]
+                assert commands == ["cleanup", "congestion", "pppd"]
             else:
                 pgrep = "pgrep -x -F /run/ppp-pppssh-lab-10.99.0.1.pid pppd"
                 pkill = "sudo -n /usr/bin/pkill -TERM -x -F /run/ppp-pppssh-lab-10.99.0.1.pid pppd"
-                assert commands == [pgrep, pkill, pgrep, LAB_REMOTE_COMMAND]
+                congestion = "sudo -n /usr/local/libexec/pppssh-congestion bbr"
+                assert commands == [pgrep, pkill, pgrep, congestion, LAB_REMOTE_COMMAND]
 
     run(main)
     out = capsys.readouterr().out

@@ -41,7 +41,7 @@ from tests.lab.netlab import (
     Lab,
     wait_for,
 )
-from tests.lab.test_tunnel import ppp_link, pppssh, show
+from tests.lab.test_tunnel import RUN_DIR, ppp_link, pppssh, show
 
 pytestmark = pytest.mark.lab
 
@@ -287,6 +287,8 @@ REQUESTS: dict[str, tuple[list[str], bool]] = {
     "check with arguments": (["check /etc/shadow"], False),
     "cleanup with a pidfile": (["cleanup /tmp/pppssh-attack.pid"], False),
     "cleanup with a signal": (["cleanup -KILL"], False),
+    "congestion with a name": (["congestion cubic"], False),
+    "congestion with a path": (["congestion /tmp/pppssh-attack.so"], False),
     "sudo -l": (["sudo -l"], False),
     "sudo -n true": (["sudo", "-n", "true"], False),
     "sudo -n pppd": (["sudo -n /usr/sbin/pppd pty /bin/sh"], False),
@@ -707,6 +709,58 @@ def test_route_and_cleanup_tricks_with_the_link_up(lab: Lab, site: LinkKey) -> N
     assert lab.ping("ws-a", WS_B), "the link must be untouched by the tricks"
     stopped = pppssh(lab, "stop", SITE)
     assert stopped.returncode == 0, show(stopped)
+
+
+def ssh_sockets(lab: Lab) -> dict[int, str]:
+    """gw-b's established connections to sshd: the client's port -> congestion control."""
+    out = lab.run("gw-b", ["ss", "-Htin", "state", "established", "( sport = :22 )"]).stdout
+    found: dict[int, str] = {}
+    port = None
+    for line in out.splitlines():
+        if not line.startswith((" ", "\t")):  # the socket's line: local, peer
+            port = int(line.split()[-1].rpartition(":")[2])
+        elif port is not None:  # its details: the congestion control is a word of its own
+            words = set(line.split())
+            found[port] = next((cc for cc in ("bbr", "cubic", "reno") if cc in words), "?")
+    return found
+
+
+CONGESTION = "/usr/local/libexec/pppssh-congestion"
+
+
+def test_congestion_only_of_its_own_connection(lab: Lab, site: LinkKey) -> None:
+    """The way down's congestion control: pppssh start has pppssh-congestion set bbr on the
+    link's own sshd socket on gw-b, and on no other connection of the same account; run by
+    the link account other than from its sshd session, or with another name, it is refused
+    (the first by the program, the second by sudo's exact argv) and changes nothing."""
+    with one_connection(lab, site.key):  # another connection of the account, idle
+        others = ssh_sockets(lab)
+        assert len(others) == 1 and set(others.values()) == {"cubic"}, others
+        started = pppssh(lab, "start", str(site.conf))
+        assert started.returncode == 0, show(started)
+        try:
+            assert lab.ping("ws-a", WS_B, count=2)
+            now = ssh_sockets(lab)
+            link = {port: cc for port, cc in now.items() if port not in others}
+            assert list(link.values()) == ["bbr"], now  # the link's, set by the program
+            assert {port: now[port] for port in others} == others, now  # the other: untouched
+            said = (RUN_DIR / f"{SITE}.log").read_text()
+            assert "the SSH connection sends with bbr (was cubic)" in said, said
+            tries = {
+                "the program, run by the link account from outside any sshd session": (
+                    ["sudo", "-n", CONGESTION, "bbr"], "no sshd session of the calling user"),
+                "the program with another name": (
+                    ["sudo", "-n", CONGESTION, "cubic"], "a password is required"),
+                "the program without sudo": ([CONGESTION, "bbr"], "run by root only"),
+            }  # fmt: skip
+            for what, (argv, why) in tries.items():
+                proc = lab.run("gw-b", argv, check=False, user=LINK_USER)
+                report(f"congestion: {what}", " ".join(argv), stopper(proc.stderr))
+                assert proc.returncode != 0 and why in proc.stderr, show(proc)
+                assert ssh_sockets(lab) == now, what
+        finally:
+            stopped = pppssh(lab, "stop", SITE)
+        assert stopped.returncode == 0, show(stopped)
 
 
 def test_cleanup_kills_only_pppd(lab: Lab, site: LinkKey) -> None:
