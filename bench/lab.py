@@ -278,6 +278,11 @@ def pppssh(lab: Lab, keys: dict[str, str] | None = None) -> Iterator[Ends]:
                     log.write(line + "\n")
                     print(f"  {keys or 'defaults'}: {line.split('SSH socket:', 1)[1].strip()}",
                           flush=True)  # fmt: skip
+                way_down = ("the SSH connection sends with", "keeps the remote's congestion")
+                for line in (line for line in said if any(w in line for w in way_down)):
+                    log.write(line + "\n")  # the remote sshd's socket (tcp_congestion_down)
+                    print(f"  {keys or 'defaults'}: way down: {line.split(' ', 1)[-1]}",
+                          flush=True)  # fmt: skip
             # held open: a clean stop removes the log, after its last lines (the pump's)
             try:
                 said_file: IO[str] | None = (STATE_DIR / f"{SITE}.log").open(errors="replace")

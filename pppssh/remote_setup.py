@@ -53,11 +53,13 @@ from .ssh import (
 )
 
 __all__ = [
+    "CONGESTION_PATH",
     "HELPER_PATH",
     "POLICY_DIR",
     "apply",
     "apply_all",
     "authorised_key",
+    "congestion_text",
     "filter_lines",
     "helper_text",
     "ip_down_text",
@@ -388,6 +390,15 @@ def _keys_lines(user: str, blob: str, line: str) -> str:
     )
 
 
+def _unused_congestion_lines() -> str:
+    """Shell lines that remove pppssh-congestion once no sudo rule runs it."""
+    return (
+        f"if ! grep -qsF '{CONGESTION_PATH}' '{SUDOERS_DIR}'/*; then  # no site runs it\n"
+        f"\trm -f '{CONGESTION_PATH}'\n"
+        f"fi\n"
+    )
+
+
 def _old_policy_lines() -> str:
     """Shell lines that move every policy from where they were kept before into POLICY_DIR
     (the helper installed is the one of every site, and reads only there), a policy already
@@ -522,6 +533,8 @@ def setup_script(cfg: SiteConfig, pubkey: str) -> str:
         f"\n# 4. sudo: exactly the commands pppssh runs as root, nothing else\n"
         f"mv -f '{staged}.new' '{sudoers}'\n"
     )
+    if not cfg.tcp_congestion_down:  # an earlier set-up's program, now run by no site
+        out.append(_unused_congestion_lines())
     out.append(
         f"\n# 5. the key line (an older line for the same key is replaced), written as {user}\n"
         f"home=$(getent passwd {user} | cut -d: -f6)\n"
@@ -635,9 +648,7 @@ def removal_script(cfg: SiteConfig, pubkey: str) -> str:
         f"\trm -f '{HELPER_PATH}'\n"
         f"\trmdir '{POLICY_DIR}' 2>/dev/null || :\n"
         f"fi\n"
-        f"if ! grep -qsF '{CONGESTION_PATH}' '{SUDOERS_DIR}'/*; then  # no site runs it\n"
-        f"\trm -f '{CONGESTION_PATH}'\n"
-        f"fi\n"
+        f"{_unused_congestion_lines()}"
         f'if [ -n "$home" ] && [ "$(getent passwd {user} | cut -d: -f5)" = "pppssh link" ] &&\n'
         f'\t! grep -q . "$home/.ssh/authorized_keys" 2>/dev/null; then\n'
         f'\tstop_account || fail "cannot stop $left; account {user} kept"\n'

@@ -17,11 +17,13 @@ from pppssh import cli
 from pppssh.commands import echo_adaptive_safe, echo_adaptive_shell, pppd_version
 from pppssh.config import parse
 from pppssh.remote_setup import (
+    CONGESTION_PATH,
     HELPER_PATH,
     OLD_POLICY_DIR,
     POLICY_DIR,
     _sudoers_word,
     apply,
+    congestion_text,
     filter_lines,
     helper_text,
     hook_files,
@@ -213,6 +215,24 @@ def test_setup_script_embeds_each_file_verbatim() -> None:
     # sudoers is checked with visudo before anything else changes
     assert script.index("visudo -cqf") < script.index("useradd")
     assert script.index("useradd") < script.index("mv -f '/etc/sudoers.d/.pppssh-site-b.new'")
+
+
+def test_the_congestion_program_is_installed_only_when_the_site_sets_it() -> None:
+    """tcp_congestion_down (bbr by default): pppssh-congestion installed, verbatim, 0755,
+    with its sudo line; `default`: not installed, and removed once no sudo rule runs it
+    (here and on --remove), so that nothing of an earlier set-up is left behind."""
+    unused = f"if ! grep -qsF '{CONGESTION_PATH}' '/etc/sudoers.d'/*; then"
+    for cfg in (cfg_of(), cfg_of(NO_HELPER)):
+        script = setup_script(cfg, PUB)
+        assert f"<<'PPPSSH_EOF'\n{congestion_text()}PPPSSH_EOF\n" in script
+        assert f"chmod 755 '{CONGESTION_PATH}.new'" in script and unused not in script
+        assert f"NOPASSWD: {CONGESTION_PATH} bbr" in sudoers_text(cfg)
+        assert unused in removal_script(cfg, PUB)
+    off = cfg_of(SITE.replace("[ppp]", "tcp_congestion_down = default\n[ppp]"))
+    script = setup_script(off, PUB)
+    assert congestion_text() not in script and CONGESTION_PATH not in sudoers_text(off)
+    assert script.index(unused) > script.index("mv -f '/etc/sudoers.d/.pppssh-site-b.new'")
+    assert congestion_text().startswith("#!/usr/bin/python3 -I\n")
 
 
 def test_policy_lives_in_its_own_readable_directory_made_right_on_every_run() -> None:
