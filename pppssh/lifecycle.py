@@ -242,7 +242,14 @@ class Attempt:
         try:
             said = await self._remote(command, timeout=30)
         except RemoteFailed as exc:
-            self.emit(Note(f"note: the way down keeps the remote's congestion control: {exc}"))
+            # the program's own refusals (no bbr in that kernel, ...) need no new set-up; a
+            # helper, sudo or gateway without it does
+            setup = "" if exc.stderr.startswith("pppssh-congestion:") else (
+                f" (`pppssh remote-setup {self.cfg.path}` sets it up there; "
+                "`tcp_congestion_down = default` stops asking)"
+            )  # fmt: skip
+            self.emit(Note(f"note: the way down keeps the remote's congestion control: {exc}"
+                           f"{setup}"))  # fmt: skip
             return
         if said.strip():
             self.emit(Note(printable(said.strip().splitlines()[0])[:200]))

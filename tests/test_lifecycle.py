@@ -1224,6 +1224,21 @@ def test_a_refused_congestion_request_is_a_note_and_the_link_comes_up(helper: bo
     )
 
 
+@pytest.mark.parametrize("helper", [True, False])
+def test_a_gateway_set_up_before_is_told_how_to_catch_up(helper: bool) -> None:
+    """Refused by an older helper or by sudo (not by the program): the note names the fix."""
+    h = harness(helper=helper)
+    why = ("pppssh-helper: refused: 'congestion' is not a pppssh request" if helper
+           else "sudo: a password is required")  # fmt: skip
+    h.world.refuse_remote["congestion"] = why
+    assert h.run() == 0
+    notes = [line for line in h.lines() if "congestion control" in line]
+    assert len(notes) == 1 and notes[0].endswith(
+        f"failed: {why} (`pppssh remote-setup {h.cfg.path}` sets it up there; "
+        "`tcp_congestion_down = default` stops asking)"
+    ), notes
+
+
 def test_no_congestion_request_when_left_to_the_remote() -> None:
     """tcp_congestion_down = default: nothing is asked of the remote gateway for it."""
     h = harness(tcp_congestion_down="")
