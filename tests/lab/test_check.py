@@ -153,11 +153,27 @@ def test_sudo_refuses_pppd(lab: Lab, helper: str) -> None:
 def test_sudo_refuses_routes(lab: Lab, helper: str) -> None:
     conf = lab.write_site_conf("site-b", remote_helper=helper)
     rules = sudoers_rules(load(conf))
-    lab.set_sudoers("\n".join(rules[:3]))  # pppd only
+    assert rules[-1].endswith("/usr/local/libexec/pppssh-congestion bbr")
+    lab.set_sudoers("\n".join(rules[:3] + rules[-1:]))  # pppd and the way down's congestion
     proc = pppssh(lab, "check", str(conf))
     assert proc.returncode == 1, show(proc)
     assert failed(proc.stdout) == ["remote sudo allows the routes"], show(proc)
     assert rules[3] in proc.stdout and rules[4] in proc.stdout, show(proc)
+
+
+@pytest.mark.parametrize("helper", ["yes", "no"])
+def test_sudo_refuses_the_congestion_program(lab: Lab, helper: str) -> None:
+    """A gateway whose sudo lacks the line (set up before tcp_congestion_down): check names
+    it, with the exact rule as the fix, and nothing else."""
+    conf = lab.write_site_conf("site-b", remote_helper=helper)
+    rules = sudoers_rules(load(conf))
+    lab.set_sudoers("\n".join(rules[:-1]))
+    proc = pppssh(lab, "check", str(conf))
+    assert proc.returncode == 1, show(proc)
+    assert failed(proc.stdout) == ["remote sudo allows the way down's congestion control"], show(
+        proc
+    )
+    assert rules[-1] in proc.stdout, show(proc)
 
 
 def test_pppd_missing_on_either_side(lab: Lab) -> None:
