@@ -88,10 +88,15 @@ _WITH_ARGUMENT = {
 _sudoers_word = sudoers_word  # the name the tests know it by
 
 
+def _shipped(name: str) -> str:
+    """A program shipped with pppssh (pppssh/data/NAME) to run on the remote gateway."""
+    return (resources.files("pppssh") / "data" / name).read_text(encoding="utf-8")
+
+
 def helper_text() -> str:
     """The helper script shipped with pppssh, its settings (paths of the policies, sudo,
     pkill, pid files) rendered from the command model."""
-    text = (resources.files("pppssh") / "data" / "pppssh-helper").read_text(encoding="utf-8")
+    text = _shipped("pppssh-helper")
     for name, value in helper_constants().items():
         head, sep, tail = text.partition(f"\n{name}=")
         if not sep or f"\n{name}=" in tail:
@@ -103,7 +108,7 @@ def helper_text() -> str:
 
 def congestion_text() -> str:
     """pppssh-congestion as shipped with pppssh (run as root there, through sudo)."""
-    return (resources.files("pppssh") / "data" / "pppssh-congestion").read_text(encoding="utf-8")
+    return _shipped("pppssh-congestion")
 
 
 def public_key(cfg: SiteConfig) -> str:

@@ -59,6 +59,7 @@ class World:
         self.faults: dict[str, str] = {}  # step -> one of FAULTS, fired once
         self.refuse_local: dict[str, str] = {}  # substring of a local command -> its stderr
         self.refuse_remote: dict[str, str] = {}  # substring of a remote request -> its stderr
+        self.congestion_said = "the SSH connection sends with bbr (was cubic)\n"  # its answer
         self.hooks: dict[str, str] = {}  # hook program -> "ok" | "fail" | "hang"
         self.hook_env: dict[str, dict[str, str]] = {}
         self.unreachable = 0  # how many connects fail before one succeeds
@@ -166,7 +167,7 @@ class FakeTransport:
         if argv == ("cleanup",):
             return ""
         if argv == ("congestion",) or "pppssh-congestion" in shown:
-            return "the SSH connection sends with bbr (was cubic)\n"
+            return self.world.congestion_said
         if argv == ("interface",):
             return f"{REMOTE_IF}\n"
         if "addr" in argv:

@@ -1239,6 +1239,18 @@ def test_a_gateway_set_up_before_is_told_how_to_catch_up(helper: bool) -> None:
     ), notes
 
 
+def test_a_hostile_answer_to_the_congestion_request_reaches_the_log_escaped() -> None:
+    """What the remote side answers is shown as one line, control characters escaped, at
+    most 200 characters: a hostile server cannot write to the terminal or forge log lines."""
+    h = harness()
+    h.world.congestion_said = "\x1b]0;owned\x07bbr \x1b[2J" + "A" * 400 + "\npppssh: site-b up\n"
+    assert h.run() == 0
+    line = next(x for x in h.lines() if "owned" in x)
+    assert "\x1b" not in line and "\x07" not in line and line.startswith("\\x1b]0;owned")
+    assert len(line) == 200 and "site-b up" not in line
+    assert not [x for x in h.lines() if x == "pppssh: site-b up"]
+
+
 def test_no_congestion_request_when_left_to_the_remote() -> None:
     """tcp_congestion_down = default: nothing is asked of the remote gateway for it."""
     h = harness(tcp_congestion_down="")
