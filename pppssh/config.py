@@ -45,6 +45,15 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _home(path: Path, attr: str, err: Callable[[str, str], ConfigError]) -> Path:
+    """path with a leading ~ or ~user made that home; an unknown user is a ConfigError."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        who = _printable(path.parts[0][1:])[:64]
+        raise err(attr, f"~{who}: no home directory for that user on this machine") from None
+
+
 class Compression(Enum):
     """Which PPP compression (CCP) both pppds ask for."""
 
@@ -1241,10 +1250,10 @@ def parse(text: str, path: Path) -> SiteConfig:
                 parsed[attr] = NO_IDENTITY
                 continue
             raise err(attr, "must not be empty")
-        parsed[attr] = (base / Path(parsed[attr]).expanduser()).absolute()
+        parsed[attr] = (base / _home(Path(parsed[attr]), attr, err)).absolute()
     for attr in ("jump_identity", "proxy_auth", "certificate", "pkcs11_pin_file"):
         if parsed[attr] is not None:
-            parsed[attr] = (base / parsed[attr].expanduser()).absolute()
+            parsed[attr] = (base / _home(parsed[attr], attr, err)).absolute()
     servers = [(h, p or parsed["port"]) for h, p in _servers(parsed["host"])]
     if servers[0][1] != parsed["port"] and lines["port"]:
         raise err("port", f"also given in host ({servers[0][1]}); give it in one place")

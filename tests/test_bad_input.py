@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from pppssh import cli
@@ -755,6 +755,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @PROPERTY
 @given(text=site_texts())
+@example(text=PLAIN.replace("identity = ", "identity = ~root$(reboot)/"))
 def test_generated_site_files(text: str, scratch: Path, host_before: HostState) -> None:
     """Every generated file parses into shell-free commands or is refused in one line."""
     event("parsed" if _check_generated(text, scratch) else "refused")

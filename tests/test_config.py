@@ -490,6 +490,21 @@ def test_empty_required_value() -> None:
     assert error(with_line(BASE, "identity", "")) == "site-b.conf:6: identity: must not be empty"
 
 
+@pytest.mark.parametrize("key", ["identity", "known_hosts"])
+def test_home_of_an_unknown_user_is_a_one_line_error(key: str) -> None:
+    """~user naming no account is the file's error, not a traceback from pathlib."""
+    line = BASE.splitlines().index(next(x for x in BASE.splitlines() if x.startswith(key))) + 1
+    assert error(with_line(BASE, key, "~nobody-pppssh$(reboot)/id")) == (
+        f"site-b.conf:{line}: {key}: ~nobody-pppssh$(reboot): "
+        "no home directory for that user on this machine"
+    )
+
+
+def test_home_of_a_known_user_is_expanded() -> None:
+    cfg = parse(with_line(BASE, "identity", "~root/.ssh/id"), CONF)
+    assert cfg.identity == Path(os.path.expanduser("~root")) / ".ssh/id"
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
