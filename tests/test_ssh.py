@@ -1699,10 +1699,13 @@ def _start_agent(folder: Path, key: Path) -> tuple[subprocess.Popen[bytes], Path
     """ssh-agent on folder/agent.sock holding key (folder must exist, 0700)."""
     sock = folder / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
-    for _ in range(200):  # wait for the socket to appear (a bound, not a pass condition)
-        if sock.exists():
-            break
-        time.sleep(0.05)
+    for _ in range(400):  # wait until it accepts (a bound, not a pass condition): a socket
+        with socket.socket(socket.AF_UNIX) as probe:  # file exists from bind(), before listen()
+            try:
+                probe.connect(str(sock))
+                break
+            except OSError:
+                time.sleep(0.05)
     env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
     subprocess.run(["ssh-add", "-q", str(key)], env=env, check=True, stderr=subprocess.DEVNULL)
     return agent, sock
