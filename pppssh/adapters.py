@@ -243,6 +243,9 @@ class PtyPppd:
         return await self.pppd.stop()
 
 
+HOOK_GRACE = 5.0  # seconds a cancelled up/down command has between SIGTERM and SIGKILL
+
+
 class SubprocessRunner:
     """Runner over system.run_local/run_hook, each in a thread (the loop keeps pumping)."""
 
@@ -262,12 +265,22 @@ class SubprocessRunner:
             raise
 
     async def hook(self, argv: tuple[str, ...], env: dict[str, str], timeout: float) -> HookResult:
-        """Run an up/down command; its output and failure."""
+        """Run an up/down command; its output and failure. Cancelled while it runs (`stop`
+        during the up command), its process group gets SIGTERM, SIGKILL after HOOK_GRACE,
+        and the CancelledError goes on once it has ended: no command outlives its link, and
+        the down command never runs beside the up command."""
         lines: list[str] = []
+        started: list[int] = []
+        job = asyncio.ensure_future(
+            asyncio.to_thread(system.run_hook, argv, env, timeout, lines.append, started.append)
+        )
         try:
-            await asyncio.to_thread(system.run_hook, argv, env, timeout, lines.append)
+            await asyncio.shield(job)
         except CommandFailed as exc:
             return HookResult(lines, exc)
+        except asyncio.CancelledError:
+            await _end_hook(job, started)
+            raise
         return HookResult(lines, None)
 
     def rp_filter_all(self) -> int:
@@ -282,6 +295,23 @@ class SubprocessRunner:
     async def stop_process(self, pid: int) -> str:
         """SIGTERM, then SIGKILL."""
         return await asyncio.to_thread(system.stop_process, pid)
+
+
+async def _end_hook(job: asyncio.Future[None], started: list[int]) -> None:
+    """Stop a cancelled hook's process group (TERM, then KILL after HOOK_GRACE) and wait for
+    its thread; a second cancellation meanwhile does not cut that short."""
+    signals = [signal.SIGTERM, signal.SIGKILL]
+    deadline = 0.0
+    loop = asyncio.get_running_loop()
+    while not job.done():
+        if started and signals and loop.time() >= deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(started[0], signals.pop(0))
+            deadline = loop.time() + HOOK_GRACE
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([job], timeout=0.05)
+    if not job.cancelled():
+        job.exception()  # retrieved: its failure after the cancellation is not reported
 
 
 class RunDirStore:

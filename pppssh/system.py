@@ -84,9 +84,11 @@ def run_hook(
     env: dict[str, str],
     timeout: float,
     on_line: Callable[[str], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> None:
     """Echo `[#] cmd`, run a site's up/down command with env added, relay its output (to
-    on_line instead, without the echo, when given).
+    on_line instead, without the echo, when given). on_start learns its pid, which is also
+    its process group's id.
 
     Raises CommandFailed when it exits non-zero, is missing, or runs past timeout (killed).
     """
@@ -100,6 +102,8 @@ def run_hook(
         )  # fmt: skip
     except (FileNotFoundError, PermissionError) as exc:
         raise CommandFailed(shown, None, f"{argv[0]}: {exc.strerror}") from None
+    if on_start is not None:
+        on_start(proc.pid)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -26,7 +26,7 @@ WEIGHTS = {  # seconds per module in a full run on a quiet 2-core machine (repor
     "tests/lab/test_tunnel.py": 66.0,
     "tests/lab/test_dns.py": 65.0,
     "tests/lab/test_attack_sudo.py": 56.0,
-    "tests/lab/test_hooks.py": 55.0,
+    "tests/lab/test_hooks.py": 75.0,
     "tests/lab/test_reach.py": 54.0,
     "tests/lab/test_delay.py": 45.0,
     "tests/lab/test_tokens.py": 45.0,

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.lab.netlab import NET_B, PPP_LOCAL, PPP_REMOTE, WS_B, Lab
-from tests.lab.test_tunnel import no_leftovers, ppp_link, pppssh, show, stop_all  # noqa: F401
+from tests.lab.netlab import NET_B, PPP_LOCAL, PPP_REMOTE, WS_B, Lab, wait_for
+from tests.lab.test_tunnel import (  # noqa: F401
+    REPO,
+    no_leftovers,
+    ppp_link,
+    pppssh,
+    show,
+    stop_all,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -83,4 +92,35 @@ def test_hung_up_hook_is_killed(lab: Lab, tmp_path: Path) -> None:
     assert started.returncode == 1, show(started)
     assert "still running after 2s; killed" in started.stderr, show(started)
     assert lab.pids("gw-a", "sleep") == []
+    assert no_leftovers(lab) == []
+
+
+def test_stop_while_up_hook_runs_ends_it_before_down(lab: Lab, tmp_path: Path) -> None:
+    """`stop` while the up command still runs (well within its timeout): the up command and
+    its children are ended first, then down runs, and nothing is left; the start says so."""
+    up_pid, seen = tmp_path / "up.pid", tmp_path / "down.seen"
+    conf = lab.write_site_conf(
+        "site-b",
+        hooks_up=f"/bin/sh -c '/bin/sleep 600 & echo $$ $! > {up_pid}; wait'",
+        hooks_down=f"/bin/sh -c 'for p in $(cat {up_pid}); do kill -0 $p 2>/dev/null && "
+        f"echo $p alive; done > {seen}; echo down ran >> {seen}'",
+        hooks_timeout=300,
+    )
+    start = lab.spawn(
+        "gw-a", [sys.executable, "-m", "pppssh", "start", str(conf)],
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: up_pid.exists() and up_pid.read_text().endswith("\n"), 120)
+        pids = [int(p) for p in up_pid.read_text().split()]
+        stopped = pppssh(lab, "stop", "site-b", timeout=60)
+        assert stopped.returncode == 0, show(stopped)
+        out = start.communicate(timeout=60)[0].decode(errors="replace")
+    finally:
+        if start.poll() is None:
+            start.kill()
+    assert start.returncode == 1 and "up command failed" not in out, out
+    assert seen.read_text() == "down ran\n", "down ran after the up command had ended"
+    assert [p for p in pids if p in lab.pids(None, None)] == []
     assert no_leftovers(lab) == []
