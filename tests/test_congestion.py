@@ -4,12 +4,15 @@ host; the lab runs it under sshd and sudo, tests/lab/test_attack_key.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -81,24 +84,52 @@ def test_parent_pid_is_read_past_any_name(tmp_path: Path) -> None:
         child.wait()
 
 
+def _running(program: Path) -> subprocess.Popen[bytes]:
+    """program (a copy of sleep) running, as the process whose program is judged."""
+    return subprocess.Popen([str(program), "30"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes root's and another user's programs")
 def test_only_a_root_owned_sshd_program_is_trusted(tmp_path: Path) -> None:
-    fake = tmp_path / "sshd"
-    fake.write_text("#!/bin/sh\n")
-    fake.chmod(0o755)
-    if os.geteuid() == 0:
-        os.chown(fake, 65534, -1)
-    assert not cc._trusted_program(str(fake))  # not root's
-    assert not cc._trusted_program(sys.executable)  # root's, but not sshd
-    for name in ("sshd", "sshd-session"):
-        real = tmp_path / "root" / name
-        real.parent.mkdir(exist_ok=True)
-        real.write_text("#!/bin/sh\n")
-        real.chmod(0o755)
-        if os.geteuid() == 0:
-            os.chown(real, 0, 0)
-            assert cc._trusted_program(str(real))
-            real.chmod(0o775)  # group-writable: another could have changed it
-            assert not cc._trusted_program(str(real))
+    """Judged on the file the process runs (opened through /proc/PID/exe), not on a path."""
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    assert not cc._trusted_program(os.getpid())  # root's, but not sshd
+    assert not cc._trusted_program(2**22 + 1)  # no such process
+    procs = []
+    try:
+        for owner, name in [(65534, "sshd"), (0, "sshd"), (0, "sshd-session")]:
+            program = tmp_path / str(owner) / name
+            program.parent.mkdir(exist_ok=True)
+            shutil.copy(sleep, program)
+            program.chmod(0o755)
+            os.chown(program, owner, 0)
+            proc = _running(program)
+            procs.append(proc)
+            assert wait_exec(proc.pid, program)
+            assert cc._trusted_program(proc.pid) == (owner == 0), (owner, name)
+            if owner:
+                continue
+            program.chmod(0o775)  # group-writable: another could have changed it
+            assert not cc._trusted_program(proc.pid)
+            program.chmod(0o755)
+            program.unlink()  # replaced by an upgrade: "(deleted)", still root's own file
+            assert os.readlink(f"/proc/{proc.pid}/exe").endswith(" (deleted)")
+            assert cc._trusted_program(proc.pid)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def wait_exec(pid: int, program: Path) -> bool:
+    """Whether pid runs program within a few seconds (a bound, not a pass condition)."""
+    for _ in range(200):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/exe") == str(program):
+                return True
+        time.sleep(0.02)
+    return False
 
 
 HOLDER = """
