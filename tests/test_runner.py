@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pppssh.adapters import SubprocessRunner
 from pppssh.errors import CommandFailed
 from pppssh.plan import Command
+
+
+async def _cancelled_twice(task: asyncio.Future[Any]) -> bool:
+    """Cancel task, and again 50 ms later; whether it then ended with CancelledError."""
+    task.cancel()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        return True
+    return False
 
 
 def test_a_cancelled_command_ends_before_the_cancellation_goes_on(tmp_path: Path) -> None:
@@ -23,12 +36,7 @@ def test_a_cancelled_command_ends_before_the_cancellation_goes_on(tmp_path: Path
     async def main() -> None:
         task = asyncio.ensure_future(SubprocessRunner().run(command))
         await asyncio.sleep(0.1)
-        task.cancel()
-        await asyncio.sleep(0.05)
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
+        if await _cancelled_twice(task):
             seen.append(done.exists())
 
     asyncio.run(main())
@@ -95,12 +103,7 @@ def test_a_cancelled_hook_and_its_children_end_before_the_cancellation_goes_on(
         task = asyncio.ensure_future(SubprocessRunner().hook(("sh", "-c", script), {}, 120.0))
         while not pids.exists() or not pids.read_text().endswith("\n"):
             await asyncio.sleep(0.02)
-        task.cancel()
-        await asyncio.sleep(0.05)
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
+        if await _cancelled_twice(task):
             seen.append("cancelled")
         seen.extend(_alive(int(pid)) for pid in pids.read_text().split())
 
