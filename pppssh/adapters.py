@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -257,11 +258,7 @@ class SubprocessRunner:
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
-            while not job.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([job])
-            if not job.cancelled():
-                job.exception()  # retrieved: a failure after the cancellation is not reported
+            await _outlast(job)
             raise
 
     async def hook(self, argv: tuple[str, ...], env: dict[str, str], timeout: float) -> HookResult:
@@ -279,7 +276,7 @@ class SubprocessRunner:
         except CommandFailed as exc:
             return HookResult(lines, exc)
         except asyncio.CancelledError:
-            await _end_hook(job, started)
+            await _outlast(job, _stopper(started))
             raise
         return HookResult(lines, None)
 
@@ -297,21 +294,32 @@ class SubprocessRunner:
         return await asyncio.to_thread(system.stop_process, pid)
 
 
-async def _end_hook(job: asyncio.Future[None], started: list[int]) -> None:
-    """Stop a cancelled hook's process group (TERM, then KILL after HOOK_GRACE) and wait for
-    its thread; a second cancellation meanwhile does not cut that short."""
+async def _outlast(job: asyncio.Future[Any], tick: Callable[[], None] | None = None) -> None:
+    """Wait for a cancelled thread's job to end (tick() every 50 ms meanwhile, when given);
+    a second cancellation does not cut that short, and its failure is not reported."""
+    while not job.done():
+        if tick is not None:
+            tick()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([job], timeout=None if tick is None else 0.05)
+    if not job.cancelled():
+        job.exception()  # retrieved
+
+
+def _stopper(started: list[int]) -> Callable[[], None]:
+    """A tick that stops a cancelled hook's process group, once its pid is in started:
+    SIGTERM, then SIGKILL HOOK_GRACE seconds later."""
     signals = [signal.SIGTERM, signal.SIGKILL]
     deadline = 0.0
-    loop = asyncio.get_running_loop()
-    while not job.done():
-        if started and signals and loop.time() >= deadline:
+
+    def tick() -> None:
+        nonlocal deadline
+        if started and signals and time.monotonic() >= deadline:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(started[0], signals.pop(0))
-            deadline = loop.time() + HOOK_GRACE
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait([job], timeout=0.05)
-    if not job.cancelled():
-        job.exception()  # retrieved: its failure after the cancellation is not reported
+            deadline = time.monotonic() + HOOK_GRACE
+
+    return tick
 
 
 class RunDirStore:
