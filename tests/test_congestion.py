@@ -8,6 +8,8 @@ import contextlib
 import importlib.machinery
 import importlib.util
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -196,3 +198,39 @@ def test_two_connections_are_refused(holder) -> None:  # type: ignore[no-untyped
     proc = holder(2)
     with pytest.raises(cc.Refused, match=r"holds 2 TCP connections, not one"):
         taken(proc.pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes root's programs, takes another's socket")
+def test_only_a_session_that_roots_sshd_started_counts(tmp_path: Path) -> None:
+    """End to end on real processes, with root-owned copies of bash as the sshd programs: the
+    nearest sshd, holding one TCP connection, gets the name when its parent is an sshd of
+    root's (the session's privileged monitor); without one (an sshd the user ran itself, on
+    a socket of its own, under its shell) the program refuses before it takes any socket."""
+    bash = shutil.which("bash")
+    assert bash is not None
+    monitor, session = tmp_path / "m" / "sshd", tmp_path / "s" / "sshd-session"
+    for program in (monitor, session):
+        program.parent.mkdir()
+        shutil.copy(bash, program)
+        os.chown(program, 0, 0)
+        program.chmod(0o755)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        inner = f"exec 3<>/dev/tcp/127.0.0.1/{port}; {sys.executable} -I {PROGRAM} reno; :"
+        env = {"PATH": "/usr/bin:/bin", "SUDO_UID": "0"}
+        alone = subprocess.run(
+            [str(session), "-c", inner], capture_output=True, text=True, timeout=30, env=env
+        )
+        assert (alone.returncode, alone.stdout) == (0, ""), alone
+        assert re.fullmatch(
+            r"pppssh-congestion: sshd \d+ above this process was not started by the system's "
+            r"sshd \(its parent \d+ is no sshd of root's\)\n",
+            alone.stderr,
+        ), alone.stderr
+        nested = f"{session} -c {shlex.quote(inner)}; :"
+        under = subprocess.run(
+            [str(monitor), "-c", nested], capture_output=True, text=True, timeout=30, env=env
+        )
+        assert under.stderr == "" and under.stdout.startswith(
+            "the SSH connection sends with reno (was "
+        ), under

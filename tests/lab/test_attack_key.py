@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from pppssh.commands import CONGESTION_PATH
 from tests.lab.netlab import (
     ADMIN,
     GW_A_WAN,
@@ -725,9 +726,6 @@ def ssh_sockets(lab: Lab) -> dict[int, str]:
     return found
 
 
-CONGESTION = "/usr/local/libexec/pppssh-congestion"
-
-
 def test_congestion_only_of_its_own_connection(lab: Lab, site: LinkKey) -> None:
     """The way down's congestion control: pppssh start has pppssh-congestion set bbr on the
     link's own sshd socket on gw-b, and on no other connection of the same account; run by
@@ -748,10 +746,10 @@ def test_congestion_only_of_its_own_connection(lab: Lab, site: LinkKey) -> None:
             assert "the SSH connection sends with bbr (was cubic)" in said, said
             tries = {
                 "the program, run by the link account from outside any sshd session": (
-                    ["sudo", "-n", CONGESTION, "bbr"], "no sshd session of the calling user"),
+                    ["sudo", "-n", CONGESTION_PATH, "bbr"], "no sshd session of the calling user"),
                 "the program with another name": (
-                    ["sudo", "-n", CONGESTION, "cubic"], "a password is required"),
-                "the program without sudo": ([CONGESTION, "bbr"], "run by root only"),
+                    ["sudo", "-n", CONGESTION_PATH, "cubic"], "a password is required"),
+                "the program without sudo": ([CONGESTION_PATH, "bbr"], "run by root only"),
             }  # fmt: skip
             for what, (argv, why) in tries.items():
                 proc = lab.run("gw-b", argv, check=False, user=LINK_USER)
@@ -761,6 +759,42 @@ def test_congestion_only_of_its_own_connection(lab: Lab, site: LinkKey) -> None:
         finally:
             stopped = pppssh(lab, "stop", SITE)
         assert stopped.returncode == 0, show(stopped)
+
+
+# The link account runs the real sshd itself (`sshd -i`, the way inetd would) on a TCP socket
+# of its own; a child of that sshd asks sudo for pppssh-congestion, as if from a session.
+OWN_SSHD = r"""
+import os, socket, subprocess, sys, tempfile
+key = os.path.join(tempfile.mkdtemp(), "hostkey")
+subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+listener = socket.create_server(("127.0.0.1", 0))
+mine = socket.create_connection(listener.getsockname())
+peer, _ = listener.accept()  # held by the child below: the connection stays up
+if os.fork() == 0:
+    mine.close()
+    import time; time.sleep(3)  # the parent is sshd by now
+    asked = subprocess.run(["sudo", "-n", sys.argv[1], "bbr"], capture_output=True, text=True)
+    said = [f"status {asked.returncode}", asked.stdout.strip(), asked.stderr.strip()]
+    print(*said, sep="\n", flush=True)
+    os._exit(0)
+os.dup2(mine.fileno(), 0)
+os.dup2(mine.fileno(), 1)
+os.execv("/usr/sbin/sshd", ["/usr/sbin/sshd", "-i", "-e", "-f", "/dev/null", "-h", key])
+"""
+
+
+def test_congestion_refused_under_an_sshd_the_account_runs(lab: Lab, site: LinkKey) -> None:
+    """The program is run from under the real sshd program, with the link account's real uid
+    and one TCP connection: an sshd the account started itself, on a socket of its own (so
+    that bbr, which the system may allow only root to choose, would be set on any socket it
+    likes). Refused: that sshd's parent is no sshd of root's."""
+    argv = ["/usr/bin/python3", "-I", "-c", OWN_SSHD, CONGESTION_PATH]  # the account's own
+    proc = lab.run("gw-b", argv, check=False, user=LINK_USER, timeout=60)
+    report("congestion: under an sshd the link account ran itself", "sshd -i on its own socket",
+           stopper(proc.stdout))  # fmt: skip
+    assert proc.stdout.startswith("status 1\n"), show(proc)  # (its exit status is sshd's)
+    assert "was not started by the system's sshd" in proc.stdout, show(proc)
+    assert "sends with" not in proc.stdout, show(proc)
 
 
 def test_cleanup_kills_only_pppd(lab: Lab, site: LinkKey) -> None:
